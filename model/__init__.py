@@ -1,0 +1,1 @@
+"""The network (network.py), its preprocessing (preprocess.py) and TorchScript export (export.py)."""
