@@ -52,3 +52,6 @@ lint: $(STAMP) ## ruff over the code
 
 clean: ## remove generated data, models, reports (keeps .venv and mlflow.db)
 	rm -rf data artifacts model-store reports logs .serve
+
+# Areas add their targets in mk/*.mk (serving, loadtest, deploy, infra, monitoring).
+-include mk/*.mk

@@ -1,0 +1,1 @@
+"""Training pipeline: synthesize -> prepare -> train -> evaluate -> export (CLI: `python -m training --help`)."""

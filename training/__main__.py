@@ -1,0 +1,122 @@
+"""CLI for the pipeline stages; dvc.yaml calls these. `python -m training <stage> --help`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from training.params import ParamsError, load_params
+
+PREPARED = Path("data/prepared")
+TRAIN_DIR = Path("artifacts/train")
+EVAL_DIR = Path("artifacts/eval")
+MODEL_DIR = Path("artifacts/model")
+
+
+def source_path(params: dict) -> Path:
+    """Where prepare reads from; download sources are fetched on first use."""
+    data = params["data"]
+    path = Path(data["path"])
+    if data["source"] == "petimages":
+        from training.download import download_petimages
+        return download_petimages(path)
+    if data["source"] == "oxford-pet":
+        from training.download import download_oxford_pet
+        return download_oxford_pet(path)
+    return path
+
+
+def cmd_synthesize(params: dict, args) -> None:
+    from training.synthetic import generate
+    cfg = params["synthetic"]
+    out = Path(args.out)
+    count = generate(out, list(params["data"]["classes"]), int(cfg["images_per_class"]), int(cfg["size"]),
+                     int(cfg["seed"]))
+    print(f"synthesize: {count} images -> {out}")
+
+
+def cmd_prepare(params: dict, args) -> None:
+    from training.prepare import prepare
+    cfg = params["prepare"]
+    prepare(Path(args.source) if args.source else source_path(params), args.out, list(params["data"]["classes"]),
+            resize_size=int(params["model"]["resize_size"]), val_ratio=float(cfg["val_ratio"]),
+            test_ratio=float(cfg["test_ratio"]), seed=int(cfg["seed"]),
+            max_pixels=int(params["data"].get("max_image_pixels", 40_000_000)))
+
+
+def cmd_train(params: dict, args) -> None:
+    from training.train import train
+    train(params, args.prepared, args.out)
+
+
+def cmd_evaluate(params: dict, args) -> None:
+    from training.evaluate import evaluate
+    evaluate(params, args.prepared, args.train_dir, args.out)
+
+
+def cmd_export(params: dict, args) -> None:
+    from training.export import export
+    export(params, args.prepared, args.train_dir, args.eval_dir, args.out)
+
+
+def cmd_download(params: dict, args) -> None:
+    from training import download
+    dest = Path(args.dest)
+    path = download.download_petimages(dest) if args.dataset == "petimages" else download.download_oxford_pet(dest)
+    print(f"downloaded to {path}; now set data.source: {args.dataset} and data.path: {dest} in params.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthesize", help="generate the synthetic cartoon cats/dogs set (offline default data)")
+    p.add_argument("--out", type=Path, default=Path("data/synthetic"),
+                   help="output folder (default: %(default)s; data.path when data.source is synthetic)")
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("prepare", help="ingest data.source, split, cache resized images, write manifest + stats")
+    p.add_argument("--source", type=Path, help="folder or archive to read instead of data.source/data.path")
+    p.add_argument("--out", type=Path, default=PREPARED, help="default: %(default)s")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train model.arch on the prepared split, MLflow run, best checkpoint")
+    p.add_argument("--prepared", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=TRAIN_DIR, help="default: %(default)s")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test-split metrics.json, plot data and PNG plots")
+    p.add_argument("--prepared", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=EVAL_DIR, help="default: %(default)s")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="TorchScript model + model-meta.json; register a new MLflow model version")
+    p.add_argument("--prepared", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="default: %(default)s")
+    p.add_argument("--eval-dir", type=Path, default=EVAL_DIR, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=MODEL_DIR, help="default: %(default)s")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("download", help="download a public dataset (needs internet)")
+    p.add_argument("dataset", choices=("petimages", "oxford-pet"))
+    p.add_argument("--dest", default="data/downloads", help="default: %(default)s")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(load_params(args.params), args)
+    except (ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""export stage: TorchScript model + metadata, logged to MLflow and registered as a new `catsdogs` version."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import torch
+import torchvision
+from mlflow import MlflowClient
+
+from model.export import to_torchscript, write_metadata
+from model.preprocess import eval_transform
+from training import tracking
+from training.dataset import load_uint8
+from training.params import preprocessing_meta
+from training.prepare import read_manifest, read_stats
+from training.train import load_trained
+
+MODEL_FILE = "model.pt"
+
+
+def example_batch(prepared_dir: Path, meta: dict, n: int = 8) -> torch.Tensor:
+    """Real test images (not random noise) for tracing and the parity check."""
+    rows = read_manifest(prepared_dir, "test")[:n] or read_manifest(prepared_dir)[:n]
+    transform = eval_transform(meta)
+    return torch.stack([transform(image) for image in load_uint8([r["cache"] for r in rows], desc="example")])
+
+
+def export(params: dict, prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path) -> dict:
+    meta = preprocessing_meta(params)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scripted = to_torchscript(load_trained(params, train_dir), example_batch(prepared_dir, meta))
+    model_path = out_dir / MODEL_FILE
+    torch.jit.save(scripted, str(model_path))
+    weights_sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    test_metrics = json.loads((eval_dir / "metrics.json").read_text())
+    run_id = tracking.load_run_id(train_dir / "run.json")
+
+    tracking.configure()
+    client = MlflowClient()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(scripted, name="model", registered_model_name=tracking.REGISTERED_MODEL,
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                          f"torchvision=={torchvision.__version__.split('+')[0]}"])
+        registered_version = str(info.registered_model_version)
+        meta.update({
+            "arch": params["model"]["arch"],
+            "version": f"{registered_version}.{weights_sha[:7]}",
+            "weights_sha256": weights_sha,
+            "git_commit": tracking.git_commit(),
+            "data_hash": read_stats(prepared_dir)["data_hash"],
+            "mlflow_run_id": run_id,
+            "mlflow_model_version": registered_version,
+            "registered_model": tracking.REGISTERED_MODEL,
+            "test_metrics": test_metrics,
+            "torch": torch.__version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        write_metadata(meta, out_dir)
+        mlflow.log_artifacts(str(out_dir), "torchscript")
+        mlflow.set_tag("model_version", meta["version"])
+    client.set_registered_model_alias(tracking.REGISTERED_MODEL, "candidate", registered_version)
+    client.set_model_version_tag(tracking.REGISTERED_MODEL, registered_version, "serving_version", meta["version"])
+    print(f"export: {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), version {meta['version']}, "
+          f"registered {tracking.REGISTERED_MODEL} v{registered_version} alias candidate")
+    return meta
