@@ -9,9 +9,8 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO")

@@ -3,7 +3,13 @@ import pytest
 import torch
 from torchvision import models
 
-from model.export import INDEX_TO_NAME_FILE, check_parity, read_metadata, to_torchscript, write_metadata
+from model.export import (
+    INDEX_TO_NAME_FILE,
+    check_parity,
+    read_metadata,
+    to_torchscript,
+    write_metadata,
+)
 from model.network import PretrainedUnavailable, build_model
 
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model.preprocess import ImageError, cache_resize, decode_image, eval_transform, to_rgb, train_transform
+from model.preprocess import (
+    ImageError,
+    cache_resize,
+    decode_image,
+    eval_transform,
+    to_rgb,
+    train_transform,
+)
 from tests.conftest import image_bytes
 
 META = {"image_size": 32, "resize_size": 36, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -74,7 +75,7 @@ def evaluate(params: dict, prepared_dir: Path, train_dir: Path, out_dir: Path) -
 
     tracking.configure()
     with mlflow.start_run(run_id=tracking.load_run_id(train_dir / "run.json")):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and v == v})
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)})
         mlflow.log_artifacts(str(plots_dir), "plots")
         mlflow.log_artifact(str(out_dir / "metrics.json"), "eval")
         mlflow.log_artifact(str(out_dir / "predictions.csv"), "eval")

@@ -1,6 +1,8 @@
 """Classification metrics from labels and predicted probabilities (pure functions over numpy arrays)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from sklearn import metrics as skm
 
@@ -11,7 +13,7 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
     correct = proba.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -37,7 +39,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
                     if both_present else float("nan")),
         "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-7, 1), labels=labels)),
         "ece": expected_calibration_error(y_true, proba),
-        "n": int(len(y_true)),
+        "n": len(y_true),
     }
     result["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return result

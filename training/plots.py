@@ -6,10 +6,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 
 def confusion_matrix_png(matrix: list[list[int]], classes: list[str], path: Path) -> None:
