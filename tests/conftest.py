@@ -25,3 +25,15 @@ def shared_tar() -> Path:
     if not SHARED_TAR.exists():
         pytest.skip(f"{SHARED_TAR} not present (real photos are only on developer/CI machines)")
     return SHARED_TAR
+
+
+@pytest.fixture(scope="session")
+def synthetic_model(tmp_path_factory):
+    """(model dir, prepared dir): a small model really trained on synthetic cats/dogs, shared by the session."""
+    from tests.serving_helpers import train_synthetic_model
+
+    work = tmp_path_factory.mktemp("synthetic-model")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+        mp.chdir(work)  # mlartifacts/ of the throwaway store lands here
+        return train_synthetic_model(work)

@@ -1,0 +1,285 @@
+"""TorchServe handler for the catsdogs classifier.
+
+Built on TorchServe's BaseHandler: the base class loads the TorchScript file named in the archive's
+manifest (`serializedFile`, no model code in the archive) and runs `handle()`. This class overrides
+only what differs: per-request input parsing and validation, the batch forward pass that skips
+rejected requests, the JSON response, metrics and one structured log line per prediction.
+
+Everything about preprocessing (sizes, mean/std, class order) comes from `model-meta.json` inside
+the archive and from `model/preprocess.py`, which the archive also carries.
+
+TorchServe imports this file as a top-level module and requires it to define exactly one class,
+so the helpers below are plain functions.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+from model.export import META_FILE, read_metadata
+from model.preprocess import ImageError, decode_image, eval_transform
+
+logger = logging.getLogger(__name__)
+prediction_log = logging.getLogger("catsdogs.predictions")
+
+# HTTP status for each rejection reason (decode_image's reasons plus the request-level ones below).
+STATUS_BY_REASON = {
+    "empty": 400,
+    "invalid_json": 400,
+    "invalid_base64": 400,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "unsupported_media_type": 415,
+    "corrupt": 422,
+    "too_large": 413,
+    "decompression_bomb": 413,
+    "explanations_disabled": 404,
+    "internal_error": 500,
+}
+PHRASE_BY_STATUS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+                    415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
+
+# Limits used when model-config.yaml has no `handler:` section (kept in step with that file).
+DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+# Custom metric names; declared (with their dimensions, in this order) in serving/metrics.yaml,
+# because TorchServe's Prometheus endpoint only exports metrics that the metrics config declares.
+PREDICTIONS_METRIC = "catsdogs_predictions_total"
+CONFIDENCE_METRIC = "catsdogs_prediction_confidence"
+REJECTED_METRIC = "catsdogs_rejected_inputs_total"
+PREPROCESS_METRIC = "catsdogs_preprocess_seconds"
+
+
+def request_content_types(headers: dict, field: str) -> tuple[str, str]:
+    """(content type of the form field / body, content type of the whole request), lower-case."""
+    field_headers = headers.get(field)
+    field_type = field_headers.get("content-type", "") if isinstance(field_headers, dict) else ""
+    request_type = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), "")
+    return (field_type or "").lower(), (request_type or "").lower()
+
+
+def pick_field(row: dict):
+    """The request's payload: the raw body, or the first uploaded file of a multipart form (any field name)."""
+    if not row:
+        raise ImageError("empty", "empty request: no body and no form fields")
+    for name, value in row.items():
+        if isinstance(value, (bytes, bytearray)):
+            return name, value
+    return next(iter(row.items()))
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard base64 (line breaks allowed, optional `data:image/...;base64,` prefix) -> bytes."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("invalid_base64", f"field 'data' is not valid base64: {exc}") from exc
+
+
+def extract_image_bytes(row: dict, headers: dict) -> tuple[bytes, str]:
+    """One request as TorchServe delivers it -> (image bytes, input kind: raw | multipart | json).
+
+    Raw bodies arrive as {"body": bytes}; multipart forms as {field: bytes, ...}; JSON bodies arrive
+    already parsed ({"body": {...}}), or as the raw bytes when TorchServe could not parse them.
+    """
+    name, value = pick_field(row)
+    field_type, request_type = request_content_types(headers, name)
+    kind = "raw" if name == "body" else "multipart"
+    if request_type.startswith("application/x-www-form-urlencoded"):
+        raise ImageError("unsupported_media_type",
+                         "the body was sent as application/x-www-form-urlencoded (curl --data-binary without "
+                         "a Content-Type), which mangles binary data; use `curl -T image.jpg`, add "
+                         "-H 'Content-Type: application/octet-stream', or upload with -F data=@image.jpg")
+    if isinstance(value, (bytes, bytearray)):
+        if field_type.startswith("application/json"):
+            raise ImageError("invalid_json", "body is declared application/json but is not valid JSON; "
+                                             'send {"data": "<base64 image>"}')
+        return bytes(value), kind
+    if isinstance(value, dict):
+        data = value.get("data")
+        if not isinstance(data, str):
+            raise ImageError("invalid_json", 'JSON body must be an object with a base64 string field "data", '
+                                             f"got keys {sorted(value)[:5]}")
+        return decode_base64(data), "json"
+    if isinstance(value, str):  # text/* bodies arrive decoded: accept base64 text
+        return decode_base64(value), "text"
+    raise ImageError("invalid_json", f'JSON body must be an object {{"data": "<base64>"}}, got {type(value).__name__}')
+
+
+def image_format(data: bytes) -> str | None:
+    """The container format PIL detected (for logs only; reads just the header)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format
+    except (OSError, ValueError, SyntaxError):  # logging aid only; the image was already decoded once
+        return None
+
+
+def error_body(reason: str, message: str) -> dict:
+    return {"error": reason, "message": message}
+
+
+class CatsDogsHandler(BaseHandler):
+    """Image bytes in, {"label", "confidence", "probabilities", "model_version"} out, one per request."""
+
+    def initialize(self, context):
+        super().initialize(context)  # loads the TorchScript file and index_to_name.json
+        model_dir = Path(context.system_properties["model_dir"])
+        self.meta = read_metadata(model_dir / META_FILE)
+        self.classes = list(self.meta["classes"])
+        if self.mapping and [self.mapping[str(i)] for i in range(len(self.mapping))] != self.classes:
+            raise RuntimeError(f"{model_dir}: index_to_name.json {self.mapping} disagrees with the class order "
+                               f"{self.classes} in {META_FILE}; rebuild the archive from one export")
+        self.version = str(self.meta["version"])
+        self.transform = eval_transform(self.meta)
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        self.max_image_bytes = int(settings.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
+        self.max_image_pixels = int(settings.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        self.draft_size = int(self.meta["resize_size"])  # JPEG DCT-scaled decode down to the resize size
+        threads = int(os.environ.get("CATSDOGS_TORCH_THREADS", settings.get("torch_threads", 0)) or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.model_name = getattr(context, "model_name", None) or context.manifest["model"].get("modelName", "")
+        self._state = None
+        import model.preprocess as preprocess_module
+        logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, torch threads %d, "
+                    "preprocessing from %s", self.model_name, self.version, self.classes, self.meta["image_size"],
+                    torch.get_num_threads(), preprocess_module.__file__)
+
+    # --- BaseHandler hooks -------------------------------------------------------------------------
+
+    def preprocess(self, data):
+        """Decode and transform every request on its own; bad ones are recorded, never raised."""
+        self._state = state = {"start": time.perf_counter(), "errors": {}, "inputs": {}, "ok": []}
+        tensors = []
+        for idx, row in enumerate(data):
+            began = time.perf_counter()
+            try:
+                if self._header(idx, "explain") == "True":
+                    raise ImageError("explanations_disabled", "explanations are not served for this model; "
+                                                              "use /predictions")
+                raw, kind = extract_image_bytes(row or {}, self._headers(idx))
+                state["inputs"][idx] = {"input_bytes": len(raw), "input_kind": kind}
+                image = decode_image(raw, max_pixels=self.max_image_pixels, draft_size=self.draft_size,
+                                     max_bytes=self.max_image_bytes)
+                tensors.append(self.transform(image))
+            except ImageError as exc:
+                state["errors"][idx] = (exc.reason, str(exc))
+                continue
+            except Exception as exc:  # one bad request must not fail the batch or the worker
+                logger.exception("unexpected error while preprocessing request %s", self._request_id(idx))
+                state["errors"][idx] = ("internal_error", f"could not process this input: {type(exc).__name__}")
+                continue
+            seconds = time.perf_counter() - began
+            state["inputs"][idx].update(input_format=image_format(raw), preprocess_ms=round(seconds * 1000, 2))
+            state["ok"].append(idx)
+            self._observe(PREPROCESS_METRIC, seconds, [], idx)
+        return torch.stack(tensors) if tensors else None
+
+    def inference(self, data, *args, **kwargs):
+        if data is None:  # every request in the batch was rejected
+            return None
+        began = time.perf_counter()
+        with torch.inference_mode():
+            probabilities = torch.softmax(self.model(data.to(self.device), *args, **kwargs).float(), dim=1).cpu()
+        self._state["inference_ms"] = round((time.perf_counter() - began) * 1000, 2)
+        return probabilities
+
+    def postprocess(self, data):
+        state = self._state
+        size = len(state["ok"]) + len(state["errors"])
+        results: list = [None] * size
+        for row, idx in enumerate(state["ok"]):
+            probs = [float(p) for p in data[row]]
+            best = max(range(len(probs)), key=probs.__getitem__)
+            results[idx] = {
+                "label": self.classes[best],
+                "confidence": round(probs[best], 6),
+                "probabilities": {name: round(p, 6) for name, p in zip(self.classes, probs)},
+                "model_version": self.version,
+            }
+        handler_ms = round((time.perf_counter() - state["start"]) * 1000, 2)
+        for idx, (reason, message) in state["errors"].items():
+            results[idx] = error_body(reason, message)
+            status = STATUS_BY_REASON.get(reason, 400)
+            self.context.set_response_status(status, PHRASE_BY_STATUS.get(status, ""), idx=idx)
+            self._set_json(idx)
+            self._count(REJECTED_METRIC, [reason], idx)
+            self._log(idx, status=status, error=reason, handler_ms=handler_ms, batch_size=size)
+        for idx in state["ok"]:
+            result = results[idx]
+            self.context.set_response_status(200, "OK", idx=idx)
+            self._set_json(idx)
+            self._count(PREDICTIONS_METRIC, [result["label"]], idx)
+            self._observe(CONFIDENCE_METRIC, result["confidence"], [result["label"]], idx)
+            self._log(idx, status=200, label=result["label"], confidence=result["confidence"],
+                      inference_ms=state.get("inference_ms"), handler_ms=handler_ms, batch_size=size)
+        self._state = None
+        return results
+
+    def _is_explain(self):
+        # Explanations are not exposed: TorchServe always routes /explanations to the handler, so
+        # preprocess() answers each such request with 404 instead of running Captum.
+        return False
+
+    def describe_handle(self):
+        """`GET /models/catsdogs?customized=true` -> the model's metadata (version, classes, metrics)."""
+        keys = ("version", "classes", "arch", "image_size", "resize_size", "git_commit", "data_hash",
+                "mlflow_run_id", "mlflow_model_version", "registered_model", "test_metrics", "created_at")
+        return json.dumps({k: self.meta[k] for k in keys if k in self.meta})
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _headers(self, idx: int) -> dict:
+        try:
+            return self.context.get_all_request_header(idx) or {}
+        except (AttributeError, IndexError, TypeError):
+            return {}
+
+    def _header(self, idx: int, key: str):
+        value = self._headers(idx).get(key)
+        return value if isinstance(value, str) else None
+
+    def _request_id(self, idx: int):
+        getter = getattr(self.context, "get_request_id", None)
+        return getter(idx) if getter else None
+
+    def _set_json(self, idx: int) -> None:
+        self.context.set_response_content_type(idx, "application/json")
+
+    def _metric(self, name: str, metric_type: MetricTypes):
+        try:
+            return self.context.metrics.get_metric(name, metric_type)
+        except (MetricsCacheKeyError, AttributeError):  # undeclared metric: never break a prediction
+            logger.warning("metric %s is not declared in the metrics config; not recorded", name)
+            return None
+
+    def _count(self, name: str, dims: list, idx: int) -> None:
+        metric = self._metric(name, MetricTypes.COUNTER)
+        if metric is not None:
+            metric.add_or_update(1, [self.model_name, self.version, *dims], self._request_id(idx) or "")
+
+    def _observe(self, name: str, value: float, dims: list, idx: int) -> None:
+        metric = self._metric(name, MetricTypes.HISTOGRAM)
+        if metric is not None:
+            metric.add_or_update(value, [self.model_name, self.version, *dims], self._request_id(idx) or "")
+
+    def _log(self, idx: int, **fields) -> None:
+        record = {"event": "prediction", "request_id": self._request_id(idx), "model": self.model_name,
+                  "model_version": self.version, **self._state["inputs"].get(idx, {}), **fields}
+        prediction_log.info(json.dumps(record, sort_keys=True))

@@ -1,0 +1,23 @@
+# Serving (issue 3): build the .mar, run TorchServe in the background, check readiness, benchmark.
+SERVE_DIR ?= .serve
+
+.PHONY: mar serve stop ready token benchmark-serving
+
+mar: archive ## alias of `make archive`: model-store/catsdogs.mar (last DVC stage)
+
+serve: $(STAMP) ## start TorchServe (config.properties, model-store/) in the background; waits for READY workers
+	@test -f model-store/catsdogs.mar || $(MAKE) archive
+	$(PY) -m serving start --run-dir $(SERVE_DIR)
+
+stop: $(STAMP) ## stop the TorchServe started by `make serve`
+	$(PY) -m serving stop --run-dir $(SERVE_DIR)
+
+ready: $(STAMP) ## exit 0 when /ping is Healthy and the model has READY workers
+	$(PY) -m serving ready --run-dir $(SERVE_DIR)
+
+token: $(STAMP) ## print the inference key for `Authorization: Bearer ...`
+	@$(PY) -m serving token --run-dir $(SERVE_DIR)
+
+benchmark-serving: $(STAMP) ## served vs in-process throughput/latency; writes docs/performance.md section
+	@test -f model-store/catsdogs.mar || $(MAKE) archive
+	$(PY) -m benchmarks.serving

@@ -1,0 +1,155 @@
+"""`python -m serving {archive,start,stop,ready,token}`: build the .mar and run TorchServe for this repo."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from serving.client import DEFAULT_RUN_DIR, ServingClient
+from serving.config import DEFAULT_CONFIG, REPO_ROOT
+
+
+def default_model_name() -> str:
+    params = REPO_ROOT / "params.yaml"
+    if params.is_file():
+        return (yaml.safe_load(params.read_text()).get("serve") or {}).get("model_name", "catsdogs")
+    return "catsdogs"
+
+
+def cmd_archive(args) -> int:
+    from serving.archive import build_archive
+
+    mar = build_archive(args.model_dir, args.export_path, args.model_name, config_file=args.config_file)
+    from model.export import META_FILE, read_metadata
+
+    version = read_metadata(args.model_dir / META_FILE)["version"]
+    print(f"archive: {mar} ({mar.stat().st_size / 1e6:.1f} MB), model {args.model_name} version {version}")
+    return 0
+
+
+def cmd_start(args) -> int:
+    from serving.server import ServeError, start
+
+    ports = {"inference": args.inference_port, "management": args.management_port, "metrics": args.metrics_port}
+    grpc = (args.grpc_inference_port, args.grpc_management_port) if args.grpc_inference_port else None
+    models = ",".join(args.models) if args.models else None
+    try:
+        state = start(config=args.config, run_dir=args.run_dir, log_dir=args.log_dir, model_store=args.model_store,
+                      models=models, ports=ports, grpc_ports=grpc, timeout=args.timeout)
+    except (ServeError, FileNotFoundError, ValueError) as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 1
+    name = default_model_name()
+    key_cmd = "python -m serving token" + ("" if Path(args.run_dir) == DEFAULT_RUN_DIR else f" --run-dir {args.run_dir}")
+    print(f"TorchServe is up (pid {state['pid']}), models: {state['models']}\n"
+          f"  inference   {state['inference_url']}/predictions/{name}\n"
+          f"  management  {state['management_url']}/models\n"
+          f"  metrics     {state['metrics_url']}/metrics\n"
+          f"  logs        {state['log_dir']}/  (model_log.log: handler + one JSON line per prediction)\n"
+          f"  keys        {state['key_file']}\n"
+          f"Try:\n"
+          f"  curl -H \"Authorization: Bearer $({key_cmd})\" -T cat.jpg {state['inference_url']}/predictions/{name}\n"
+          f"Stop with `make stop` (python -m serving stop).")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from serving.server import stop
+
+    stopped = stop(args.run_dir, timeout=args.timeout)
+    print("TorchServe stopped." if stopped else f"No TorchServe running from {args.run_dir}.")
+    return 0
+
+
+def cmd_ready(args) -> int:
+    from serving.server import model_status
+
+    client = make_client(args)
+    ok, why = model_status(client, args.model or default_model_name())
+    if not args.quiet:
+        print(("ready: " if ok else "not ready: ") + why, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_token(args) -> int:
+    client = make_client(args)
+    if client.key_file is None or not client.key_file.is_file():
+        print(f"token: {client.key_file} not found; is TorchServe running (make serve)?", file=sys.stderr)
+        return 1
+    key = client.ensure_fresh(args.type, min_valid_s=args.min_valid)
+    print(key)
+    return 0
+
+
+def make_client(args) -> ServingClient:
+    kwargs = {"timeout": 5.0}
+    if getattr(args, "key_file", None):
+        kwargs["key_file"] = args.key_file
+    return ServingClient.from_run_dir(args.run_dir, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("archive", help="build model-store/<name>.mar with torch-model-archiver",
+                       description="Build the TorchServe archive from an export directory (model.pt, "
+                                   "model-meta.json, index_to_name.json). Its version is model-meta.json's.")
+    p.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
+    p.add_argument("--export-path", type=Path, default=Path("model-store"), help="where the .mar goes")
+    p.add_argument("--model-name", default=default_model_name(), help="archive/model name (params.yaml serve.model_name)")
+    p.add_argument("--config-file", type=Path, default=REPO_ROOT / "handler" / "model-config.yaml",
+                   help="model-config.yaml (batch size, delay, workers, timeouts, handler limits)")
+    p.set_defaults(func=cmd_archive)
+
+    run_dir_help = "instance directory: derived config, key_file.json, serve.json, tmp/ (default .serve)"
+    p = sub.add_parser("start", help="start TorchServe in the background and wait until the model is READY",
+                       description="Start TorchServe with the repo's config.properties (copied to the run "
+                                   "directory with absolute paths and any overridden ports), wait for /ping "
+                                   "and READY workers, print the URLs.")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config.properties")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
+    p.add_argument("--log-dir", type=Path, default=Path("logs"), help="TorchServe logs (LOG_LOCATION)")
+    p.add_argument("--model-store", type=Path, help="override config.properties model_store")
+    p.add_argument("--models", nargs="+", help="override load_models, e.g. catsdogs=catsdogs.mar")
+    p.add_argument("--inference-port", type=int, help="override the inference port (8080)")
+    p.add_argument("--management-port", type=int, help="override the management port (8081)")
+    p.add_argument("--metrics-port", type=int, help="override the metrics port (8082)")
+    p.add_argument("--grpc-inference-port", type=int, help="override the gRPC inference port (7070)")
+    p.add_argument("--grpc-management-port", type=int, help="override the gRPC management port (7071)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for READY workers")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("stop", help="stop the TorchServe started from --run-dir and wait for it to exit")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing it")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("ready", help="exit 0 if /ping is Healthy and the model has a READY worker, else 1",
+                       description="Readiness check for scripts, CI and Docker HEALTHCHECK.")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
+    p.add_argument("--key-file", type=Path, help="key_file.json (default <run-dir>/key_file.json)")
+    p.add_argument("--model", help="model name (default params.yaml serve.model_name)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no output, exit status only")
+    p.set_defaults(func=cmd_ready)
+
+    p = sub.add_parser("token", help="print a valid inference (or management) key, rotating it if it expires soon",
+                       description="Print the key for the Authorization: Bearer header. Keys expire "
+                                   "(token_expiration_min); an expiring key is rotated with the API key first.")
+    p.add_argument("--type", choices=("inference", "management"), default="inference")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
+    p.add_argument("--key-file", type=Path, help="key_file.json (default <run-dir>/key_file.json)")
+    p.add_argument("--min-valid", type=float, default=60.0, help="rotate when the key expires within this many s")
+    p.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

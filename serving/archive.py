@@ -1,0 +1,88 @@
+"""Build model-store/<name>.mar with torch-model-archiver from an export directory.
+
+The archive holds: the TorchScript file (serializedFile; no model code), the handler, the handler's
+model-config.yaml, and at its root model-meta.json, index_to_name.json and the `model/` package
+(preprocess.py, export.py) so the handler preprocesses exactly as training did.
+torch-model-archiver copies the *contents* of a directory given in --extra-files into the archive
+root, so those files are staged in a temporary mar-extra/ directory first.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from model.export import INDEX_TO_NAME_FILE, META_FILE, read_metadata
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HANDLER_FILE = REPO_ROOT / "handler" / "catsdogs_handler.py"
+MODEL_CONFIG = REPO_ROOT / "handler" / "model-config.yaml"
+MODEL_PACKAGE_FILES = ("__init__.py", "preprocess.py", "export.py")
+SERIALIZED_FILE = "model.pt"
+
+
+def archiver_command() -> str:
+    """torch-model-archiver next to this Python (the venv's), else the one on PATH."""
+    local = Path(sys.executable).parent / "torch-model-archiver"
+    found = str(local) if local.exists() else shutil.which("torch-model-archiver")
+    if not found:
+        raise FileNotFoundError("torch-model-archiver not found; run `make install` (it is in requirements.txt)")
+    return found
+
+
+def stage_extra_files(model_dir: Path, staging: Path) -> Path:
+    """staging/{model-meta.json, index_to_name.json, model/{__init__,preprocess,export}.py}."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "model").mkdir(parents=True)
+    for name in (META_FILE, INDEX_TO_NAME_FILE):
+        shutil.copy2(model_dir / name, staging / name)
+    for name in MODEL_PACKAGE_FILES:
+        shutil.copy2(REPO_ROOT / "model" / name, staging / "model" / name)
+    return staging
+
+
+def check_export_dir(model_dir: Path) -> dict:
+    missing = [n for n in (SERIALIZED_FILE, META_FILE, INDEX_TO_NAME_FILE) if not (model_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{model_dir} lacks {', '.join(missing)}: run the export stage first "
+                                f"(`make export` or `python -m training export`)")
+    return read_metadata(model_dir / META_FILE)
+
+
+def build_archive(model_dir: Path, export_path: Path, model_name: str = "catsdogs", *,
+                  config_file: Path = MODEL_CONFIG, handler: Path = HANDLER_FILE) -> Path:
+    """Run torch-model-archiver; returns the .mar path. The version is model-meta.json's "version"."""
+    model_dir, export_path, handler = Path(model_dir), Path(export_path), Path(handler)
+    meta = check_export_dir(model_dir)
+    export_path.mkdir(parents=True, exist_ok=True)
+    # A private temp dir holds the staged extra files and is the archiver's TMPDIR (it assembles the
+    # archive in $TMPDIR/<model-name>), so concurrent builds never share files.
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
+        staging = stage_extra_files(model_dir, Path(tmp) / "mar-extra")
+        cmd = [archiver_command(), "--model-name", model_name, "--version", str(meta["version"]),
+               "--serialized-file", str(model_dir / SERIALIZED_FILE), "--handler", str(handler),
+               "--extra-files", str(staging), "--config-file", str(config_file),
+               "--export-path", str(export_path), "--force"]
+        result = subprocess.run(cmd, check=False, env={**os.environ, "TMPDIR": tmp}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr or result.stdout}")
+    mar = export_path / f"{model_name}.mar"
+    verify_archive(mar, handler.name, Path(config_file).name)
+    return mar
+
+
+def verify_archive(mar: Path, handler_name: str = HANDLER_FILE.name, config_name: str = MODEL_CONFIG.name) -> list[str]:
+    """The files the handler needs at run time are in the archive (fails loudly otherwise)."""
+    with zipfile.ZipFile(mar) as zf:
+        names = zf.namelist()
+    needed = [SERIALIZED_FILE, handler_name, META_FILE, INDEX_TO_NAME_FILE, config_name,
+              "MAR-INF/MANIFEST.json", *(f"model/{n}" for n in MODEL_PACKAGE_FILES)]
+    missing = [n for n in needed if n not in names]
+    if missing:
+        raise RuntimeError(f"{mar} lacks {', '.join(missing)}")
+    return names

@@ -1,0 +1,218 @@
+"""A small TorchServe client: base URLs plus token authorization that survives key rotation and expiry.
+
+TorchServe 0.12 enforces token authorization by default. At start-up it writes `key_file.json` into
+its working directory (for `python -m serving start`: the run directory, `.serve/` by default):
+
+    {"management": {"key": ..., "expiration time": ...},
+     "inference":  {"key": ..., "expiration time": ...},
+     "API":        {"key": ...}}
+
+Inference and management keys expire (token_expiration_min, 60 minutes by default); the API key does
+not. A request with a missing, wrong or expired key is refused with HTTP 400 and a JSON body of type
+"InvalidKeyException" (TorchServe 0.12 does not answer 401; `is_auth_failure` accepts both).
+On such a refusal this client re-reads the key file and retries once: if the key there is new (the server
+restarted, or another client rotated it) it is used as is; if it is the same key (expired), the client
+asks TorchServe for a new one with the API key (`GET <management>/token?type=inference`), which also
+updates key_file.json for everyone else. A file lock next to the key file makes concurrent clients
+rotate once, not once each. So long-running clients, load tests and health checks never need restarts.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+from serving.config import DEFAULT_CONFIG, base_urls, read_properties
+
+DEFAULT_RUN_DIR = Path(os.environ.get("CATSDOGS_SERVE_DIR", ".serve"))
+STATE_FILE = "serve.json"
+KEY_FILE = "key_file.json"
+APIS = ("inference", "management", "metrics")
+
+
+def parse_expiry(text: str | None) -> datetime | None:
+    """TorchServe's Java Instant ("2026-01-01T10:00:00.123456789Z") -> aware datetime (None if unparsable)."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def is_auth_failure(response: requests.Response) -> bool:
+    """TorchServe refused the token: 401, or 0.12's 400 {"type": "InvalidKeyException", ...}."""
+    if response.status_code == 401:
+        return True
+    if response.status_code != 400 or "json" not in response.headers.get("content-type", ""):
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("type") == "InvalidKeyException"
+
+
+def read_key_file(path: Path, attempts: int = 20) -> dict:
+    """key_file.json as a dict; retries briefly because TorchServe rewrites it in place when rotating."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            return json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise RuntimeError(f"{path} is not valid JSON: {last}")
+
+
+class ServingClient:
+    """Requests to one TorchServe: `client.predict(image_bytes)`, `client.request("management", "GET", ...)`.
+
+    key_file=None means token authorization is off (no Authorization header is sent).
+    """
+
+    def __init__(self, inference_url: str = "http://127.0.0.1:8080",
+                 management_url: str = "http://127.0.0.1:8081", metrics_url: str = "http://127.0.0.1:8082",
+                 key_file: Path | str | None = DEFAULT_RUN_DIR / KEY_FILE, model_name: str = "catsdogs",
+                 timeout: float = 30.0, session: requests.Session | None = None):
+        self.urls = {"inference": inference_url.rstrip("/"), "management": management_url.rstrip("/"),
+                     "metrics": metrics_url.rstrip("/")}
+        self.key_file = Path(key_file) if key_file else None
+        self.model_name = model_name
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str | None = None, **kwargs) -> ServingClient:
+        """URLs from `<run_dir>/serve.json` (written by `python -m serving start`), else from config.properties."""
+        run_dir = Path(run_dir) if run_dir else DEFAULT_RUN_DIR
+        state_file = run_dir / STATE_FILE
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            kwargs.setdefault("key_file", state.get("key_file", run_dir / KEY_FILE))
+            return cls(state["inference_url"], state["management_url"], state["metrics_url"], **kwargs)
+        kwargs.setdefault("key_file", run_dir / KEY_FILE)
+        return cls.from_config(DEFAULT_CONFIG, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Path | str = DEFAULT_CONFIG, **kwargs) -> ServingClient:
+        urls = base_urls(read_properties(Path(config)))
+        return cls(urls["inference"], urls["management"], urls["metrics"], **kwargs)
+
+    # --- keys -----------------------------------------------------------------------------------------
+
+    def key(self, api: str) -> str | None:
+        """The current key for "inference" or "management" (None: no key file, i.e. auth disabled)."""
+        if api == "metrics" or self.key_file is None:
+            return None
+        if api not in self._keys:
+            if not self.key_file.is_file():
+                return None
+            self._keys[api] = read_key_file(self.key_file)[api]["key"]
+        return self._keys[api]
+
+    def expiry(self, api: str) -> datetime | None:
+        if self.key_file is None or not self.key_file.is_file():
+            return None
+        return parse_expiry(read_key_file(self.key_file).get(api, {}).get("expiration time"))
+
+    @contextmanager
+    def _file_lock(self):
+        """Exclusive lock across processes (advisory flock on the key file itself)."""
+        with open(self.key_file, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def refresh_key(self, api: str, stale: str | None = None) -> str | None:
+        """A working key for `api`: the key file's if it changed since `stale`, else a freshly rotated one."""
+        if self.key_file is None or not self.key_file.is_file():
+            return None
+        with self._lock, self._file_lock():
+            keys = read_key_file(self.key_file)
+            current = keys[api]["key"]
+            if current == stale or (stale is None and self._expired(keys, api)):
+                self._rotate(api, keys["API"]["key"])
+                current = read_key_file(self.key_file)[api]["key"]
+            self._keys[api] = current
+            return current
+
+    def ensure_fresh(self, api: str, min_valid_s: float = 60.0) -> str | None:
+        """The key for `api`, rotated first when it expires within `min_valid_s` (for one-shot tools like curl)."""
+        expiry = self.expiry(api)
+        if expiry is not None and (expiry - datetime.now(timezone.utc)).total_seconds() < min_valid_s:
+            return self.refresh_key(api, stale=self.key(api))
+        self._keys.pop(api, None)
+        return self.key(api)
+
+    @staticmethod
+    def _expired(keys: dict, api: str) -> bool:
+        expiry = parse_expiry(keys.get(api, {}).get("expiration time"))
+        return expiry is not None and expiry <= datetime.now(timezone.utc)
+
+    def _rotate(self, api: str, api_key: str) -> None:
+        response = self.session.get(f"{self.urls['management']}/token", params={"type": api},
+                                    headers={"Authorization": f"Bearer {api_key}"}, timeout=self.timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"TorchServe refused to rotate the {api} key ({response.status_code}): "
+                               f"{response.text[:200]}; is {self.key_file} from the running server?")
+
+    # --- requests -------------------------------------------------------------------------------------
+
+    def request(self, api: str, method: str, path: str, **kwargs) -> requests.Response:
+        """One HTTP request to `api`; when the key is refused, refresh it and retry once."""
+        if api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {api!r}")
+        url = self.urls[api] + path
+        kwargs.setdefault("timeout", self.timeout)
+        headers = dict(kwargs.pop("headers", None) or {})
+        key = self.key(api)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        response = self.session.request(method, url, headers=headers, **kwargs)
+        if api != "metrics" and self.key_file is not None and is_auth_failure(response):
+            fresh = self.refresh_key(api, stale=key)
+            if fresh:
+                headers["Authorization"] = f"Bearer {fresh}"
+                response = self.session.request(method, url, headers=headers, **kwargs)
+        return response
+
+    def predict(self, data: bytes, content_type: str = "application/octet-stream",
+                model_name: str | None = None, **kwargs) -> requests.Response:
+        """POST raw image bytes to /predictions/<model>."""
+        headers = {"Content-Type": content_type, **(kwargs.pop("headers", None) or {})}
+        return self.request("inference", "POST", f"/predictions/{model_name or self.model_name}",
+                            data=data, headers=headers, **kwargs)
+
+    def ping(self) -> bool:
+        try:
+            response = self.request("inference", "GET", "/ping", timeout=5)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200 and response.json().get("status") == "Healthy"
+
+    def describe(self, model_name: str | None = None) -> list[dict]:
+        response = self.request("management", "GET", f"/models/{model_name or self.model_name}")
+        response.raise_for_status()
+        return response.json()
+
+    def worker_pids(self, model_name: str | None = None) -> list[int]:
+        return sorted(w["pid"] for m in self.describe(model_name) for w in m.get("workers", []) if w.get("pid"))
+
+    def metrics(self) -> str:
+        response = self.request("metrics", "GET", "/metrics")
+        response.raise_for_status()
+        return response.text

@@ -1,0 +1,107 @@
+"""config.properties handling: read it, and derive the copy a TorchServe run actually uses.
+
+The repo's `config.properties` is the reviewed, secure-by-default configuration. `python -m serving
+start` never edits it: it writes `<run-dir>/config.properties`, the same text with paths made
+absolute and only the values the user overrode (ports, model store, models) replaced.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config.properties"
+ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
+PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
+_LINE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*[=:]\s*(.*?)\s*$")
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Java-properties subset TorchServe uses: `key=value` lines, `#`/`!` comments (no continuations)."""
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith(("#", "!")):
+            continue
+        match = _LINE.match(line)
+        if match:
+            props[match.group(1)] = match.group(2)
+    return props
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TorchServe config {path} not found; run from the repo root or pass --config")
+    return parse_properties(path.read_text())
+
+
+def render_properties(text: str, overrides: dict[str, str]) -> str:
+    """`text` with the value of every key in `overrides` replaced in place (comments kept); new keys appended."""
+    pending = dict(overrides)
+    out = []
+    for line in text.splitlines():
+        match = None if line.lstrip().startswith(("#", "!")) else _LINE.match(line)
+        if match and match.group(1) in pending:
+            out.append(f"{match.group(1)}={pending.pop(match.group(1))}")
+        else:
+            out.append(line)
+    if pending:
+        out.append("# set by python -m serving start")
+        out += [f"{key}={value}" for key, value in pending.items()]
+    return "\n".join(out) + "\n"
+
+
+def with_port(address: str, port: int) -> str:
+    """http://127.0.0.1:8080 + 9123 -> http://127.0.0.1:9123 (host and scheme kept)."""
+    parts = urlsplit(address)
+    if not parts.scheme or not parts.hostname:
+        raise ValueError(f"cannot set a port on address {address!r}; expected e.g. http://127.0.0.1:8080")
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def base_urls(props: dict[str, str]) -> dict[str, str]:
+    """API name -> base URL from the *_address keys (TorchServe's defaults when absent)."""
+    defaults = {"inference": "http://127.0.0.1:8080", "management": "http://127.0.0.1:8081",
+                "metrics": "http://127.0.0.1:8082"}
+    urls = {}
+    for api, key in ADDRESS_KEYS.items():
+        address = props.get(key, defaults[api])
+        parts = urlsplit(address)
+        host = parts.hostname or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        urls[api] = f"{parts.scheme or 'http'}://{host}:{parts.port or urlsplit(defaults[api]).port}"
+    return urls
+
+
+def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None = None,
+                  grpc_ports: tuple[int, int] | None = None, model_store: Path | None = None,
+                  models: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Write the run's config.properties to `out`; returns its parsed properties.
+
+    Relative paths in `base` are resolved against the directory of `base`, because TorchServe
+    resolves them against its working directory, which for a run is the run directory.
+    """
+    base = Path(base).resolve()
+    text = base.read_text()
+    props = parse_properties(text)
+    overrides: dict[str, str] = {}
+    for key in PATH_KEYS:
+        if props.get(key):
+            overrides[key] = str((base.parent / props[key]).resolve())
+    if model_store is not None:
+        overrides["model_store"] = str(Path(model_store).resolve())
+    for api, port in (ports or {}).items():
+        if port:
+            key = ADDRESS_KEYS[api]
+            overrides[key] = with_port(props.get(key, f"http://127.0.0.1:{port}"), port)
+    if grpc_ports:
+        overrides["grpc_inference_port"], overrides["grpc_management_port"] = map(str, grpc_ports)
+    if models:
+        overrides["load_models"] = models
+    overrides.update(extra or {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rendered = render_properties(text, overrides)
+    out.write_text(rendered)
+    return parse_properties(rendered)

@@ -1,0 +1,189 @@
+"""Start, stop and health-check a TorchServe instance for this repo.
+
+One instance lives in one run directory (default `.serve/`):
+  config.properties  the repo config with absolute paths and the chosen ports (derived, never edited by hand)
+  key_file.json      TorchServe's token keys (written by TorchServe into its working directory)
+  serve.json         pid, URLs, log dir: what `stop`, `ready`, `token` and serving.client read
+  tmp/               TMPDIR/TEMP of the instance: torchserve's pid file, worker sockets, unpacked archives
+Giving each instance its own TMPDIR is what lets a test instance run next to `make serve`:
+`torchserve` keeps its pid file and worker sockets in the temp directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from serving.client import KEY_FILE, STATE_FILE, ServingClient
+from serving.config import base_urls, derive_config
+
+TS_PID_FILE = ".model_server.pid"  # torchserve writes it to tempfile.gettempdir()
+
+
+class ServeError(RuntimeError):
+    """Start/stop failed; the message says what to look at."""
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports free on 127.0.0.1 right now (for test and benchmark instances)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def torchserve_command() -> str:
+    local = Path(sys.executable).parent / "torchserve"
+    return str(local) if local.exists() else "torchserve"
+
+
+def instance_env(run_dir: Path, log_dir: Path) -> dict[str, str]:
+    tmp = run_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(log_dir),
+            "METRICS_LOCATION": str(log_dir)}
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The frontend's pid if this run directory's TorchServe is alive."""
+    state = read_state(run_dir)
+    if not state or not state.get("pid"):
+        return None
+    try:
+        proc = psutil.Process(int(state["pid"]))
+        return proc.pid if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+def model_status(client: ServingClient, model_name: str) -> tuple[bool, str]:
+    """(ready, why): /ping is Healthy and every listed version of the model has a READY worker."""
+    if not client.ping():
+        return False, f"{client.urls['inference']}/ping is not Healthy"
+    try:
+        response = client.request("management", "GET", f"/models/{model_name}", timeout=5)
+    except (requests.RequestException, RuntimeError, OSError, KeyError, ValueError) as exc:
+        return False, f"describe-model failed: {exc}"
+    if response.status_code != 200:
+        return False, f"describe-model {model_name}: HTTP {response.status_code} {response.text.strip()[:200]}"
+    versions = response.json()
+    workers = [w for v in versions for w in v.get("workers", [])]
+    ready = [w for w in workers if w.get("status") == "READY"]
+    if not ready:
+        states = ", ".join(w.get("status", "?") for w in workers) or "no workers"
+        return False, f"model {model_name}: no READY worker yet ({states})"
+    return True, f"model {model_name} version {versions[0].get('modelVersion')}: {len(ready)} READY worker(s)"
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | None = None,
+          models: str | None = None, ports: dict[str, int | None] | None = None,
+          grpc_ports: tuple[int, int] | None = None, model_names: list[str] | None = None,
+          timeout: float = 180.0, extra: dict[str, str] | None = None) -> dict:
+    """Start TorchServe in the background and wait until it is healthy with READY workers.
+
+    Returns the state written to <run_dir>/serve.json.
+    """
+    run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
+    if running_pid(run_dir):
+        raise ServeError(f"TorchServe from {run_dir} is already running (pid {running_pid(run_dir)}); "
+                         f"`python -m serving stop --run-dir {run_dir}` first")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    run_config = run_dir / "config.properties"
+    props = derive_config(config, run_config, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
+                          models=models, extra=extra)
+    store = Path(props["model_store"])
+    if not store.is_dir() or not any(store.glob("*.mar")):
+        raise ServeError(f"model store {store} has no .mar archive; build one with `make mar` "
+                         f"(python -m serving archive)")
+    (run_dir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would mislead clients
+    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)  # archives unpacked by earlier runs
+    env = instance_env(run_dir, log_dir)
+    cmd = [torchserve_command(), "--start", "--ncs", "--ts-config", str(run_config), "--model-store", str(store)]
+    console = log_dir / "torchserve.console.log"
+    with open(console, "ab") as out:
+        launched = subprocess.run(cmd, check=False, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60)
+    pid_file = run_dir / "tmp" / TS_PID_FILE
+    if launched.returncode != 0 or not pid_file.is_file():
+        raise ServeError(f"`{' '.join(cmd)}` failed (exit {launched.returncode}); see {console}:\n{tail(console)}")
+    pid = int(pid_file.read_text().strip())
+    urls = base_urls(props)
+    state = {"pid": pid, "inference_url": urls["inference"], "management_url": urls["management"],
+             "metrics_url": urls["metrics"], "key_file": str(run_dir / KEY_FILE), "config": str(run_config),
+             "log_dir": str(log_dir), "model_store": str(store), "started_at": time.time(),
+             "models": props.get("load_models", "")}
+    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    names = model_names or [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
+                            if m and m not in ("ALL", "all")]
+    wait_ready(run_dir, names, timeout, console)
+    return state
+
+
+def wait_ready(run_dir: Path, model_names: list[str], timeout: float, console: Path) -> None:
+    client = ServingClient.from_run_dir(run_dir, timeout=5)
+    deadline = time.monotonic() + timeout
+    why = "not started"
+    while time.monotonic() < deadline:
+        if not running_pid(run_dir):
+            raise ServeError(f"TorchServe exited during start-up; see {console} and "
+                             f"{Path(read_state(run_dir)['log_dir']) / 'ts_log.log'}:\n{tail(console)}")
+        if client.key_file and client.key_file.is_file():
+            statuses = [model_status(client, name) for name in model_names] or [(client.ping(), "ping")]
+            if all(ok for ok, _ in statuses):
+                return
+            why = "; ".join(msg for ok, msg in statuses if not ok)
+        else:
+            why = f"waiting for TorchServe to write {client.key_file}"
+        time.sleep(0.5)
+    raise ServeError(f"TorchServe not ready after {timeout:.0f} s: {why}. Logs: {console}, "
+                     f"{Path(read_state(run_dir)['log_dir'])}/ts_log.log and model_log.log")
+
+
+def stop(run_dir: Path, timeout: float = 60.0) -> bool:
+    """Stop the run directory's TorchServe (torchserve --stop, then wait). False if none was running."""
+    run_dir = Path(run_dir).resolve()
+    pid = running_pid(run_dir)
+    state = read_state(run_dir) or {}
+    if pid is None:
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        return False
+    env = instance_env(run_dir, Path(state.get("log_dir", run_dir)))
+    # torchserve --stop reads the pid file from TMPDIR and deletes key_file.json in its working directory.
+    subprocess.run([torchserve_command(), "--stop"], check=False, cwd=run_dir, env=env, capture_output=True, timeout=60)
+    try:
+        proc = psutil.Process(pid)
+        children = proc.children(recursive=True)
+        proc.wait(timeout=timeout)
+        psutil.wait_procs(children, timeout=10)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        os.kill(pid, signal.SIGKILL)  # the frontend we started ignored SIGTERM for `timeout` seconds
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    (run_dir / KEY_FILE).unlink(missing_ok=True)
+    return True

@@ -1,0 +1,73 @@
+"""A throwaway TorchScript model with a meaningful answer, for the handler and TorchServe tests.
+
+RedVsBlue says "cat" when the image's mean red is above its mean blue, else "dog": a red picture
+must come back as cat and a blue one as dog, so the tests check that bytes really flow through
+decode -> metadata-driven transform -> model -> response in the right class order.
+It reads the normalised input the handler builds, so with the real mean/std a pure red image
+gives red ~ +2.2 and blue ~ -1.8 (and the reverse for pure blue).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from model.export import write_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+RED, BLUE = (230, 20, 20), (20, 20, 230)
+
+
+class RedVsBlue(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        diff = x[:, 0].mean(dim=(1, 2)) - x[:, 2].mean(dim=(1, 2))
+        return torch.stack([diff, -diff], dim=1) * 4.0
+
+
+def throwaway_meta(version: str = "test.0001", image_size: int = 32, resize_size: int = 36, **extra) -> dict:
+    """Metadata shaped like the export stage's, with params.yaml's mean/std and small sizes."""
+    model = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
+    return {"classes": ["cat", "dog"], "image_size": image_size, "resize_size": resize_size,
+            "mean": model["mean"], "std": model["std"], "arch": "red-vs-blue", "version": version,
+            "registered_model": "catsdogs", **extra}
+
+
+def write_model_dir(out: Path, **meta_overrides) -> dict:
+    """out/{model.pt, model-meta.json, index_to_name.json}, like artifacts/model/."""
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.* deprecation notices
+        torch.jit.save(torch.jit.script(RedVsBlue()), str(out / "model.pt"))
+    meta = throwaway_meta(**meta_overrides)
+    write_metadata(meta, out)
+    return meta
+
+
+def train_synthetic_model(work: Path, *, images_per_class: int = 160, epochs: int = 12) -> tuple[Path, Path]:
+    """Run the real pipeline functions, scaled down, on generated cartoon cats/dogs (about a minute).
+
+    Returns (model dir like artifacts/model, prepared dir whose test split holds held-out images).
+    The caller sets MLFLOW_TRACKING_URI to a throwaway store first.
+    """
+    from training.evaluate import evaluate
+    from training.export import export
+    from training.prepare import prepare
+    from training.synthetic import generate
+    from training.train import train
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["synthetic"].update(images_per_class=images_per_class)
+    params["model"].update(image_size=64, resize_size=72)
+    params["train"].update(epochs=epochs, batch_size=32, patience=epochs)
+    classes = params["data"]["classes"]
+    generate(work / "images", classes, images_per_class, params["synthetic"]["size"], params["synthetic"]["seed"],
+             progress=False)
+    prepare(work / "images", work / "prepared", classes, resize_size=72, val_ratio=0.15, test_ratio=0.15,
+            seed=params["prepare"]["seed"], max_pixels=params["data"]["max_image_pixels"])
+    train(params, work / "prepared", work / "train")
+    evaluate(params, work / "prepared", work / "train", work / "eval")
+    export(params, work / "prepared", work / "train", work / "eval", work / "model")
+    return work / "model", work / "prepared"

@@ -1,0 +1,83 @@
+"""A tiny end-to-end `dvc repro` of the real dvc.yaml in a throwaway git repo (synthetic data, 1 epoch)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "config.properties", ".dvcignore"]
+PROJECT_DIRS = ["model", "training", "handler", "serving"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in PROJECT_FILES:
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, repo / name)
+    for name in PROJECT_DIRS:
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["synthetic"].update(images_per_class=30, size=64)
+    params["model"].update(image_size=32, resize_size=36)
+    params["train"].update(epochs=1, batch_size=16)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PYTHONPATH=str(repo),
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    run(["git", "init", "-q"], repo, env)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "init"], repo, env)
+    return repo, env
+
+
+def test_repro_builds_every_artifact_then_is_a_noop(repo):
+    path, env = repo
+    out = run([sys.executable, "-m", "dvc", "repro"], path, env)
+    assert "Running stage 'train'" in out
+    meta = json.loads((path / "artifacts/model/model-meta.json").read_text())
+    assert meta["classes"] == ["cat", "dog"] and meta["image_size"] == 32 and meta["mlflow_run_id"]
+    assert (path / "artifacts/model/model.pt").stat().st_size > 0
+    assert (path / "model-store/catsdogs.mar").exists()
+    metrics = json.loads((path / "artifacts/eval/metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["n"] > 0
+    for png in ("confusion_matrix", "roc", "training_curves", "worst_mistakes"):
+        assert (path / f"artifacts/eval/plots/{png}.png").exists()
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias("catsdogs", "candidate")
+    assert version.run_id == meta["mlflow_run_id"] and meta["version"].startswith(f"{version.version}.")
+    run_data = client.get_run(meta["mlflow_run_id"]).data
+    assert "test_accuracy" in run_data.metrics and run_data.tags["data_hash"] == meta["data_hash"]
+
+    again = run([sys.executable, "-m", "dvc", "repro"], path, env)
+    assert "Running stage" not in again, again
+
+
+def test_changing_a_train_param_reruns_only_downstream_stages(repo):
+    path, env = repo
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "lock"], path, env)
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=2"], path, env)
+    assert "Running stage 'train'" in out and "Running stage 'export'" in out
+    assert "Running stage 'prepare'" not in out and "Running stage 'synthesize'" not in out
+    history = (path / "artifacts/train/history.csv").read_text().strip().splitlines()
+    assert len(history) == 1 + 2  # header + 2 epochs
