@@ -43,7 +43,9 @@ def export(params: dict, prepared_dir: Path, train_dir: Path, eval_dir: Path, ou
     tracking.configure()
     client = MlflowClient()
     with mlflow.start_run(run_id=run_id):
+        # MLflow 3's default 'pt2' format cannot hold a ScriptModule; 'pickle' stores it with torch.save.
         info = mlflow.pytorch.log_model(scripted, name="model", registered_model_name=tracking.REGISTERED_MODEL,
+                                        serialization_format="pickle",
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                                           f"torchvision=={torchvision.__version__.split('+')[0]}"])
         registered_version = str(info.registered_model_version)
