@@ -18,7 +18,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
         validate-compose validate-jenkinsfile validate-monitoring validate ci-stages clean
 
 help: ## list targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv and install pinned dependencies
 $(STAMP): requirements.txt pyproject.toml
