@@ -1,7 +1,10 @@
 """Shared test helpers: tiny images made on the fly, the shared real-photo tar when present."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,13 +30,38 @@ def shared_tar() -> Path:
     return SHARED_TAR
 
 
+TEST_MODEL_CACHE = ROOT / "build" / "test-model"
+
+
+def test_model_key() -> str:
+    """Hash of everything that shapes the test model: retrain only when training code or params change."""
+    files = [ROOT / "params.yaml", ROOT / "tests" / "serving_helpers.py",
+             *sorted((ROOT / "training").glob("*.py")), *sorted((ROOT / "model").glob("*.py"))]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def synthetic_model(tmp_path_factory):
-    """(model dir, prepared dir): a small model really trained on synthetic cats/dogs, shared by the session."""
+def synthetic_model():
+    """(model dir, prepared dir): a small model really trained on synthetic cats/dogs.
+
+    Trained once into build/test-model/<key>/ and reused by later sessions and by concurrent pytest
+    processes (a file lock makes the others wait instead of training in parallel).
+    """
     from tests.serving_helpers import train_synthetic_model
 
-    work = tmp_path_factory.mktemp("synthetic-model")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-        mp.chdir(work)  # mlartifacts/ of the throwaway store lands here
-        return train_synthetic_model(work)
+    work = TEST_MODEL_CACHE / test_model_key()
+    TEST_MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(TEST_MODEL_CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (work / "done").exists():
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+                mp.chdir(work)  # mlartifacts/ of the throwaway store lands here
+                train_synthetic_model(work)
+            (work / "done").write_text("ok\n")
+    return work / "model", work / "prepared"

@@ -46,7 +46,7 @@ def write_model_dir(out: Path, **meta_overrides) -> dict:
     return meta
 
 
-def train_synthetic_model(work: Path, *, images_per_class: int = 160, epochs: int = 12) -> tuple[Path, Path]:
+def train_synthetic_model(work: Path, *, images_per_class: int = 500, epochs: int = 20) -> tuple[Path, Path]:
     """Run the real pipeline functions, scaled down, on generated cartoon cats/dogs (about a minute).
 
     Returns (model dir like artifacts/model, prepared dir whose test split holds held-out images).
