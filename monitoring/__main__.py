@@ -1,0 +1,395 @@
+"""`python -m monitoring {evaluate,feedback,drift,check-dashboard}`: production monitoring of the served model.
+
+  evaluate         send a labelled image batch to the live endpoint, compare with the offline test metrics
+  feedback         store true labels for served request ids (add / import) and score a time window (report)
+  drift            PSI of live predicted labels and confidences (model_log.log) against the test split
+  check-dashboard  the Grafana dashboard's PromQL parses and uses only metrics TorchServe exports
+See docs/monitoring.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from serving.client import DEFAULT_RUN_DIR, KEY_FILE, STATE_FILE, ServingClient
+
+REPORTS = Path("reports/monitoring")
+MODEL_DIR = Path("artifacts/model")
+EVAL_PREDICTIONS = Path("artifacts/eval/predictions.csv")
+
+
+class UsageError(RuntimeError):
+    """Bad input or an unreachable dependency: exit 2 with the message."""
+
+
+# --------------------------------------------------------------------------- shared helpers -----
+
+def default_model_name() -> str:
+    params = Path("params.yaml")
+    if params.is_file():
+        return (yaml.safe_load(params.read_text()).get("serve") or {}).get("model_name", "catsdogs")
+    return "catsdogs"
+
+
+def make_client(args) -> ServingClient:
+    model = args.model or default_model_name()
+    if args.inference_url or args.management_url:
+        if not (args.inference_url and args.management_url):
+            raise UsageError("give both --inference-url and --management-url (or neither, to use --run-dir)")
+        key_file = None if args.no_token else (args.key_file or Path(args.run_dir) / KEY_FILE)
+        return ServingClient(args.inference_url, args.management_url, key_file=key_file, model_name=model,
+                             timeout=args.timeout)
+    kwargs = {"model_name": model, "timeout": args.timeout}
+    if args.no_token:
+        kwargs["key_file"] = None
+    elif args.key_file:
+        kwargs["key_file"] = args.key_file
+    return ServingClient.from_run_dir(args.run_dir, **kwargs)
+
+
+def deployed_metadata(client: ServingClient) -> dict:
+    from monitoring.evaluate import parse_customized
+
+    try:
+        response = client.request("management", "GET", f"/models/{client.model_name}", params={"customized": "true"})
+    except Exception as exc:  # requests errors, missing key file: all mean "cannot reach the server"
+        raise UsageError(f"cannot reach the management API at {client.urls['management']}: {exc}. Is TorchServe "
+                         f"running (make serve / make ready), and is --run-dir the one it was started with?") from exc
+    if response.status_code != 200:
+        raise UsageError(f"describe-model {client.model_name} answered HTTP {response.status_code}: "
+                         f"{response.text.strip()[:300]}")
+    return parse_customized(response.json())
+
+
+def default_log(run_dir: Path) -> Path:
+    """model_log.log of the run directory's TorchServe (serve.json log_dir), else logs/model_log.log."""
+    state = Path(run_dir) / STATE_FILE
+    if state.is_file():
+        log_dir = json.loads(state.read_text()).get("log_dir")
+        if log_dir:
+            return Path(log_dir) / "model_log.log"
+    return Path("logs/model_log.log")
+
+
+def load_classes(meta_path: Path | None) -> list[str]:
+    if meta_path and Path(meta_path).is_file():
+        return list(json.loads(Path(meta_path).read_text())["classes"])
+    params = Path("params.yaml")
+    if params.is_file():
+        return list(yaml.safe_load(params.read_text())["data"]["classes"])
+    raise UsageError(f"no class list: {meta_path} and params.yaml are missing; pass --meta path/to/model-meta.json")
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
+    """folder/<prefix>-<UTC time><suffix>, with -2, -3 ... appended when that name is taken."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"{prefix}-{stamp()}"
+    path, n = folder / f"{base}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{base}-{n}{suffix}"
+    return path
+
+
+def print_metrics(title: str, metrics: dict) -> None:
+    keys = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
+    print(title + " " + " ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+                                 for k in keys if k in metrics))
+
+
+# --------------------------------------------------------------------------- evaluate -----------
+
+def cmd_evaluate(args) -> int:
+    from monitoring import evaluate as ev
+    from training import plots
+
+    client = make_client(args)
+    meta = deployed_metadata(client)
+    classes = list(meta["classes"])
+    offline = meta.get("test_metrics")
+    items = ev.list_labelled(args.images, classes)
+    chosen = ev.choose(items, classes, limit=args.limit, sample=args.sample, seed=args.seed)
+    samples = ev.read_samples(args.images, chosen)
+    print(f"evaluate: sending {len(samples)} of {len(items)} labelled images from {args.images} to "
+          f"{client.urls['inference']}/predictions/{client.model_name} (model {meta.get('version')})")
+    results = ev.send(client.predict, samples, concurrency=args.concurrency)
+    live = ev.score(samples, results, classes)
+    comparison = ev.compare_metrics(live, offline, args.max_drop)
+
+    out = new_path(Path(args.out), "evaluate")
+    out.mkdir(parents=True)
+    ev.write_predictions(out / "predictions.csv", samples, results, classes)
+    plots.confusion_matrix_png(live["confusion_matrix"], classes, out / "confusion_matrix.png")
+    summary = {"model": meta, "source": str(args.images), "live": live, "comparison": comparison}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    run_id = linked = None
+    if not args.no_mlflow:
+        from monitoring.tracking import log_run
+
+        (out / "report.md").write_text(ev.markdown_report(source=str(args.images), meta=meta, live=live,
+                                                          comparison=comparison, classes=classes,
+                                                          endpoint=client.urls["inference"],
+                                                          mlflow_run="the run holding this file"))
+        run_id, linked = log_run("evaluate", meta, live, {"images": str(args.images), "n_sent": len(samples),
+                                                           "limit": args.limit, "sample": args.sample,
+                                                           "seed": args.seed, "max_drop": args.max_drop},
+                                 out, offline=offline)
+    (out / "report.md").write_text(ev.markdown_report(source=str(args.images), meta=meta, live=live,
+                                                      comparison=comparison, classes=classes,
+                                                      endpoint=client.urls["inference"], mlflow_run=run_id))
+    print_metrics("live   ", live)
+    if offline:
+        print_metrics("offline", offline)
+    print(ev.format_table(comparison))
+    if run_id:
+        print(f"MLflow run {run_id} in experiment catsdogs-monitoring"
+              + (f", linked to {linked}" if linked else " (the served model version is not in this MLflow store)"))
+    print(f"report: {out / 'report.md'}")
+    print(("FAIL: " if comparison["failed"] else "ok: ") + comparison["reason"])
+    return 1 if comparison["failed"] else 0
+
+
+# --------------------------------------------------------------------------- feedback -----------
+
+def _records_by_id(log: Path) -> dict[str, dict]:
+    from monitoring.logs import by_request_id, read_records
+
+    return by_request_id(read_records(log))
+
+
+def cmd_feedback_add(args) -> int:
+    return _add_feedback(args, [{"request_id": args.request_id, "label": args.label, "labelled_at": args.time}],
+                         source="cli")
+
+
+def cmd_feedback_import(args) -> int:
+    from monitoring.feedback import read_csv
+
+    return _add_feedback(args, read_csv(args.file), source=str(args.file))
+
+
+def _add_feedback(args, items: list[dict], source: str) -> int:
+    from monitoring import feedback
+
+    classes = load_classes(args.meta)
+    log = args.log or default_log(args.run_dir)
+    records = _records_by_id(log)
+    rows, problems = [], []
+    now = datetime.now(timezone.utc)
+    for item in items:
+        record = records.get(item["request_id"])
+        if record is None:
+            problems.append(f"request {item['request_id']}: not in {log} (wrong id, another server's log, "
+                            f"or rotated away: pass --log with the folder holding model_log*.log)")
+            continue
+        try:
+            at = feedback.parse_time(item["labelled_at"]) if item.get("labelled_at") else now
+            rows.append(feedback.make_row(record, item["label"], classes, at, source))
+        except ValueError as exc:
+            problems.append(f"request {item['request_id']}: {exc}")
+    with feedback.connect(args.db) as conn:
+        written = feedback.store(conn, rows)
+    print(f"feedback: stored {written} label(s) in {args.db}" + (f"; {len(problems)} skipped" if problems else ""))
+    for problem in problems:
+        print(f"  skipped: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_feedback_report(args) -> int:
+    from monitoring import feedback
+
+    classes = load_classes(args.meta)
+    window = feedback.parse_window(args.window)
+    if not Path(args.db).is_file():
+        raise UsageError(f"{args.db} does not exist yet; add labels with `python -m monitoring feedback add`")
+    with feedback.connect(args.db) as conn:
+        rows = feedback.in_window(feedback.fetch(conn), datetime.now(timezone.utc), window)
+    if not rows:
+        print(f"feedback report: no labelled predictions in the last {args.window} in {args.db}")
+        return 0
+    metrics = feedback.window_metrics(rows, classes)
+    print_metrics(f"feedback last {args.window}:", metrics)
+    print(f"confusion matrix (rows = true {classes}): {metrics['confusion_matrix']}; versions {metrics['model_versions']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"window": args.window, **metrics}, indent=2) + "\n")
+        print(f"written {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- drift --------------
+
+def cmd_drift(args) -> int:
+    from monitoring import drift
+    from monitoring.feedback import parse_time, parse_window
+    from monitoring.logs import answered, read_records
+
+    meta = json.loads(Path(args.meta).read_text()) if args.meta and Path(args.meta).is_file() else None
+    classes = list(meta["classes"]) if meta else load_classes(None)
+    log = args.log or default_log(args.run_dir)
+    records = answered(read_records(log))
+    version = args.model_version or (meta or {}).get("version")
+    if version and not args.all_versions:
+        records = [r for r in records if str(r.get("model_version")) == str(version)]
+    if args.window:
+        start = datetime.now(timezone.utc) - parse_window(args.window)
+        records = [r for r in records if r.get("time") and parse_time(r["time"]) > start]
+    if args.baseline and Path(args.baseline).is_file():
+        baseline = drift.baseline_from_predictions(args.baseline, classes)
+    elif meta and meta.get("test_metrics"):
+        baseline = {"label_shares": drift.predicted_shares_from_metrics(meta["test_metrics"], classes),
+                    "n": meta["test_metrics"].get("n"), "source": f"{args.meta} test_metrics"}
+    else:
+        raise UsageError(f"no baseline: {args.baseline} is missing and no model-meta.json with test_metrics was "
+                         f"given (--meta); run the evaluate stage (make evaluate) or pass --baseline")
+    scope = f"model version {version}" if version and not args.all_versions else "all versions"
+    if len(records) < args.min_samples:
+        print(f"drift: only {len(records)} answered predictions for {scope} in {log} (need {args.min_samples}); "
+              f"not evaluated")
+        return 0
+    result = drift.compare(baseline, [r["label"] for r in records], [float(r["confidence"]) for r in records],
+                           classes, bins=args.bins)
+    flagged = drift.drifted(result, args.threshold)
+    result.update(log=str(log), scope=scope, baseline_source=baseline["source"], threshold=args.threshold,
+                  drifted=flagged)
+    print(f"drift ({scope}, {result['n_live']} live vs {result['n_baseline']} baseline predictions from "
+          f"{baseline['source']}):")
+    print(f"  label PSI      {result['label_psi']:.4f} ({drift.severity(result['label_psi'])}); shares "
+          f"baseline {result['label_shares']['baseline']} live {result['label_shares']['live']}")
+    if "confidence_psi" in result:
+        print(f"  confidence PSI {result['confidence_psi']:.4f} ({drift.severity(result['confidence_psi'])}); mean "
+              f"baseline {result['mean_confidence']['baseline']:.4f} live {result['mean_confidence']['live']:.4f}")
+    out = new_path(Path(args.out), "drift", ".json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"report: {out}")
+    if flagged:
+        print(f"DRIFT: {', '.join(flagged)} above {args.threshold}")
+        return 1
+    print(f"ok: every PSI is at most {args.threshold}")
+    return 0
+
+
+# --------------------------------------------------------------------------- check-dashboard ----
+
+def cmd_check_dashboard(args) -> int:
+    from monitoring import promql
+
+    problems = promql.check_dashboard(args.dashboard, args.metrics, args.alerts, args.promtool)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        n = len(promql.dashboard_targets(promql.load_dashboard(args.dashboard)))
+        print(f"dashboard: {n} expressions parse (promtool) and use only metrics in {args.metrics.name} "
+              f"or recording rules")
+    return 1 if problems else 0
+
+
+# --------------------------------------------------------------------------- parser -------------
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                   help="run directory of `python -m serving start` (serve.json: URLs, key file, log dir)")
+    p.add_argument("--inference-url", help="inference base URL instead of the run directory's")
+    p.add_argument("--management-url", help="management base URL (with --inference-url)")
+    p.add_argument("--key-file", type=Path, help="TorchServe key_file.json (default <run-dir>/key_file.json)")
+    p.add_argument("--no-token", action="store_true", help="the server runs without token authorization")
+    p.add_argument("--model", help="model name (default params.yaml serve.model_name)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+
+
+def add_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                   help="run directory whose serve.json names the log dir (default .serve)")
+    p.add_argument("--log", type=Path, help="model_log.log, or a folder of model_log*.log(.gz) "
+                                            "(default <log dir of --run-dir>/model_log.log, else logs/model_log.log)")
+    p.add_argument("--meta", type=Path, default=MODEL_DIR / "model-meta.json",
+                   help="model-meta.json for the class list (default artifacts/model/model-meta.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("evaluate", help="score a labelled batch on the live endpoint against offline metrics")
+    p.add_argument("--images", type=Path, required=True,
+                   help="folder or .zip/.tar(.gz) of labelled images (cat.1.jpg, dogs/x.jpg, PetImages/Cat/1.jpg)")
+    p.add_argument("--limit", type=int, help="at most this many images, balanced per class, first in path order")
+    p.add_argument("--sample", type=int, help="a seeded random subset of this many images")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument("--max-drop", type=float, default=0.05,
+                   help="fail (exit 1) when live accuracy is more than this below offline (absolute, default 0.05)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--out", type=Path, default=REPORTS, help="reports go to OUT/evaluate-<time>/")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    add_server_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    fb = sub.add_parser("feedback", help="true labels for served requests: add, import, report")
+    fsub = fb.add_subparsers(dest="feedback_command", required=True)
+    p = fsub.add_parser("add", help="store the true label of one request id")
+    p.add_argument("--request-id", required=True, help="the x-request-id header of the prediction's response")
+    p.add_argument("--label", required=True, help="the true class")
+    p.add_argument("--time", help="when the label was given (ISO 8601; default now)")
+    p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
+    add_log_options(p)
+    p.set_defaults(func=cmd_feedback_add)
+    p = fsub.add_parser("import", help="store true labels from a CSV (request_id,label[,labelled_at])")
+    p.add_argument("file", type=Path)
+    p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
+    add_log_options(p)
+    p.set_defaults(func=cmd_feedback_import)
+    p = fsub.add_parser("report", help="metrics of the labelled predictions made in a time window")
+    p.add_argument("--window", default="24h", help="how far back: 30m, 24h, 7d ... (default 24h)")
+    p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
+    p.add_argument("--meta", type=Path, default=MODEL_DIR / "model-meta.json", help="model-meta.json (class list)")
+    p.add_argument("--out", type=Path, help="also write the metrics as JSON here")
+    p.set_defaults(func=cmd_feedback_report)
+
+    p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
+    add_log_options(p)
+    p.add_argument("--baseline", type=Path, default=EVAL_PREDICTIONS,
+                   help="evaluate-stage predictions.csv (default artifacts/eval/predictions.csv); "
+                        "without it the label shares implied by --meta's test_metrics")
+    p.add_argument("--model-version", help="only predictions of this served version (default --meta's version)")
+    p.add_argument("--all-versions", action="store_true", help="use predictions of every version in the log")
+    p.add_argument("--window", help="only predictions logged in this window (e.g. 24h)")
+    p.add_argument("--threshold", type=float, default=0.25, help="exit 1 when a PSI exceeds this (default 0.25)")
+    p.add_argument("--bins", type=int, default=10, help="confidence bins (baseline quantiles)")
+    p.add_argument("--min-samples", type=int, default=50, help="fewer live predictions: report 'not evaluated'")
+    p.add_argument("--out", type=Path, default=REPORTS, help="report JSON goes to OUT/drift-<time>.json")
+    p.set_defaults(func=cmd_drift)
+
+    from monitoring import promql
+
+    p = sub.add_parser("check-dashboard", help="dashboard PromQL parses (promtool) and uses only exported metrics")
+    p.add_argument("--dashboard", type=Path, default=promql.DASHBOARD)
+    p.add_argument("--metrics", type=Path, default=promql.METRICS_SNAPSHOT,
+                   help="a /metrics scrape of TorchServe (default: the snapshot in monitoring/tests/)")
+    p.add_argument("--alerts", type=Path, default=promql.ALERTS, help="rules file with the recording rules")
+    p.add_argument("--promtool", help="promtool binary (default: from PATH)")
+    p.set_defaults(func=cmd_check_dashboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"monitoring {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Prediction drift: live label and confidence distributions against the offline test-split baseline.
+
+Population stability index (PSI) of two distributions over the same bins:
+    PSI = sum_i (a_i - e_i) * ln(a_i / e_i)      (e: baseline share, a: live share; empty bins smoothed)
+Common reading: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift.
+
+The baseline is the deployed model's own predictions on its held-out test split:
+`artifacts/eval/predictions.csv` (written by the evaluate stage) when present, else the predicted-label
+shares implied by model-meta.json's test_metrics (binary only, no confidences there).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+SMOOTHING = 1e-4
+DEFAULT_BINS = 10
+STABLE, MODERATE = 0.1, 0.25
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], smoothing: float = SMOOTHING) -> float:
+    """Population stability index of two histograms (counts or shares) over the same bins.
+
+    Each histogram is normalised to shares; shares below `smoothing` are raised to it so an empty
+    bin costs a large but finite amount. Symmetric in its arguments; 0 for identical shares.
+    """
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.shape != a.shape or e.ndim != 1 or e.size == 0:
+        raise ValueError(f"psi needs two histograms over the same bins, got shapes {e.shape} and {a.shape}")
+    if (e < 0).any() or (a < 0).any() or e.sum() <= 0 or a.sum() <= 0:
+        raise ValueError("psi needs non-negative histograms with at least one observation each")
+    e = np.clip(e / e.sum(), smoothing, None)
+    a = np.clip(a / a.sum(), smoothing, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def severity(value: float) -> str:
+    return "stable" if value < STABLE else "moderate" if value < MODERATE else "significant"
+
+
+def quantile_edges(baseline: Sequence[float], bins: int = DEFAULT_BINS) -> list[float]:
+    """Inner bin edges at the baseline's quantiles (duplicates dropped), so each bin holds ~1/bins of it.
+
+    Outer bins are open-ended; a baseline piled up on one value yields fewer bins.
+    """
+    values = np.asarray(baseline, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("the baseline has no values to bin")
+    inner = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return sorted({float(x) for x in inner})
+
+
+def histogram(values: Sequence[float], edges: Sequence[float]) -> list[int]:
+    """Counts per bin: (-inf, e0], (e0, e1], ..., (e_last, inf)."""
+    index = np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(values, dtype=np.float64), side="left")
+    return np.bincount(index, minlength=len(edges) + 1).tolist()
+
+
+def label_counts(labels: Sequence[str], classes: Sequence[str]) -> list[int]:
+    counts = Counter(labels)
+    unknown = set(counts) - set(classes)
+    if unknown:
+        raise ValueError(f"labels {sorted(unknown)} are not among the model's classes {list(classes)}")
+    return [counts[c] for c in classes]
+
+
+def predicted_shares_from_metrics(metrics: dict, classes: Sequence[str]) -> list[float]:
+    """Shares of predicted labels on the test split, recovered from binary accuracy/precision/recall.
+
+    With P true positives' class size, TP = recall*P and FP = TP*(1/precision - 1); accuracy pins P:
+    n*(1-accuracy) = FN + FP = P*(1-recall) + recall*P*(1/precision - 1). The positive class is classes[1]
+    (training/metrics.py's convention). Raises ValueError when the metrics cannot determine it.
+    """
+    if len(classes) != 2:
+        raise ValueError("predicted shares can be recovered from test_metrics for two classes only")
+    try:
+        accuracy, precision, recall = (float(metrics[k]) for k in ("accuracy", "precision", "recall"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"test_metrics lack accuracy/precision/recall: {metrics}") from exc
+    if precision <= 0 or recall <= 0:
+        raise ValueError(f"precision {precision} / recall {recall} of 0 do not determine the predicted shares")
+    errors_per_positive = (1 - recall) + recall * (1 / precision - 1)
+    if errors_per_positive <= 0:   # a perfect classifier: predicted shares equal true shares, unknown here
+        raise ValueError("a perfect test score does not determine the class balance; use predictions.csv")
+    positive_share = (1 - accuracy) / errors_per_positive          # P / n
+    predicted_positive = recall * positive_share / precision       # (TP + FP) / n
+    if not 0 <= predicted_positive <= 1 or math.isnan(predicted_positive):
+        raise ValueError(f"test_metrics are inconsistent (predicted share {predicted_positive:.3f})")
+    return [1 - predicted_positive, predicted_positive]
+
+
+def baseline_from_predictions(path: Path, classes: Sequence[str]) -> dict:
+    """{"labels": predicted labels, "confidences": top-class probabilities} of the evaluate stage's CSV."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [f"p_{c}" for c in classes]
+    if not rows or any(c not in rows[0] for c in [*columns, "predicted"]):
+        raise ValueError(f"{path}: expected columns predicted, {', '.join(columns)} (evaluate stage output)")
+    return {"labels": [r["predicted"] for r in rows],
+            "confidences": [max(float(r[c]) for c in columns) for r in rows], "source": str(path)}
+
+
+def compare(baseline: dict, live_labels: Sequence[str], live_confidences: Sequence[float],
+            classes: Sequence[str], bins: int = DEFAULT_BINS) -> dict:
+    """PSI of predicted labels and (when the baseline has them) top-class confidences, with the shares."""
+    if not live_labels:
+        raise ValueError("no live predictions to compare")
+    live = label_counts(live_labels, classes)
+    if baseline.get("labels"):
+        expected: Sequence[float] = label_counts(baseline["labels"], classes)
+    else:
+        expected = baseline["label_shares"]
+    result = {
+        "n_live": len(live_labels), "n_baseline": baseline.get("n") or len(baseline.get("labels") or []),
+        "label_shares": {"baseline": dict(zip(classes, _shares(expected))), "live": dict(zip(classes, _shares(live)))},
+        "label_psi": psi(expected, live),
+    }
+    if baseline.get("confidences"):
+        edges = quantile_edges(baseline["confidences"], bins)
+        result.update(
+            confidence_edges=edges,
+            confidence_psi=psi(histogram(baseline["confidences"], edges), histogram(live_confidences, edges)),
+            mean_confidence={"baseline": float(np.mean(baseline["confidences"])),
+                             "live": float(np.mean(live_confidences))})
+    return result
+
+
+def drifted(result: dict, threshold: float) -> list[str]:
+    """Names of the PSIs above `threshold`."""
+    return [name for name in ("label_psi", "confidence_psi") if result.get(name, 0.0) > threshold]
+
+
+def _shares(counts: Sequence[float]) -> list[float]:
+    total = float(sum(counts))
+    return [round(c / total, 4) for c in counts]

@@ -1,0 +1,121 @@
+"""Prediction records from TorchServe's model_log.log (one JSON line per answered or rejected request).
+
+The handler (handler/catsdogs_handler.py `_log`) writes `json.dumps(record)` on the Python logger
+"catsdogs.predictions". The worker's Python logging prints the bare message to stdout, the TorchServe
+frontend reads that stream and logs each line on its MODEL_LOG logger, whose log4j2 pattern
+(`%d{ISO8601} [%-5p] %t %c - %m%n`, TorchServe's default) prefixes it:
+
+    2026-11-25T13:12:04,211 [INFO ] W-9000-catsdogs_1.0-stdout MODEL_LOG - {"batch_size": 1, ...}
+
+`parse_line` accepts that prefix, none at all (monitoring/log4j2.xml's JSON-only file) and timestamps
+with a dot or comma before the milliseconds and an optional UTC offset. A timestamp without an offset
+is TorchServe's local time (the JVM's time zone, UTC in the containers); pass `tz` to say otherwise.
+Rotated files (model_log.<date>.log.gz) are read transparently.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone, tzinfo
+from pathlib import Path
+
+EVENT = "prediction"
+# "2026-11-25T13:12:04,211", "2026-11-25 13:12:04.211", optional "Z" / "+01:00" / "+0100"
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def parse_timestamp(text: str, tz: tzinfo | None = timezone.utc) -> datetime | None:
+    """The log4j timestamp at the start of `text` as an aware datetime (None when there is none)."""
+    match = _TIMESTAMP.match(text.strip())
+    if not match:
+        return None
+    day, clock, fraction, offset = match.groups()
+    stamp = datetime.fromisoformat(f"{day}T{clock}.{(fraction or '0').ljust(6, '0')}")
+    if offset:
+        offset = "+00:00" if offset == "Z" else offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
+        return stamp.replace(tzinfo=datetime.fromisoformat(f"2000-01-01T00:00:00{offset}").tzinfo)
+    return stamp.replace(tzinfo=tz)
+
+
+def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
+    """One log line -> the prediction record (plus "time", an ISO string, when the line has a timestamp).
+
+    Lines that are not the handler's JSON records (TorchServe's own messages, tracebacks, metrics) give None.
+    """
+    start = line.find('{"')
+    if start < 0:
+        return None
+    try:
+        record = json.loads(line[start:])
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("event") != EVENT:
+        return None
+    stamp = parse_timestamp(line[:start], tz)
+    if stamp is not None:
+        record["time"] = stamp.isoformat()
+    return record
+
+
+def open_log(path: Path):
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def log_files(path: Path) -> list[Path]:
+    """A file as is; a folder -> its model_log*.log(.gz) files, rotated ones first (oldest name first)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.glob("model_log*") if p.is_file())
+        current = [p for p in files if p.name == "model_log.log"]
+        return [p for p in files if p.name != "model_log.log"] + current
+    raise FileNotFoundError(f"{path}: no such log file or folder; TorchServe writes model_log.log into its log "
+                            f"folder (LOG_LOCATION: logs/ for `make serve`, else the --log-dir given to "
+                            f"`python -m serving start`); pass that file or folder with --log")
+
+
+def iter_records(lines: Iterable[str], tz: tzinfo | None = timezone.utc) -> Iterator[dict]:
+    for line in lines:
+        record = parse_line(line, tz)
+        if record is not None:
+            yield record
+
+
+def read_records(paths: Path | Iterable[Path], tz: tzinfo | None = timezone.utc) -> list[dict]:
+    """Every prediction record in the given log files/folders, in file order."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    records: list[dict] = []
+    for path in paths:
+        for file in log_files(Path(path)):
+            with open_log(file) as handle:
+                records.extend(iter_records(handle, tz))
+    return records
+
+
+def answered(records: Iterable[dict]) -> list[dict]:
+    """Records of requests that got a prediction (status 200 with a label)."""
+    return [r for r in records if r.get("status") == 200 and "label" in r]
+
+
+def by_request_id(records: Iterable[dict]) -> dict[str, dict]:
+    """request id -> record (the last one wins if an id repeats)."""
+    return {str(r["request_id"]): r for r in records if r.get("request_id")}
+
+
+def probabilities(record: dict, classes: list[str]) -> list[float]:
+    """Class probabilities of an answered record.
+
+    The log keeps the top label and its confidence; with two classes that is the whole distribution.
+    With more, the remaining mass is spread evenly (an approximation, used only for log loss).
+    """
+    label, confidence = record["label"], float(record["confidence"])
+    if label not in classes:
+        raise ValueError(f"record {record.get('request_id')}: label {label!r} is not one of {classes}")
+    rest = (1.0 - confidence) / max(1, len(classes) - 1)
+    return [confidence if name == label else rest for name in classes]

@@ -1,0 +1,71 @@
+"""MLflow logging of monitoring runs (experiment "catsdogs-monitoring"), linked to the served model version."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from training.tracking import DEFAULT_URI
+
+EXPERIMENT = "catsdogs-monitoring"
+
+
+def configure(experiment: str = EXPERIMENT) -> str:
+    """Same store as training ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), monitoring experiment."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = Path("mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def registered_version(meta: dict):
+    """The MLflow ModelVersion the served model came from, or None when this store does not have it."""
+    name, version = meta.get("registered_model"), meta.get("mlflow_model_version")
+    if not name or not version:
+        return None
+    try:
+        return MlflowClient().get_model_version(str(name), str(version))
+    except MlflowException:
+        return None
+
+
+def numeric(metrics: dict, prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))}
+
+
+def log_run(kind: str, meta: dict, metrics: dict, params: dict, artifacts_dir: Path,
+            offline: dict | None = None, extra_tags: dict | None = None) -> tuple[str, str | None]:
+    """One run in the monitoring experiment: live_* metrics (and offline_*, delta_*), the report files,
+    tags naming the served version and registered model version. When this store holds that model
+    version, the metrics are also attached to its logged model (MLflow 3 model_id) and the version gets
+    a `monitoring.<kind>.last_run` tag. Returns (run id, linked model version or None)."""
+    configure()
+    version = registered_version(meta)
+    tags = {"kind": kind, "model_version": str(meta.get("version", "")),
+            "registered_model": str(meta.get("registered_model", "")),
+            "registered_model_version": str(meta.get("mlflow_model_version", "")),
+            "training_run_id": str(meta.get("mlflow_run_id", "")), **(extra_tags or {})}
+    live = numeric(metrics, "live_")
+    with mlflow.start_run(run_name=f"{kind}-{meta.get('version', 'unknown')}", tags=tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(live)
+        if offline:
+            mlflow.log_metrics(numeric(offline, "offline_"))
+            mlflow.log_metrics({f"delta_{k[5:]}": v - offline[k[5:]] for k, v in live.items()
+                                if isinstance(offline.get(k[5:]), (int, float)) and not math.isnan(offline[k[5:]])})
+        if version is not None and getattr(version, "model_id", None):
+            mlflow.log_metrics(live, model_id=version.model_id)
+        mlflow.log_artifacts(str(artifacts_dir), "report")
+        run_id = run.info.run_id
+    if version is not None:
+        MlflowClient().set_model_version_tag(version.name, version.version, f"monitoring.{kind}.last_run", run_id)
+        return run_id, f"{version.name} v{version.version}"
+    return run_id, None
