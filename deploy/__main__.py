@@ -1,0 +1,198 @@
+"""`python -m deploy {deploy,rollback,status,scale}`: model version swaps on a running TorchServe.
+
+Where the server is: --run-dir (default .serve, env CATSDOGS_SERVE_DIR), whose serve.json (written by
+`python -m serving start`) gives the URLs, key file and model store; or explicit --management-url /
+--inference-url / --metrics-url / --key-file / --model-store (env CATSDOGS_MANAGEMENT_URL,
+CATSDOGS_INFERENCE_URL, CATSDOGS_METRICS_URL, CATSDOGS_KEY_FILE, CATSDOGS_MODEL_STORE).
+Exit status: 0 done (or nothing to do), 1 refused or failed (the previous default keeps serving).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from deploy import registry
+from deploy.archive import ArchiveError
+from deploy.deployer import DeployError, DeployOptions, deploy, rollback, scale, status
+from deploy.management import Management, ManagementError
+from serving.client import DEFAULT_RUN_DIR, KEY_FILE, STATE_FILE, ServingClient
+from serving.config import REPO_ROOT
+
+FAILURES = (DeployError, ManagementError, ArchiveError, registry.RegistryError, FileNotFoundError, ValueError)
+
+
+def default_model_name() -> str:
+    from serving.__main__ import default_model_name as from_params
+
+    return from_params()
+
+
+def read_serve_state(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def make_client(args) -> ServingClient:
+    kwargs = {"timeout": args.timeout, "model_name": args.model_name}
+    if args.key_file:
+        kwargs["key_file"] = args.key_file
+    if args.management_url or args.inference_url:
+        if not (args.management_url and args.inference_url):
+            raise ValueError("give both --management-url and --inference-url (or neither, to use the run dir)")
+        kwargs.setdefault("key_file", Path(args.run_dir) / KEY_FILE)
+        return ServingClient(args.inference_url, args.management_url, args.metrics_url or "", **kwargs)
+    return ServingClient.from_run_dir(args.run_dir, **kwargs)
+
+
+def model_store(args) -> Path | None:
+    if args.model_store:
+        return Path(args.model_store)
+    store = read_serve_state(args.run_dir).get("model_store")
+    return Path(store) if store else None
+
+
+def api_from(args) -> Management:
+    return Management(make_client(args), args.model_name)
+
+
+def cmd_deploy(args) -> int:
+    options = DeployOptions(workers=args.workers, golden=args.golden, golden_cache=args.golden_cache,
+                            golden_per_class=args.golden_per_class, golden_size=args.golden_size,
+                            min_accuracy=args.min_accuracy, margin=args.margin, keep=args.keep,
+                            drain_seconds=args.drain_seconds, drain_timeout=args.drain_timeout,
+                            ready_timeout=args.ready_timeout, tracking_uri=registry.tracking_uri(args.tracking_uri),
+                            require_registry=args.require_registry)
+    if options.keep < 1:
+        raise ValueError(f"--keep must be >= 1, got {options.keep}")
+    result = deploy(api_from(args), model_store(args), args.mar, options, log=say)
+    say(f"deploy {result['status']}: default {result['version']} (was {result['previous']}); "
+        f"registered {result['registered']}" + (f"; pruned {result['pruned']}" if result["pruned"] else ""))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    rollback(api_from(args), model_store(args), args.to, registry.tracking_uri(args.tracking_uri),
+             args.require_registry, log=say)
+    return 0
+
+
+def cmd_status(args) -> int:
+    report = status(api_from(args), smoke=not args.no_smoke)
+    champion = registry.champion(registry.tracking_uri(args.tracking_uri), args.model_name)
+    report["mlflow_champion"] = champion
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"model {report['model']}: default version {report['default']}, "
+              f"MLflow {args.model_name}@champion = {champion or '(unset or no registry)'}")
+        for v in report["versions"]:
+            states = ", ".join(f"{w['id']}:{w['status']}" for w in v["workers"]) or "no workers"
+            health = f"  health: {v['health']} ({v['smoke_ms']} ms)" if "health" in v else ""
+            reg = f"  registry v{v['registry'][1]}" if v["registry"] else ""
+            print(f"  {'*' if v['default'] else ' '} {v['version']:<24} workers {len(v['workers'])} "
+                  f"(min {v['min_workers']}, max {v['max_workers']}: {states}){health}{reg}  [{v['archive']}]")
+    unhealthy = [v["version"] for v in report["versions"] if v.get("health", "ok") != "ok"]
+    return 1 if unhealthy or report["default"] is None else 0
+
+
+def cmd_scale(args) -> int:
+    scale(api_from(args), args.version, args.min, args.max, args.timeout_scale, log=say)
+    return 0
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("server")
+    where.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                       help="run dir of `python -m serving start`: serve.json gives URLs, key file and model store "
+                            "(default .serve, env CATSDOGS_SERVE_DIR)")
+    where.add_argument("--management-url", default=env("CATSDOGS_MANAGEMENT_URL"),
+                       help="management API base URL instead of serve.json (env CATSDOGS_MANAGEMENT_URL)")
+    where.add_argument("--inference-url", default=env("CATSDOGS_INFERENCE_URL"),
+                       help="inference API base URL (env CATSDOGS_INFERENCE_URL)")
+    where.add_argument("--metrics-url", default=env("CATSDOGS_METRICS_URL"),
+                       help="metrics API base URL, used to drain old versions (env CATSDOGS_METRICS_URL)")
+    where.add_argument("--key-file", type=Path, default=env("CATSDOGS_KEY_FILE"),
+                       help="TorchServe key_file.json (default <run-dir>/key_file.json, env CATSDOGS_KEY_FILE)")
+    where.add_argument("--model-store", type=Path, default=env("CATSDOGS_MODEL_STORE"),
+                       help="the server's model_store directory (default: serve.json's, env CATSDOGS_MODEL_STORE)")
+    where.add_argument("--model-name", default=default_model_name(), help="model name (params.yaml serve.model_name)")
+    where.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    where.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, "
+                                              "else sqlite:///mlflow.db)")
+
+    parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("deploy", parents=[common], help="register an archive as a new version, gate it, make it default",
+                       description="Place the .mar in the model store as <model>-<version>.mar, register it next "
+                                   "to the serving version, wait for READY workers, run the smoke test and the "
+                                   "golden-set gate on /predictions/<model>/<version>, then set it as default "
+                                   "(zero downtime), move MLflow alias `champion`, and prune versions beyond "
+                                   "--keep. A failed gate unregisters the candidate and exits 1.")
+    p.add_argument("mar", type=Path, help="the archive, e.g. model-store/catsdogs.mar (make archive)")
+    p.add_argument("--workers", type=int, help="workers for the new version (default: as many as the current default)")
+    p.add_argument("--golden", type=Path, help="labelled golden image folder (cat/x.jpg, dogs/y.png, cat.1.jpg); "
+                                               "default: a deterministic synthetic set")
+    p.add_argument("--golden-cache", type=Path, default=REPO_ROOT / "data" / "golden",
+                   help="where the synthetic golden set is drawn once and reused")
+    p.add_argument("--golden-per-class", type=int, default=20, help="synthetic golden images per class")
+    p.add_argument("--golden-size", type=int, default=160, help="synthetic golden image side in pixels")
+    p.add_argument("--min-accuracy", type=float, default=0.8, help="golden accuracy the candidate must reach")
+    p.add_argument("--margin", type=float, default=0.02,
+                   help="the candidate may score at most this much below the current default on the golden set")
+    p.add_argument("--keep", type=int, default=2, help="versions kept registered, the new default included "
+                                                      "(2 = previous one stays warm for rollback)")
+    p.add_argument("--drain-seconds", type=float, default=3.0,
+                   help="an old version is unregistered after receiving no request for this long")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="unregister anyway after this long")
+    p.add_argument("--ready-timeout", type=float, default=240.0, help="seconds for the new workers to be READY")
+    p.add_argument("--require-registry", action="store_true",
+                   help="fail (before any change) when the archive's MLflow model version is not in the registry")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", parents=[common], help="make the previous version the default again",
+                       description="Set the default back to the version that was default before the current one "
+                                   "(from the deploy history in the model store), or to --to VERSION. The target "
+                                   "must still be registered with a READY worker; it is smoke-tested first.")
+    p.add_argument("--to", help="version to roll back to (default: the previous default)")
+    p.add_argument("--require-registry", action="store_true", help="fail when the champion alias cannot be moved")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("status", parents=[common], help="versions, default, workers and a smoke check per version",
+                       description="List every registered version with its workers and a smoke request to "
+                                   "/predictions/<model>/<version>. Exit 1 when a version is unhealthy.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-smoke", action="store_true", help="skip the per-version smoke request")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("scale", parents=[common], help="set min/max workers of a version",
+                       description="PUT /models/<model>/<version>?min_worker=..&max_worker=..&synchronous=true")
+    p.add_argument("--version", help="version to scale (default: the default version)")
+    p.add_argument("--min", type=int, required=True, help="minimum workers")
+    p.add_argument("--max", type=int, help="maximum workers (default: --min)")
+    p.add_argument("--timeout-scale", type=float, default=240.0, help="seconds to wait for the workers")
+    p.set_defaults(func=cmd_scale)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FAILURES as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""deploy / rollback / status / scale: the procedures behind `python -m deploy`.
+
+Zero downtime comes from TorchServe's model versioning: the candidate is registered next to the
+serving version under the same model name, gets its own workers, and is tested on its own URL
+(/predictions/<model>/<version>) while /predictions/<model> keeps going to the current default.
+Only when every gate passes does `PUT /models/<model>/<version>/set-default` switch the default, an
+atomic pointer change in the frontend: requests already queued finish on the old workers, new ones
+go to the new version. The old version stays registered (warm) for an instant rollback; versions
+beyond --keep are drained (no new requests for a quiet period) and unregistered.
+"""
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import registry
+from deploy.archive import (
+    ArchiveError,
+    ArchiveInfo,
+    place_in_store,
+    read_archive,
+    sha256,
+    store_file_name,
+)
+from deploy.gates import (
+    GoldenItem,
+    GoldenScore,
+    check_prediction,
+    gate_decision,
+    load_golden,
+    score,
+    smoke_image,
+    synthetic_golden,
+)
+from deploy.management import (
+    Management,
+    ManagementError,
+    pending_requests,
+    ready_workers,
+)
+from deploy.versions import (
+    append_history,
+    history_path,
+    read_history,
+    rollback_target,
+    versions_to_prune,
+)
+
+Log = Callable[[str], None]
+LOCK_FILE = ".deploy.lock"
+
+
+class DeployError(RuntimeError):
+    """The deploy/rollback did not happen; the previous default still serves. The message says why."""
+
+
+class GateFailed(DeployError):
+    """The candidate failed a release gate and was unregistered."""
+
+
+@dataclass
+class DeployOptions:
+    workers: int | None = None          # None: as many as the current default version has
+    golden: Path | None = None          # labelled folder; None: the synthetic golden set
+    golden_cache: Path = Path("data/golden")
+    golden_per_class: int = 20
+    golden_size: int = 160
+    min_accuracy: float = 0.8
+    margin: float = 0.02
+    keep: int = 2
+    drain_seconds: float = 3.0
+    drain_timeout: float = 60.0
+    ready_timeout: float = 240.0
+    tracking_uri: str = registry.DEFAULT_URI
+    require_registry: bool = False
+
+
+@contextmanager
+def store_lock(store: Path | None):
+    """One deploy/rollback at a time per model store (advisory flock)."""
+    if store is None:
+        yield
+        return
+    with open(Path(store) / LOCK_FILE, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DeployError(f"another deploy/rollback holds {Path(store) / LOCK_FILE}; wait for it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def golden_items(options: DeployOptions, classes: list[str], log: Log) -> list[GoldenItem]:
+    folder = options.golden
+    if folder is None:
+        folder = synthetic_golden(options.golden_cache, classes, options.golden_per_class, options.golden_size)
+    items = load_golden(folder, classes)
+    log(f"golden set: {len(items)} images from {folder}")
+    return items
+
+
+def registered_versions(api: Management) -> list[str]:
+    return [str(d["modelVersion"]) for d in api.versions()]
+
+
+def drain(api: Management, version: str, quiet_s: float, timeout: float) -> str:
+    """Wait until `version` has an empty job queue and got no new request for quiet_s.
+
+    New requests are seen on the metrics API: ts_inference_requests_total{model_version=<version>}
+    counts requests pinned to /predictions/<model>/<version> (unversioned requests count as "default").
+    """
+    began = quiet_since = time.monotonic()
+    last = api.inference_count(version)
+    while time.monotonic() - began < timeout:
+        time.sleep(0.25)
+        count = api.inference_count(version)
+        if count != last or pending_requests(api.describe(version)):
+            last, quiet_since = count, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return f"queue empty and no new request for {quiet_s:g} s"
+    return f"still busy after {timeout:g} s (clients pinned to /predictions/{api.model}/{version}?)"
+
+
+def prune(api: Management, store: Path | None, keep: int, options: DeployOptions, log: Log) -> list[str]:
+    """Drain and unregister versions beyond the `keep` most recent; delete the archives deploy placed."""
+    default = api.default_version()
+    descriptions = {str(d["modelVersion"]): d for d in api.versions()}
+    old = versions_to_prune(list(descriptions), default, read_history(history_path(store)), keep)
+    for version in old:
+        how = drain(api, version, options.drain_seconds, options.drain_timeout)
+        api.unregister(version)
+        placed = store_file_name(api.model, version)
+        if store is not None and descriptions[version].get("modelUrl") == placed:
+            (Path(store) / placed).unlink(missing_ok=True)
+        log(f"unregistered old version {version} (drained: {how})")
+    return old
+
+
+def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[GoldenItem],
+              options: DeployOptions, log: Log) -> str:
+    """Raise GateFailed unless the smoke test and the golden gate pass; returns the golden verdict."""
+    status, body = api.predict(info.version, smoke_image(info.classes))
+    problems = check_prediction(status, body, info.classes, info.version)
+    if problems:
+        raise GateFailed(f"smoke test of version {info.version} failed: {'; '.join(problems)}")
+    log(f"smoke test passed: {body['label']} {body['confidence']:.3f} from version {body['model_version']}")
+    candidate = score(lambda data: api.predict(info.version, data), items, info.classes, info.version)
+    log(f"golden {candidate.summary()}")
+    baseline: GoldenScore | None = None
+    if baseline_version and baseline_version != info.version:
+        baseline = score(lambda data: api.predict(baseline_version, data), items, info.classes, baseline_version)
+        log(f"golden {baseline.summary()} (current default)")
+    passed, reason = gate_decision(candidate, baseline, options.min_accuracy, options.margin)
+    if not passed:
+        examples = "".join(f"\n    {m}" for m in candidate.mistakes)
+        raise GateFailed(f"golden gate failed for version {info.version}: {reason}{examples}")
+    log(f"golden gate passed: {reason}")
+    return reason
+
+
+def deploy(api: Management, store: Path | None, mar: Path, options: DeployOptions, log: Log = print) -> dict:
+    """Register, gate, switch the default, move `champion`, prune. Raises DeployError/GateFailed."""
+    info = read_archive(mar)
+    if info.model_name != api.model:
+        raise DeployError(f"{mar} is an archive of model {info.model_name!r}, the server model is {api.model!r}; "
+                          f"pass --model-name {info.model_name} or rebuild the archive")
+    log(f"archive {mar}: model {info.model_name} version {info.version}")
+    warning = registry.check(options.tracking_uri, info.meta, options.require_registry)
+    if warning:
+        log(f"warning: {warning}")
+    items = golden_items(options, info.classes, log)
+    with store_lock(store):
+        return _deploy_locked(api, store, info, items, options, log)
+
+
+def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[GoldenItem],
+                   options: DeployOptions, log: Log) -> dict:
+    version = info.version
+    default = api.default_version()
+    registered = registered_versions(api)
+    result = {"version": version, "previous": default, "pruned": []}
+    pre_existing = version in registered
+    if pre_existing:
+        _check_same_archive(api, store, info)
+    if version == default:
+        log(f"version {version} is already registered and the default: nothing to switch")
+        result["status"] = "unchanged"
+    else:
+        placed = None
+        if pre_existing:
+            log(f"version {version} is already registered (not default): gating it again")
+        else:
+            placed = _register(api, store, info, default, options, log)
+        try:
+            run_gates(api, info, default, items, options, log)
+        except BaseException:  # a failed gate, a lost connection or Ctrl-C: never leave a half-deployed candidate
+            if not pre_existing:
+                _remove(api, store, version, placed, log)
+            raise
+        log(api.set_default(version))
+        append_history(history_path(store), action="deploy", previous=default, version=version)
+        log(f"default switched: {default} -> {version}; /predictions/{api.model} now answers with {version}")
+        result["status"] = "deployed"
+    log(registry.move_champion(options.tracking_uri, info.meta, options.require_registry))
+    result["pruned"] = prune(api, store, options.keep, options, log)
+    result["registered"] = registered_versions(api)
+    return result
+
+
+def _check_same_archive(api: Management, store: Path | None, info: ArchiveInfo) -> None:
+    url = (api.describe(info.version) or {}).get("modelUrl")
+    if store is None or not url or not (Path(store) / url).is_file():
+        return
+    loaded = Path(store) / url
+    try:
+        same_version = read_archive(loaded).version == info.version  # e.g. catsdogs.mar rebuilt since start-up
+    except ArchiveError:
+        return
+    if same_version and sha256(loaded) != sha256(info.path):
+        raise DeployError(f"version {info.version} is already registered from {loaded}, whose bytes "
+                          f"differ from {info.path}; give the new model a new version (re-run the export) "
+                          f"instead of reusing {info.version}")
+
+
+def _register(api: Management, store: Path | None, info: ArchiveInfo, default: str | None,
+              options: DeployOptions, log: Log) -> Path:
+    if store is None:
+        raise DeployError("the server's model store is unknown: pass --model-store (the directory TorchServe "
+                          "loads archives from; config.properties allowed_urls only permits archives there)")
+    file_name = store_file_name(api.model, info.version)
+    dest, copied = place_in_store(info.path, store, file_name)
+    log(f"{'copied' if copied else 'found'} {dest}")
+    base = (api.describe(default) if default else None) or {}  # the new version gets the default's workers
+    workers = options.workers or int(base.get("minWorkers") or 1)
+    maximum = max(workers, options.workers or int(base.get("maxWorkers") or workers))
+    began = time.monotonic()
+    try:
+        log(api.register(file_name, workers, timeout=options.ready_timeout))
+        description = api.wait_ready(info.version, options.ready_timeout)
+        # the archive's model-config.yaml minWorkers/maxWorkers win over initial_workers at registration
+        if (description.get("minWorkers"), description.get("maxWorkers")) != (workers, maximum):
+            log(api.scale(info.version, workers, maximum, timeout=options.ready_timeout))
+            description = api.wait_ready(info.version, options.ready_timeout)
+    except BaseException as exc:
+        _remove(api, store, info.version, dest, log)
+        if isinstance(exc, ManagementError):
+            raise DeployError(f"version {info.version} did not start: {exc}") from exc
+        raise
+    ready, _ = ready_workers(description)
+    log(f"version {info.version} registered: {ready} READY worker(s) in {time.monotonic() - began:.1f} s")
+    return dest
+
+
+def _remove(api: Management, store: Path | None, version: str, placed: Path | None, log: Log) -> None:
+    """Undo a failed candidate: unregister it (if TorchServe still lists it) and delete the archive we placed."""
+    try:
+        if version in registered_versions(api):
+            api.unregister(version)
+            log(f"unregistered rejected version {version}")
+    except ManagementError as exc:
+        log(f"warning: could not unregister {version}: {exc}")
+    if placed is not None:
+        Path(placed).unlink(missing_ok=True)
+
+
+def served_metadata(api: Management, store: Path | None, version: str, description: dict) -> dict:
+    """model-meta.json of a registered version: from its archive in the store, else from the handler."""
+    url = description.get("modelUrl")
+    if store is not None and url and (Path(store) / url).is_file():
+        try:
+            info = read_archive(Path(store) / url)
+            if info.version == version and info.meta:
+                return info.meta
+        except ArchiveError:
+            pass
+    return api.metadata(version)
+
+
+def rollback(api: Management, store: Path | None, to: str | None, tracking_uri: str, require_registry: bool,
+             log: Log = print) -> dict:
+    """Make the previous version (or `to`) the default again, after a smoke test of it."""
+    with store_lock(store):
+        default = api.default_version()
+        registered = registered_versions(api)
+        target = to or rollback_target(read_history(history_path(store)), default, registered)
+        if target is None and len(registered) < 2:
+            raise DeployError(f"nothing to roll back to: only {registered or 'no version'} is registered for "
+                              f"{api.model} (deploy keeps --keep versions; a pruned one must be deployed again)")
+        if target is None:
+            where = history_path(store) or "(model store unknown: --model-store)"
+            raise DeployError(f"cannot tell which version to roll back to: registered {registered}, default "
+                              f"{default}, no usable deploy history in {where}; pass --to VERSION")
+        if target not in registered:
+            raise DeployError(f"version {target} is not registered (registered: {registered}); deploy its archive")
+        if target == default:
+            log(f"version {target} is already the default")
+            return {"version": target, "previous": default, "status": "unchanged"}
+        description = api.describe(target) or {}
+        ready, _ = ready_workers(description)
+        if ready < 1:
+            raise DeployError(f"version {target} has no READY worker; scale it first: "
+                              f"python -m deploy scale --version {target} --min 1")
+        meta = served_metadata(api, store, target, description)
+        classes = list(meta.get("classes") or ["cat", "dog"])
+        status, body = api.predict(target, smoke_image(classes))
+        problems = check_prediction(status, body, classes, target)
+        if problems:
+            raise DeployError(f"smoke test of rollback target {target} failed: {'; '.join(problems)}")
+        log(api.set_default(target))
+        append_history(history_path(store), action="rollback", previous=default, version=target)
+        log(f"rolled back: default {default} -> {target}")
+        log(registry.move_champion(tracking_uri, meta, require_registry))
+        return {"version": target, "previous": default, "status": "rolled back"}
+
+
+def status(api: Management, smoke: bool = True) -> dict:
+    """Registered versions with workers and a smoke-request health check of each."""
+    default = api.default_version()
+    versions = []
+    for description in api.versions():
+        version = str(description["modelVersion"])
+        meta = api.metadata(version)
+        classes = list(meta.get("classes") or ["cat", "dog"])
+        entry = {"version": version, "default": version == default, "archive": description.get("modelUrl"),
+                 "min_workers": description.get("minWorkers"), "max_workers": description.get("maxWorkers"),
+                 "workers": [{"id": w.get("id"), "status": w.get("status"), "pid": w.get("pid")}
+                             for w in description.get("workers") or []],
+                 "registry": registry.registry_ref(meta)}
+        if smoke:
+            began = time.perf_counter()
+            code, body = api.predict(version, smoke_image(classes), timeout=15)
+            problems = check_prediction(code, body, classes, version)
+            entry["health"] = "ok" if not problems else "; ".join(problems)
+            entry["smoke_ms"] = round((time.perf_counter() - began) * 1000, 1)
+        versions.append(entry)
+    versions.sort(key=lambda e: (not e["default"], e["version"]))
+    return {"model": api.model, "default": default, "versions": versions}
+
+
+def scale(api: Management, version: str | None, min_workers: int, max_workers: int | None,
+          timeout: float, log: Log = print) -> dict:
+    version = version or api.default_version()
+    if version is None:
+        raise DeployError(f"model {api.model} is not registered")
+    maximum = max(min_workers, max_workers if max_workers is not None else min_workers)
+    log(api.scale(version, min_workers, maximum, timeout=timeout))
+    description = api.describe(version) or {}
+    ready, wanted = ready_workers(description)
+    log(f"version {version}: min {description.get('minWorkers')} max {description.get('maxWorkers')}, "
+        f"{ready} READY worker(s)")
+    return {"version": version, "ready": ready, "min_workers": wanted}

@@ -1,0 +1,173 @@
+"""Release gates for a candidate version: a smoke test and a golden-set accuracy check.
+
+Smoke test: one image to the candidate's own URL (/predictions/<model>/<version>) must come back 200
+with the handler's schema {"label", "confidence", "probabilities", "model_version"}, the archive's
+classes and the candidate's version.
+Golden set: a small labelled image folder (labels from sub-folder or file names, as training.ingest
+reads them: cat/x.jpg, dogs/y.png, cat.12.jpg). By default a deterministic synthetic set drawn by
+training.synthetic with its own seed (not the training images) and cached on disk. The candidate must
+reach `min_accuracy` and must not score below the current default version on the same set minus
+`margin`; any failed golden request fails the gate.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+RESPONSE_KEYS = {"label", "confidence", "probabilities", "model_version"}
+GOLDEN_SEED = 2024_11  # not params.yaml synthetic.seed: golden images are never training images
+SMOKE_SEED = 99
+
+
+@dataclass(frozen=True)
+class GoldenItem:
+    path: Path
+    label: str
+
+
+@dataclass
+class GoldenScore:
+    """Accuracy of one version on the golden set (errors count as wrong)."""
+
+    version: str
+    n: int = 0
+    correct: int = 0
+    errors: int = 0
+    mistakes: list[str] = field(default_factory=list)  # a few "file: expected x, got y" lines
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def summary(self) -> str:
+        return (f"version {self.version}: {self.correct}/{self.n} right ({self.accuracy:.3f})"
+                + (f", {self.errors} failed requests" if self.errors else ""))
+
+
+# --- pure checks -----------------------------------------------------------------------------------
+
+def check_prediction(status: int, body, classes: list[str], version: str | None) -> list[str]:
+    """Problems with one prediction response (empty list: it is a valid answer from `version`)."""
+    if status != 200:
+        detail = body.get("message") or body.get("error") if isinstance(body, dict) else str(body)[:200]
+        return [f"HTTP {status}: {detail}"]
+    if not isinstance(body, dict):
+        return [f"response is not a JSON object: {str(body)[:200]}"]
+    problems = []
+    if set(body) != RESPONSE_KEYS:
+        problems.append(f"keys {sorted(body)} != {sorted(RESPONSE_KEYS)}")
+        return problems
+    probs = body["probabilities"]
+    if not isinstance(probs, dict) or list(probs) != list(classes):
+        problems.append(f"probabilities classes {list(probs) if isinstance(probs, dict) else probs} != {classes}")
+    elif not all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in probs.values()):
+        problems.append(f"probabilities out of [0, 1]: {probs}")
+    elif not math.isclose(sum(probs.values()), 1.0, abs_tol=1e-3):
+        problems.append(f"probabilities sum to {sum(probs.values()):.4f}, not 1")
+    elif not math.isclose(body["confidence"], max(probs.values()), abs_tol=1e-6):
+        problems.append(f"confidence {body['confidence']} != max probability {max(probs.values())}")
+    if body["label"] not in classes:
+        problems.append(f"label {body['label']!r} not one of {classes}")
+    if version is not None and str(body["model_version"]) != str(version):
+        problems.append(f"answered by version {body['model_version']!r}, expected {version!r}")
+    return problems
+
+
+def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accuracy: float,
+                  margin: float) -> tuple[bool, str]:
+    """(passed, reason) for the golden-set gate."""
+    if candidate.n == 0:
+        return False, "the golden set is empty"
+    if candidate.errors:
+        return False, f"{candidate.errors} of {candidate.n} golden requests failed ({candidate.summary()})"
+    if candidate.accuracy < min_accuracy:
+        return False, (f"golden accuracy {candidate.accuracy:.3f} < required {min_accuracy:.3f} "
+                       f"({candidate.summary()})")
+    if baseline is not None and baseline.n and not baseline.errors:
+        floor = baseline.accuracy - margin
+        if candidate.accuracy < floor:
+            return False, (f"golden accuracy {candidate.accuracy:.3f} is below the serving default's "
+                           f"{baseline.accuracy:.3f} minus margin {margin:.3f} ({candidate.summary()}; "
+                           f"default {baseline.summary()})")
+        return True, (f"golden accuracy {candidate.accuracy:.3f} >= {min_accuracy:.3f} and >= default's "
+                      f"{baseline.accuracy:.3f} - {margin:.3f}")
+    return True, f"golden accuracy {candidate.accuracy:.3f} >= {min_accuracy:.3f} (no comparable default score)"
+
+
+# --- golden set --------------------------------------------------------------------------------------
+
+def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
+    """Labelled images under `folder` (hidden files skipped); raises when a class has no image."""
+    # imported here: training.ingest pulls in torch, which `python -m deploy --help` should not wait for
+    from training.ingest import label_from_path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"golden set {folder} is not a directory")
+    items, unlabelled = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")) or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        label = label_from_path(rel, classes)
+        (items.append(GoldenItem(path, label)) if label else unlabelled.append(rel))
+    missing = [c for c in classes if not any(i.label == c for i in items)]
+    if missing:
+        raise ValueError(f"golden set {folder} has no images for {missing} (labels come from folder or file "
+                         f"names, e.g. cat/1.jpg or dog.2.jpg; {len(unlabelled)} unlabelled files)")
+    return items
+
+
+def synthetic_golden(cache_root: Path, classes: list[str], per_class: int, size: int,
+                     seed: int = GOLDEN_SEED) -> Path:
+    """A deterministic synthetic golden set in cache_root/synthetic-<settings>/, drawn once then reused."""
+    from training.synthetic import MARKER_FILE, generate
+
+    folder = Path(cache_root) / f"synthetic-s{seed}-n{per_class}-px{size}-{'-'.join(classes)}"
+    marker = folder / MARKER_FILE
+    wanted = {"classes": list(classes), "images_per_class": per_class, "size": size, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return folder
+    generate(folder, list(classes), per_class, size, seed, progress=False)
+    return folder
+
+
+def smoke_image(classes: list[str], size: int = 128) -> bytes:
+    """One synthetic JPEG of the first class (in memory), for schema checks."""
+    from training.synthetic import DRAWERS, draw_image
+
+    name = classes[0] if classes[0] in DRAWERS else "cat"
+    image, quality = draw_image(name, size, np.random.default_rng(SMOKE_SEED))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+# --- scoring through the server ------------------------------------------------------------------------
+
+Predict = Callable[[bytes], tuple[int, object]]  # image bytes -> (HTTP status, parsed JSON body or text)
+
+
+def score(predict: Predict, items: list[GoldenItem], classes: list[str], version: str) -> GoldenScore:
+    """Send every golden image through `predict` and count right answers."""
+    result = GoldenScore(version=version)
+    for item in items:
+        status, body = predict(item.path.read_bytes())
+        result.n += 1
+        problems = check_prediction(status, body, classes, version)
+        if problems:
+            result.errors += 1
+            if len(result.mistakes) < 5:
+                result.mistakes.append(f"{item.path.name}: {'; '.join(problems)}")
+        elif body["label"] == item.label:
+            result.correct += 1
+        elif len(result.mistakes) < 5:
+            result.mistakes.append(f"{item.path.name}: expected {item.label}, got {body['label']}")
+    return result

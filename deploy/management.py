@@ -1,0 +1,161 @@
+"""TorchServe management-API calls for one model's versions, over serving.client.ServingClient.
+
+ServingClient adds the management/inference key and re-reads or rotates it when TorchServe refuses an
+expired one, so a long deploy never fails on key expiry.
+  GET    /models/<m>               the default version        GET /models/<m>/all   every version
+  POST   /models?url=<file>.mar&model_name=<m>&initial_workers=N&synchronous=true   register
+  PUT    /models/<m>/<v>/set-default                           switch the default atomically
+  PUT    /models/<m>/<v>?min_worker=N&max_worker=M&synchronous=true                 scale
+  DELETE /models/<m>/<v>                                       unregister (stops its workers)
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from urllib.parse import quote
+
+import requests
+
+from serving.client import ServingClient
+
+
+class ManagementError(RuntimeError):
+    """TorchServe refused or failed a management call; the message carries its answer."""
+
+
+def _answer(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300]
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("status") or body)[:300]
+    return str(body)[:300]
+
+
+def pending_requests(description: dict | None) -> int:
+    """Requests queued for one version (describe-model's jobQueueStatus.pendingRequests)."""
+    return int(((description or {}).get("jobQueueStatus") or {}).get("pendingRequests") or 0)
+
+
+def ready_workers(description: dict) -> tuple[int, int]:
+    """(READY workers, workers wanted = minWorkers) of one describe-model entry."""
+    workers = description.get("workers") or []
+    return sum(w.get("status") == "READY" for w in workers), int(description.get("minWorkers") or 0)
+
+
+def inference_count(metrics_text: str, model: str, version: str) -> float | None:
+    """ts_inference_requests_total for one model version from Prometheus text (None: no such series)."""
+    total, found = 0.0, False
+    for line in metrics_text.splitlines():
+        if not line.startswith("ts_inference_requests_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}", 1)[0]))
+        if labels.get("model_name") == model and labels.get("model_version") == version:
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else None
+
+
+class Management:
+    def __init__(self, client: ServingClient, model_name: str):
+        self.client = client
+        self.model = model_name
+
+    def _path(self, version: str | None = None, suffix: str = "") -> str:
+        path = f"/models/{quote(self.model, safe='')}"
+        if version is not None:
+            path += f"/{quote(version, safe='')}"
+        return path + suffix
+
+    def _call(self, method: str, path: str, ok=(200,), **kwargs) -> requests.Response:
+        try:
+            response = self.client.request("management", method, path, **kwargs)
+        except requests.RequestException as exc:
+            raise ManagementError(f"{method} {self.client.urls['management']}{path} failed: {exc}; is TorchServe "
+                                  f"running there (python -m serving ready)?") from exc
+        if response.status_code not in ok:
+            raise ManagementError(f"{method} {path}: HTTP {response.status_code} {_answer(response)}")
+        return response
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    def versions(self) -> list[dict]:
+        """Describe-model entries of every registered version ([] when the model is not registered)."""
+        response = self._call("GET", self._path("all"), ok=(200, 404))
+        return response.json() if response.status_code == 200 else []
+
+    def default_version(self) -> str | None:
+        response = self._call("GET", self._path(), ok=(200, 404))
+        return str(response.json()[0]["modelVersion"]) if response.status_code == 200 else None
+
+    def describe(self, version: str) -> dict | None:
+        response = self._call("GET", self._path(version), ok=(200, 404))
+        return response.json()[0] if response.status_code == 200 else None
+
+    def metadata(self, version: str) -> dict:
+        """The handler's model metadata for a version (GET ...?customized=true); {} when unavailable."""
+        response = self._call("GET", self._path(version), ok=(200, 404), params={"customized": "true"})
+        if response.status_code != 200:
+            return {}
+        meta = response.json()[0].get("customizedMetadata") or {}
+        if isinstance(meta, str):  # the handler's describe_handle() JSON, passed through as text or parsed
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def predict(self, version: str, data: bytes, timeout: float = 30.0) -> tuple[int, object]:
+        """POST an image to /predictions/<model>/<version>: (status, JSON body or text)."""
+        path = f"/predictions/{quote(self.model, safe='')}/{quote(version, safe='')}"
+        try:
+            response = self.client.request("inference", "POST", path, data=data, timeout=timeout,
+                                           headers={"Content-Type": "application/octet-stream"})
+        except requests.RequestException as exc:
+            return 0, f"request failed: {exc}"
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, response.text[:300]
+
+    def inference_count(self, version: str) -> float | None:
+        try:
+            return inference_count(self.client.metrics(), self.model, version)
+        except (requests.RequestException, RuntimeError):
+            return None
+
+    # --- changing -------------------------------------------------------------------------------------
+
+    def register(self, file_name: str, workers: int, timeout: float) -> str:
+        response = self._call("POST", "/models", timeout=timeout, params={
+            "url": file_name, "model_name": self.model, "initial_workers": workers, "synchronous": "true"})
+        return _answer(response)
+
+    def wait_ready(self, version: str, timeout: float) -> dict:
+        """Poll until every wanted worker of `version` is READY; returns its description."""
+        deadline = time.monotonic() + timeout
+        last = "not described yet"
+        while time.monotonic() < deadline:
+            description = self.describe(version)
+            if description is not None:
+                ready, wanted = ready_workers(description)
+                if ready >= max(wanted, 1):
+                    return description
+                states = [w.get("status") for w in description.get("workers") or []]
+                last = f"{ready}/{max(wanted, 1)} workers READY ({', '.join(states) or 'no workers'})"
+            time.sleep(0.5)
+        raise ManagementError(f"version {version} not ready after {timeout:.0f} s: {last}; see TorchServe's "
+                              f"model_log.log")
+
+    def scale(self, version: str, min_workers: int, max_workers: int, timeout: float) -> str:
+        response = self._call("PUT", self._path(version), ok=(200, 202, 206), timeout=timeout, params={
+            "min_worker": min_workers, "max_worker": max_workers, "synchronous": "true"})
+        return _answer(response)
+
+    def set_default(self, version: str) -> str:
+        return _answer(self._call("PUT", self._path(version, "/set-default")))
+
+    def unregister(self, version: str, timeout: float = 180.0) -> str:
+        return _answer(self._call("DELETE", self._path(version), timeout=timeout))

@@ -1,0 +1,91 @@
+"""MLflow model registry: the `champion` alias follows the version TorchServe serves by default.
+
+The export stage registers each trained model as a new version of `catsdogs` (alias `candidate`) and
+writes registered_model + mlflow_model_version into model-meta.json, which the archive carries.
+After a successful deploy or rollback the alias `champion` is moved to that registry version.
+A registry without that version (an archive trained against another tracking store) gives a warning,
+or an error with --require-registry.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CHAMPION = "champion"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+class RegistryError(RuntimeError):
+    """The registry lacks the version (only raised when the registry is required)."""
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def registry_ref(meta: dict) -> tuple[str, str] | None:
+    """(registered model name, registry version) named by model-meta.json, None when absent."""
+    name, version = meta.get("registered_model"), meta.get("mlflow_model_version")
+    return (str(name), str(version)) if name and version else None
+
+
+def _sqlite_missing(uri: str) -> Path | None:
+    """The file of a sqlite:/// URI that does not exist (MLflow would silently create an empty store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])  # sqlite:///rel.db or sqlite:////abs/path.db
+    return None if path.exists() else path
+
+
+def find_version(uri: str, meta: dict) -> tuple[tuple[str, str] | None, str | None]:
+    """((name, version), None) when the registry has the archive's version, else (ref or None, why not)."""
+    ref = registry_ref(meta)
+    if ref is None:
+        return None, "model-meta.json has no registered_model/mlflow_model_version"
+    missing = _sqlite_missing(uri)
+    if missing is not None:
+        return ref, f"no MLflow store at {missing} (MLFLOW_TRACKING_URI={uri})"
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(*ref)
+    except MlflowException as exc:
+        return ref, f"{ref[0]} version {ref[1]} not in the registry at {uri}: {exc.message.splitlines()[0]}"
+    return ref, None
+
+
+def check(uri: str, meta: dict, required: bool) -> str | None:
+    """None when the version is registered; the reason as a warning otherwise (RegistryError if required)."""
+    _, why = find_version(uri, meta)
+    if why and required:
+        raise RegistryError(f"{why}; pass the tracking store that registered it with --tracking-uri / "
+                            f"MLFLOW_TRACKING_URI, or drop --require-registry")
+    return why
+
+
+def move_champion(uri: str, meta: dict, required: bool = False) -> str:
+    """Point alias `champion` at the archive's registry version; returns a one-line report."""
+    ref, why = find_version(uri, meta)
+    if why:
+        if required:
+            raise RegistryError(why)
+        return f"warning: champion alias not moved: {why}"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias(ref[0], CHAMPION, ref[1])
+    return f"MLflow: {ref[0]}@{CHAMPION} -> version {ref[1]} ({uri})"
+
+
+def champion(uri: str, name: str) -> str | None:
+    """The registry version the alias points at (None when unset or no store)."""
+    if _sqlite_missing(uri) is not None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
