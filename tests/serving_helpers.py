@@ -71,3 +71,11 @@ def train_synthetic_model(work: Path, *, images_per_class: int = 500, epochs: in
     evaluate(params, work / "prepared", work / "train", work / "eval")
     export(params, work / "prepared", work / "train", work / "eval", work / "model")
     return work / "model", work / "prepared"
+
+
+def held_out_images(prepared: Path, split: str = "test") -> list[tuple[Path, str]]:
+    """(original image file, label) for each image of a prepared split (manifest paths are source-relative)."""
+    from training.prepare import read_manifest, read_stats
+
+    source = Path(read_stats(prepared)["source"])
+    return [(source / row["path"], row["label"]) for row in read_manifest(prepared, split)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import tarfile
 
 import pytest
@@ -19,6 +18,7 @@ from serving.client import ServingClient
 from serving.config import DEFAULT_CONFIG
 from serving.server import free_ports, start, stop
 from tests.conftest import SHARED_TAR, image_bytes
+from tests.serving_helpers import held_out_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -35,9 +35,7 @@ def served(synthetic_model, tmp_path_factory):
                   ports={"inference": inference, "management": management, "metrics": metrics},
                   grpc_ports=(grpc_i, grpc_m), timeout=240)
     client = ServingClient.from_run_dir(work / "run", timeout=30)
-    from training.prepare import read_manifest
-
-    rows = read_manifest(prepared, "test")
+    rows = [{"path": path, "label": label} for path, label in held_out_images(prepared)]
     try:
         yield client, state, rows
     finally:
@@ -139,7 +137,7 @@ def test_management_api_lists_and_describes_the_model(served):
     assert described[0]["workers"][0]["status"] == "READY"
     assert described[0]["modelVersion"]
     custom = client.request("management", "GET", "/models/catsdogs?customized=true").json()
-    meta = json.loads(custom[0]["customizedMetadata"])
+    meta = custom[0]["customizedMetadata"]  # TorchServe parses describe_handle's JSON string
     assert meta["classes"] == ["cat", "dog"] and meta["version"] == described[0]["modelVersion"]
 
 
