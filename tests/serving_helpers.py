@@ -79,3 +79,19 @@ def held_out_images(prepared: Path, split: str = "test") -> list[tuple[Path, str
 
     source = Path(read_stats(prepared)["source"])
     return [(source / row["path"], row["label"]) for row in read_manifest(prepared, split)]
+
+
+def serve_model_dir(model_dir: Path, work: Path, **start_kwargs) -> dict:
+    """Archive `model_dir` into work/store and start TorchServe on free ports (run dir work/run, logs work/logs).
+
+    Returns serving.server.start's state; the caller stops it with serving.server.stop(work / "run").
+    """
+    from serving.archive import build_archive
+    from serving.config import DEFAULT_CONFIG
+    from serving.server import free_ports, start
+
+    build_archive(model_dir, work / "store")
+    inference, management, metrics, grpc_i, grpc_m = free_ports(5)
+    return start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
+                 ports={"inference": inference, "management": management, "metrics": metrics},
+                 grpc_ports=(grpc_i, grpc_m), timeout=240, **start_kwargs)

@@ -30,11 +30,10 @@ from model.export import META_FILE, read_metadata
 from model.preprocess import decode_image, eval_transform
 from monitoring import evaluate, logs, prometheus, promql
 from monitoring.__main__ import main
-from serving.archive import build_archive
 from serving.client import ServingClient
-from serving.config import DEFAULT_CONFIG
-from serving.server import free_ports, start, stop
+from serving.server import free_ports, stop
 from tests.conftest import SHARED_TAR
+from tests.serving_helpers import serve_model_dir
 from tests.test_monitoring_tools import require_tool
 from training.metrics import classification_metrics
 from training.prepare import read_manifest
@@ -49,12 +48,7 @@ def served(synthetic_model, tmp_path_factory):
     """TorchServe on free ports with the synthetic model and monitoring/log4j2.xml; yields a dict."""
     model_dir, prepared = synthetic_model
     work = tmp_path_factory.mktemp("monitor-serve")
-    build_archive(model_dir, work / "store")
-    inference, management, metrics, grpc_i, grpc_m = free_ports(5)
-    state = start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
-                  ports={"inference": inference, "management": management, "metrics": metrics},
-                  grpc_ports=(grpc_i, grpc_m), timeout=240,
-                  extra={"vmargs": f"-Dlog4j.configurationFile={LOG4J.as_uri()}"})
+    state = serve_model_dir(model_dir, work, extra={"vmargs": f"-Dlog4j.configurationFile={LOG4J.as_uri()}"})
     test_rows = read_manifest(prepared, "test")
     images = work / "test-images"   # the held-out originals, in their class folders
     for row in test_rows:

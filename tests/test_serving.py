@@ -13,12 +13,10 @@ import pytest
 import requests
 from PIL import Image
 
-from serving.archive import build_archive
 from serving.client import ServingClient
-from serving.config import DEFAULT_CONFIG
-from serving.server import free_ports, start, stop
+from serving.server import stop
 from tests.conftest import SHARED_TAR, image_bytes
-from tests.serving_helpers import held_out_images
+from tests.serving_helpers import held_out_images, serve_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -28,12 +26,7 @@ def served(synthetic_model, tmp_path_factory):
     """(client, state, held-out test rows): TorchServe on free ports with the synthetic model."""
     model_dir, prepared = synthetic_model
     work = tmp_path_factory.mktemp("serve")
-    build_archive(model_dir, work / "store")
-    inference, management, metrics, grpc_i, grpc_m = free_ports(5)
-    state = start(config=DEFAULT_CONFIG, run_dir=work / "run",
-                  log_dir=work / "logs", model_store=work / "store",
-                  ports={"inference": inference, "management": management, "metrics": metrics},
-                  grpc_ports=(grpc_i, grpc_m), timeout=240)
+    state = serve_model_dir(model_dir, work)
     client = ServingClient.from_run_dir(work / "run", timeout=30)
     rows = [{"path": path, "label": label} for path, label in held_out_images(prepared)]
     try:
