@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
+# dvc.yaml's commands say `python ...`: the venv's python first on PATH, no activation needed.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .PHONY: help install check-java pipeline synthesize prepare train evaluate export archive \
