@@ -1,0 +1,193 @@
+"""Reports of a load-test run: charts from Locust's CSV history, the console summary, the docs section."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from loadtest import workers
+
+DOCS_START, DOCS_END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None  # "N/A" before the first request
+
+
+def read_history(path: Path | str) -> list[dict]:
+    """The Aggregated rows of Locust's `<prefix>_stats_history.csv`, as numbers, `t` in s from the first row.
+
+    With --csv-full-history Locust writes the current-window (last ~10 s) percentiles in every row;
+    without it the percentiles are cumulative since the start (python -m loadtest always passes it).
+    """
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("Name") == "Aggregated"]
+    if not rows:
+        return []
+    t0 = float(rows[0]["Timestamp"])
+    out = [{"t": float(r["Timestamp"]) - t0, "ts": float(r["Timestamp"]), "users": int(float(r["User Count"])),
+             "rps": _num(r["Requests/s"]) or 0.0, "fps": _num(r["Failures/s"]) or 0.0,
+             "p50_ms": _num(r["50%"]), "p95_ms": _num(r["95%"]), "p99_ms": _num(r["99%"]),
+             "requests": int(float(r["Total Request Count"])), "failures": int(float(r["Total Failure Count"]))}
+           for r in rows]
+    for row in out:  # Locust writes 0 for every percentile while its current window is still empty
+        if row["p50_ms"] == row["p95_ms"] == row["p99_ms"] == 0:
+            row["p50_ms"] = row["p95_ms"] = row["p99_ms"] = None
+    return out
+
+
+def plot_history(history: list[dict], out: Path | str, title: str, cpu_timeline: list | None = None) -> Path:
+    """PNG: throughput (req/s, failures/s) with the user count, p50/p95/p99 latency, and (given the
+    contention timeline [(unix time, our cores, other cores)]) the CPU used by this test and by others."""
+    if not history:
+        raise ValueError("no Aggregated rows in the stats history: did any request run?")
+    t = [r["t"] for r in history]
+    if cpu_timeline:
+        fig, (top, bottom, cpu) = plt.subplots(3, 1, figsize=(10, 9), sharex=True, height_ratios=(3, 3, 2))
+        t0 = history[0]["ts"]
+        at = [row[0] - t0 for row in cpu_timeline]
+        cpu.plot(at, [row[1] for row in cpu_timeline], label="this test (Locust + TorchServe)", color="tab:blue")
+        cpu.plot(at, [row[2] for row in cpu_timeline], label="other processes", color="tab:red")
+        cpu.set_ylabel("CPU cores")
+        cpu.legend(loc="upper left", fontsize="small")
+        cpu.grid(alpha=0.3)
+    else:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    top.plot(t, [r["rps"] for r in history], label="requests/s", color="tab:blue")
+    top.plot(t, [r["fps"] for r in history], label="failures/s", color="tab:red")
+    top.set_ylabel("req/s")
+    users = top.twinx()
+    users.plot(t, [r["users"] for r in history], label="users", color="tab:gray", linestyle="--")
+    users.set_ylabel("users")
+    lines = top.get_legend_handles_labels()[0] + users.get_legend_handles_labels()[0]
+    top.legend(lines, [line.get_label() for line in lines], loc="upper left")
+    for key, color in (("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("p99_ms", "tab:red")):
+        points = [(r["t"], r[key]) for r in history if r[key] is not None]
+        bottom.plot([p[0] for p in points], [p[1] for p in points], label=key.replace("_ms", ""), color=color)
+    bottom.set_ylabel("latency ms (last ~10 s)")
+    (cpu if cpu_timeline else bottom).set_xlabel("seconds")
+    bottom.legend(loc="upper left")
+    top.set_title(title)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_workers(rows: list[dict], out: Path | str, title: str, events: dict[str, float] | None = None) -> Path:
+    """PNG: RSS per backend worker PID (and the frontend) over time; vertical lines at `events` (label -> s)."""
+    if not rows:
+        raise ValueError("no worker samples to plot")
+    fig, (ax, front) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(2, 1))
+    for (worker, pid), points in _by_process(rows).items():
+        target = front if worker == workers.FRONTEND else ax
+        target.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"{worker} pid {pid}")
+    ax.set_ylabel("backend worker RSS MB")
+    front.set_ylabel("frontend RSS MB")
+    front.set_xlabel("seconds")
+    for label, at in (events or {}).items():
+        for target in (ax, front):
+            target.axvline(at, color="tab:red", linestyle=":")
+        ax.annotate(label, (at, ax.get_ylim()[1]), color="tab:red", va="top")
+    for target in (ax, front):
+        target.grid(alpha=0.3)
+        if target.get_legend_handles_labels()[0]:
+            target.legend(loc="lower right", fontsize="small")
+    ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _by_process(rows: list[dict]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    series: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["rss_mb"] is not None:
+            series.setdefault((r["worker"], r["pid"]), []).append((r["elapsed_s"], r["rss_mb"]))
+    return series
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def endpoint_table(endpoints: list[dict], total: dict) -> list[str]:
+    """Markdown rows: name, requests, failures, req/s, p50, p95, p99, max."""
+    lines = ["| endpoint | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|"]
+    for e in sorted(endpoints, key=lambda e: -e["requests"]) + [{**total, "name": "**all**", "method": ""}]:
+        lines.append(f"| {(e['method'] + ' ') if e['method'] else ''}{e['name']} | {e['requests']} | {e['failures']} | "
+                     f"{_fmt(e['rps'])} | {_fmt(e['p50_ms'], 0)} | {_fmt(e['p95_ms'], 0)} | {_fmt(e['p99_ms'], 0)} | "
+                     f"{_fmt(e['max_ms'], 0)} |")
+    return lines
+
+
+def console_summary(summary: dict, extra: list[str] | None = None) -> str:
+    """What `python -m loadtest` prints at the end: throughput, percentiles, accuracy, gate verdict."""
+    m = summary["metrics"]
+    acc = summary["accuracy"]
+    lines = [(f"{summary['mode']}: {m['requests']} requests, {m['failures']} failed "
+             f"(error ratio {_fmt(m['error_ratio'], 4)}), {_fmt(m['rps'])} req/s, "
+             f"p50 {_fmt(m['p50_ms'], 0)} ms, p95 {_fmt(m['p95_ms'], 0)} ms, p99 {_fmt(m['p99_ms'], 0)} ms, "
+             f"max {_fmt(m['max_ms'], 0)} ms"),
+             (f"accuracy on labelled images: {_fmt(acc['accuracy'], 3)} ({acc['correct']}/{acc['labelled']}; "
+             f"{acc['unlabelled']} unlabelled); model {summary['model_name']} version {summary['model_version']}; "
+             f"token refreshes {m.get('token_refreshes', 0)}")]
+    lines += endpoint_table(summary["endpoints"], m)
+    lines += extra or []
+    lines += [f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {c['text']}" for c in summary["checks"]]
+    lines.append(f"quality gate ({summary['mode']}): {'PASSED' if summary['passed'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, start: str, end: str, block: str) -> str:
+    """`text` with the part from `start` to `end` (markers included) replaced by `block`, or `block` appended."""
+    if start in text and end in text and text.index(start) < text.index(end):
+        return text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def mode_markers(mode: str) -> tuple[str, str]:
+    return f"<!-- loadtest:{mode}:start -->", f"<!-- loadtest:{mode}:end -->"
+
+
+def update_docs(path: Path | str, mode: str, lines: list[str]) -> Path:
+    """Write this mode's block inside the loadtest section of docs/performance.md; other sections are kept."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if DOCS_START not in text or DOCS_END not in text:
+        intro = ("Written by `python -m loadtest run|ramp|soak|fault` (`make loadtest`, `loadtest-ramp`, "
+                 "`loadtest-soak`, `loadtest-fault`); each mode replaces its own block. Charts and raw "
+                 "Locust CSV/HTML/JSON are in reports/loadtest/<mode>/ (not committed).")
+        header = [DOCS_START, "## Load tests (Locust, `python -m loadtest`)", "", intro, "", DOCS_END]
+        text = replace_block(text, DOCS_START, DOCS_END, "\n".join(header))
+    start, end = mode_markers(mode)
+    block = "\n".join([start, *lines, end])
+    section = text[text.index(DOCS_START):text.index(DOCS_END)]
+    if start in section and end in section:
+        section = replace_block(section, start, end, block)
+    else:
+        order = ["run", "ramp", "fault", "soak"]
+        later = [mode_markers(m)[0] for m in order[order.index(mode) + 1:] if mode_markers(m)[0] in section] \
+            if mode in order else []
+        at = section.index(later[0]) if later else len(section)
+        section = section[:at].rstrip() + "\n\n" + block + "\n\n" + section[at:].lstrip()
+    text = text[:text.index(DOCS_START)] + section.rstrip() + "\n" + text[text.index(DOCS_END):]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
