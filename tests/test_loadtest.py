@@ -431,9 +431,7 @@ def test_step_ramp_measures_each_step(served_for_load, tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_fault_mode_starts_its_own_server_kills_a_worker_and_sees_it_recover(served_for_load, tmp_path):
-    from serving.server import running_pid
-
-    from serving.server import stop
+    from serving.server import running_pid, stop
 
     _, images, store = served_for_load
     try:
