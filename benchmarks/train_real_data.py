@@ -1,10 +1,13 @@
-"""Benchmark: the default training config on a real photo set (e.g. ../shared/data/dogs-vs-cats-10k.tar).
+"""Benchmark: a training recipe on a real photo set (e.g. ../shared/data/dogs-vs-cats-10k.tar).
 
 Runs prepare -> train -> evaluate -> export in a separate work folder (the repo's own artifacts are not
-touched), times each stage, measures the exported model's single-image CPU latency, and writes a
-markdown report. Nothing is asserted: it prints numbers and writes them down.
+touched), times each stage, measures the exported model's CPU latency and throughput, records the run in
+benchmarks/results/train_real_data.json (one entry per --label, replaced when re-run) and rewrites
+docs/training-benchmark.md from all recorded runs. Nothing is asserted: it prints numbers and writes them down.
 
-    python -m benchmarks.train_real_data --data ../shared/data/dogs-vs-cats-10k.tar
+    python -m benchmarks.train_real_data --data ../shared/data/dogs-vs-cats-10k.tar            # params.yaml
+    python -m benchmarks.train_real_data --data ... --preset scratch --label scratch            # a preset
+    python -m benchmarks.train_real_data --data ... -S train.finetune_blocks=1 --label ft1      # a variant
 """
 from __future__ import annotations
 
@@ -15,12 +18,17 @@ import statistics
 import time
 from pathlib import Path
 
+import psutil
 import torch
 import yaml
 
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
-from training.params import load_params
+from training import presets
+from training.params import check_params, load_params
+
+RESULTS = Path("benchmarks/results/train_real_data.json")
+REPORT = Path("docs/training-benchmark.md")
 
 
 def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int = 200) -> dict:
@@ -40,29 +48,80 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
             if i >= 10:
                 forward.append((t2 - t1) * 1000)
                 full.append((t2 - t0) * 1000)
+        batch = torch.stack([transform(decode_image(image_bytes[i % len(image_bytes)])) for i in range(8)])
+        net(batch)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 5:
+            net(batch)
+            n += len(batch)
+        batch8 = n / (time.perf_counter() - t0)
     pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1]
     return {"forward_p50_ms": round(statistics.median(forward), 2), "forward_p95_ms": round(pct(forward, 95), 2),
             "end_to_end_p50_ms": round(statistics.median(full), 2), "end_to_end_p95_ms": round(pct(full, 95), 2),
+            "batch1_img_s": round(1000 / statistics.median(full), 1), "batch8_forward_img_s": round(batch8, 1),
             "threads": torch.get_num_threads()}
+
+
+class OtherLoad:
+    """CPU time that other processes used while the benchmark ran, in cores (0 = a quiet machine)."""
+
+    def __enter__(self):
+        self.t0, self.sys0, self.own0 = time.time(), self._busy(), self._own()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.time() - self.t0
+        self.cores = round(max(0.0, (self._busy() - self.sys0) - (self._own() - self.own0)) / wall, 2)
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    @staticmethod
+    def _own() -> float:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+
+def conditions() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": psutil.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "network": "not used (weights from installed packages or none)"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder or archive of labelled photos")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="default: %(default)s")
+    parser.add_argument("--preset", choices=presets.available(), help="use a preset's model+train sections")
+    parser.add_argument("--label", default="default", help="name of this run in the results (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("build/bench-real"), help="default: %(default)s")
-    parser.add_argument("--report", type=Path, default=Path("docs/training-benchmark.md"), help="default: %(default)s")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="default: %(default)s")
+    parser.add_argument("--report", type=Path, default=REPORT, help="default: %(default)s")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. -S train.epochs=5 (like dvc exp run -S)")
+                        help="override a param, e.g. -S train.finetune_epochs=2 (like dvc exp run -S)")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    if args.preset:
+        params.update(presets.load(args.preset))
     params["data"].update(source="path", path=str(args.data))
     for item in args.set:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         params[section][name] = yaml.safe_load(value)
-    work = args.workdir
+    params["evaluate"] = {k: v for k, v in params.get("evaluate", {}).items() if "accuracy" not in k and "loss" not in k}
+    check_params(params, "benchmark params")
+    work = args.workdir / args.label
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -72,56 +131,78 @@ def main(argv=None) -> int:
     from training.train import train
 
     timings = {}
-    t0 = time.time()
-    prepare(args.data, work / "prepared", list(params["data"]["classes"]), resize_size=params["model"]["resize_size"],
-            val_ratio=params["prepare"]["val_ratio"], test_ratio=params["prepare"]["test_ratio"],
-            seed=params["prepare"]["seed"], max_pixels=params["data"]["max_image_pixels"])
-    timings["prepare_s"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    summary = train(params, work / "prepared", work / "train")
-    timings["train_s"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
-    timings["evaluate_s"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    meta = export(params, work / "prepared", work / "train", work / "eval", work / "model")
-    timings["export_s"] = round(time.time() - t0, 1)
-
+    with OtherLoad() as load:
+        t0 = time.time()
+        prepare(args.data, work / "prepared", list(params["data"]["classes"]),
+                resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
+                test_ratio=params["prepare"]["test_ratio"], seed=params["prepare"]["seed"],
+                max_pixels=params["data"]["max_image_pixels"])
+        timings["prepare_s"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        summary = train(params, work / "prepared", work / "train")
+        timings["train_s"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
+        timings["evaluate_s"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        meta = export(work / "prepared", work / "train", work / "eval", work / "model")
+        timings["export_s"] = round(time.time() - t0, 1)
     test_rows = read_manifest(work / "prepared", "test")[:50]
-    payloads = [Path(r["cache"]).read_bytes() for r in test_rows]
-    latency = single_image_latency(work / "model", payloads)
-    result = {"data": str(args.data), "arch": params["model"]["arch"], "image_size": params["model"]["image_size"],
-              "epochs_planned": params["train"]["epochs"], **summary, **timings,
-              "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
-              "model_version": meta["version"], "cpu": platform.processor() or platform.machine(),
-              "cores": torch.get_num_threads()}
+    latency = single_image_latency(work / "model", [Path(r["cache"]).read_bytes() for r in test_rows])
+    result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
+              "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
+              **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
+              "model_version": meta["version"], "conditions": {**conditions(), "other_processes_cores": load.cores},
+              "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (work / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_report(args.report, result)
-    print(json.dumps(result, indent=2))
+    runs = json.loads(args.results.read_text()) if args.results.exists() else []
+    runs = [r for r in runs if r["label"] != args.label] + [result]
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(runs, indent=2) + "\n")
+    args.report.write_text(render(runs))
+    print(json.dumps({k: result[k] for k in ("label", "total_s", "train_s", "test", "latency")}, indent=2))
     return 0
 
 
-def write_report(path: Path, r: dict) -> None:
-    t = r["test"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"""# Training benchmark: default config on real photos
+def recipe(r: dict) -> str:
+    m, t = r["model"], r["train"]
+    text = f"{m['arch']} @ {m['image_size']} px, weights {m.get('pretrained')}, {t.get('recipe', 'scratch')}"
+    if t.get("recipe") == "finetune":
+        text += (f": head {t['head_epochs']} ep, last {t['finetune_blocks']} stages {t['finetune_epochs']} ep"
+                 f"{', mirror cached' if t.get('hflip', True) else ''}")
+    else:
+        text += f": {r['summary'].get('epochs_run')} epochs"
+    return text
 
-Command: `python -m benchmarks.train_real_data --data {r['data']}` (written by the script, {time.strftime('%Y-%m-%d')}).
-Machine: {r['cores']} CPU threads, no GPU; random initialisation (no pretrained weights offline).
 
-| what | value |
-|---|---|
-| architecture | {r['arch']} at {r['image_size']} px |
-| epochs run (planned) | {r['epochs_run']} ({r['epochs_planned']}), best epoch {r['best_epoch']} |
-| prepare / train / evaluate / export | {r['prepare_s']} s / {r['train_s']} s / {r['evaluate_s']} s / {r['export_s']} s |
-| **total wall time** | **{r['total_s'] / 60:.1f} min** |
-| **test accuracy** ({t['n']} images) | **{t['accuracy']:.4f}** |
-| precision / recall / F1 (dog = positive) | {t['precision']:.4f} / {t['recall']:.4f} / {t['f1']:.4f} |
-| ROC-AUC / log loss / ECE | {t['roc_auc']:.4f} / {t['log_loss']:.4f} / {t['ece']:.4f} |
-| single-image latency, forward only (p50 / p95) | {r['latency']['forward_p50_ms']} ms / {r['latency']['forward_p95_ms']} ms |
-| single-image latency, decode + preprocess + forward (p50 / p95) | {r['latency']['end_to_end_p50_ms']} ms / {r['latency']['end_to_end_p95_ms']} ms |
-| model version | {r['model_version']} |
-""")
+def render(runs: list[dict]) -> str:
+    """docs/training-benchmark.md: every recorded run, written by this script only."""
+    lines = ["# Training benchmark: recipes on real photos", "",
+             ("Written by `python -m benchmarks.train_real_data` from `benchmarks/results/train_real_data.json`; "
+             "every number below was measured by that script, with the conditions it recorded. Each run: "
+             "prepare -> train -> evaluate -> export of the 10k shared photos (7,999 / 1,000 / 1,000 train / "
+             "val / test), no network."), "",
+             ("| run | recipe | train | total | test acc | log loss | ECE | ROC-AUC | 1-image p50 | batch-8 img/s |"
+             " other CPU load | measured |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        t, lat = r["test"], r["latency"]
+        lines.append(
+            f"| {r['label']} | {recipe(r)} | {r['train_s'] / 60:.1f} min | {r['total_s'] / 60:.1f} min | "
+            f"{t['accuracy']:.4f} | {t['log_loss']:.4f} | {t['ece']:.4f} | {t['roc_auc']:.4f} | "
+            f"{lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | "
+            f"{r['conditions'].get('other_processes_cores', '-')} cores | {r['measured_at']} |")
+    lines += ["", ("Columns: *train* and *total* are wall time (total = prepare + train + evaluate + export); "
+              "*1-image p50* is decode + preprocess + TorchScript forward of one photo; *batch-8 img/s* is the "
+              "TorchScript forward alone on batches of 8 (in-process, not through TorchServe); *other CPU load* "
+              "is the CPU time other processes used during the run, in cores."), ""]
+    for r in runs:
+        c = r["conditions"]
+        lines.append(f"- **{r['label']}**: {c['cpu']}, {c['logical_cpus']} logical CPUs, {c['torch_threads']} torch "
+                     f"threads, GPU {c['gpu']}; overrides {r['overrides'] or 'none'}; best epoch "
+                     f"{r['summary'].get('best_epoch')} of {r['summary'].get('epochs_run')}; precision / recall "
+                     f"{r['test']['precision']:.4f} / {r['test']['recall']:.4f}; model {r['model_version']}.")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,45 +1,74 @@
-"""Build the classifier: any torchvision classification architecture with a `len(classes)` head."""
+"""Build the classifier: a torchvision architecture, or a timm one with packaged weights, with a `len(classes)` head.
+
+`pretrained` picks where the starting weights come from (model/weights.py); `split_model` cuts a network into
+the frozen trunk, the fine-tuned body and the head that the finetune recipe trains.
+"""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models
 
+from model import weights as W
+
 log = logging.getLogger(__name__)
 
 
-class PretrainedUnavailable(RuntimeError):
-    """ImageNet weights were requested but could not be downloaded."""
+def known_archs() -> list[str]:
+    return sorted(models.list_models(module=models)) + sorted(W.PACKAGE_WEIGHTS)
 
 
-def build_model(arch: str, num_classes: int, pretrained: str | bool = "auto") -> nn.Module:
-    """torchvision `arch` with its classifier replaced by a `num_classes` output layer.
+def build_model(arch: str, num_classes: int, pretrained: str = "none", *, weights_file: str | Path | None = None,
+                weights_sha256: str | None = None) -> nn.Module:
+    """`arch` with the starting weights of `pretrained` and its classifier replaced by `num_classes` outputs."""
+    if pretrained not in W.SOURCES:
+        raise ValueError(f"model.pretrained must be one of {', '.join(W.SOURCES)}, not {pretrained!r}")
+    return replace_head(imagenet_model(arch, pretrained, weights_file=weights_file, weights_sha256=weights_sha256),
+                        num_classes)
 
-    pretrained: "true" -> ImageNet weights or PretrainedUnavailable; "auto" -> ImageNet weights when
-    they can be downloaded, else random init with a warning; "false" -> random init.
-    """
-    if arch not in models.list_models(module=models):
-        raise ValueError(f"model.arch={arch!r} is not a torchvision classification model; "
-                         f"pick one of: {', '.join(sorted(models.list_models(module=models)))}")
-    mode = str(pretrained).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ValueError(f"model.pretrained must be auto, true or false, not {pretrained!r}")
-    net = None
-    if mode in ("auto", "true"):
-        weights = models.get_model_weights(arch).DEFAULT
-        try:
-            net = models.get_model(arch, weights=weights)
-        except Exception as exc:  # network errors surface as URLError/OSError/RuntimeError
-            message = (f"could not download ImageNet weights {weights} for {arch} ({exc.__class__.__name__}: "
-                       f"{exc}). Put the file in $TORCH_HOME/hub/checkpoints, or set model.pretrained: false")
-            if mode == "true":
-                raise PretrainedUnavailable(message) from exc
-            log.warning("%s -- falling back to random initialisation (model.pretrained: auto)", message)
-    if net is None:
-        net = models.get_model(arch, weights=None)
-    return replace_head(net, num_classes)
+
+def imagenet_model(arch: str, pretrained: str, *, weights_file=None, weights_sha256=None) -> nn.Module:
+    """The network with its original (ImageNet, 1000-class) head and the requested weights loaded."""
+    if arch in W.PACKAGE_WEIGHTS:
+        import timm  # only the packaged-weights architectures need it
+        net = timm.create_model(W.PACKAGE_WEIGHTS[arch].timm_arch, pretrained=False)
+    elif arch in models.list_models(module=models):
+        net = torchvision_model(arch, pretrained)
+    else:
+        raise ValueError(f"model.arch={arch!r} is not a known classification model; pick one of: "
+                         f"{', '.join(known_archs())}")
+    if pretrained == "package":
+        path = W.package_weights_file(arch)
+        net.load_state_dict(W.match_in_order(net.state_dict(), W.load_state_dict(path), str(path)))
+        log.info("%s: ImageNet weights from %s", arch, path)
+    elif pretrained == "file":
+        if not weights_file:
+            raise W.WeightsError("model.pretrained: file needs model.weights_file (a state-dict .pth file)")
+        path = Path(weights_file)
+        W.check_sha256(path, weights_sha256, "model.weights_file")
+        state = W.load_state_dict(path)
+        if list(state) != list(net.state_dict()):
+            state = W.match_in_order(net.state_dict(), state, str(path))
+        net.load_state_dict(state)
+        log.info("%s: weights from %s", arch, path)
+    return net
+
+
+def torchvision_model(arch: str, pretrained: str) -> nn.Module:
+    if pretrained != "torchvision":
+        return models.get_model(arch, weights=None)
+    weights = models.get_model_weights(arch).DEFAULT
+    try:
+        return models.get_model(arch, weights=weights)
+    except Exception as exc:  # network errors surface as URLError/OSError/RuntimeError
+        raise W.WeightsError(
+            f"could not download the ImageNet weights {weights} for {arch} ({exc.__class__.__name__}: {exc}). "
+            f"Offline: copy {weights.url.rsplit('/', 1)[-1]} into {torch.hub.get_dir()}/checkpoints, or use "
+            f"model.pretrained: file with model.weights_file, or an architecture with packaged weights "
+            f"({', '.join(W.PACKAGE_WEIGHTS)}, model.pretrained: package)") from exc
 
 
 def replace_head(net: nn.Module, num_classes: int) -> nn.Module:
@@ -61,6 +90,33 @@ def replace_head(net: nn.Module, num_classes: int) -> nn.Module:
                     parent[index] = nn.Conv2d(old.in_channels, num_classes, old.kernel_size)
                     return net
     raise ValueError(f"do not know how to replace the classifier of {net.__class__.__name__}")
+
+
+def split_model(net: nn.Module, blocks: int) -> tuple[nn.Sequential, nn.Sequential, nn.Module]:
+    """(trunk, body, head) sharing `net`'s modules, with head(body(trunk(x))) == net(x) in eval mode.
+
+    body holds the last `blocks` stages (timm EfficientNet `blocks[i]`, torchvision ResNet `layer1..4`)
+    and the pooling; blocks=0 leaves only the pooling in it (a linear probe on frozen features).
+    """
+    if hasattr(net, "blocks") and hasattr(net, "conv_head"):  # timm EfficientNet family
+        stages, family = list(net.blocks), "EfficientNet"
+        cut = len(stages) - blocks
+        last = [net.conv_head, net.bn2]  # the 1x1 conv after the stages trains with them
+        trunk = [net.conv_stem, net.bn1, *stages[:max(cut, 0)], *(last if blocks == 0 else [])]
+        body = [*stages[max(cut, 0):], *(last if blocks else []), net.global_pool]
+        head = net.classifier
+    elif all(hasattr(net, name) for name in ("layer1", "layer4", "fc")):  # torchvision ResNet family
+        stages, family = [net.layer1, net.layer2, net.layer3, net.layer4], "ResNet"
+        cut = len(stages) - blocks
+        trunk = [net.conv1, net.bn1, net.relu, net.maxpool, *stages[:max(cut, 0)]]
+        body = [*stages[max(cut, 0):], net.avgpool, nn.Flatten(1)]
+        head = net.fc
+    else:
+        raise ValueError(f"the finetune recipe knows EfficientNet (timm) and ResNet networks, not "
+                         f"{net.__class__.__name__}; use train.recipe: scratch for it")
+    if not 0 <= blocks <= len(stages):
+        raise ValueError(f"train.finetune_blocks must be 0..{len(stages)} for {family}, not {blocks}")
+    return nn.Sequential(*trunk), nn.Sequential(*body), head
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -3,8 +3,8 @@
 RedVsBlue says "cat" when the image's mean red is above its mean blue, else "dog": a red picture
 must come back as cat and a blue one as dog, so the tests check that bytes really flow through
 decode -> metadata-driven transform -> model -> response in the right class order.
-It reads the normalised input the handler builds, so with the real mean/std a pure red image
-gives red ~ +2.2 and blue ~ -1.8 (and the reverse for pure blue).
+It reads the normalised input the handler builds, so with the default weights' mean/std (0.5) a pure red image
+gives red ~ +0.8 and blue ~ -0.84 (and the reverse for pure blue).
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ class RedVsBlue(nn.Module):
 
 def throwaway_meta(version: str = "test.0001", image_size: int = 32, resize_size: int = 36, **extra) -> dict:
     """Metadata shaped like the export stage's, with params.yaml's mean/std and small sizes."""
-    model = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
+    from training.params import load_params, preprocessing_meta
+    meta = preprocessing_meta(load_params(ROOT / "params.yaml"))
     return {"classes": ["cat", "dog"], "image_size": image_size, "resize_size": resize_size,
-            "mean": model["mean"], "std": model["std"], "arch": "red-vs-blue", "version": version,
+            "mean": meta["mean"], "std": meta["std"], "arch": "red-vs-blue", "version": version,
             "registered_model": "catsdogs", **extra}
 
 
@@ -46,7 +47,8 @@ def write_model_dir(out: Path, **meta_overrides) -> dict:
     return meta
 
 
-def train_synthetic_model(work: Path, *, images_per_class: int = 500, epochs: int = 20) -> tuple[Path, Path]:
+def train_synthetic_model(work: Path, *, images_per_class: int = 500, epochs: int = 10,
+                          finetune_epochs: int = 3) -> tuple[Path, Path]:
     """Run the real pipeline functions, scaled down, on generated cartoon cats/dogs (about a minute).
 
     Returns (model dir like artifacts/model, prepared dir whose test split holds held-out images).
@@ -60,16 +62,16 @@ def train_synthetic_model(work: Path, *, images_per_class: int = 500, epochs: in
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthetic"].update(images_per_class=images_per_class)
-    params["model"].update(image_size=64, resize_size=72)
-    params["train"].update(epochs=epochs, batch_size=32, patience=epochs)
+    params["model"].update(image_size=96, resize_size=110)
+    params["train"].update(batch_size=32, head_epochs=epochs, finetune_epochs=finetune_epochs, patience=epochs)
     classes = params["data"]["classes"]
     generate(work / "images", classes, images_per_class, params["synthetic"]["size"], params["synthetic"]["seed"],
              progress=False)
-    prepare(work / "images", work / "prepared", classes, resize_size=72, val_ratio=0.15, test_ratio=0.15,
+    prepare(work / "images", work / "prepared", classes, resize_size=110, val_ratio=0.15, test_ratio=0.15,
             seed=params["prepare"]["seed"], max_pixels=params["data"]["max_image_pixels"])
     train(params, work / "prepared", work / "train")
     evaluate(params, work / "prepared", work / "train", work / "eval")
-    export(params, work / "prepared", work / "train", work / "eval", work / "model")
+    export(work / "prepared", work / "train", work / "eval", work / "model")
     return work / "model", work / "prepared"
 
 

@@ -1,7 +1,6 @@
-"""Model construction, forward shapes, the pretrained-weights policy offline, TorchScript parity."""
+"""Model construction, forward shapes, TorchScript parity (weights sources: tests/test_weights.py)."""
 import pytest
 import torch
-from torchvision import models
 
 from model.export import (
     INDEX_TO_NAME_FILE,
@@ -10,51 +9,26 @@ from model.export import (
     to_torchscript,
     write_metadata,
 )
-from model.network import PretrainedUnavailable, build_model
+from model.network import build_model
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0",
+                                  "efficientnet_lite0"])
 def test_forward_shape_has_one_logit_per_class(arch):
-    net = build_model(arch, 2, pretrained="false").eval()
+    net = build_model(arch, 2, pretrained="none").eval()
     with torch.no_grad():
         assert net(torch.randn(2, 3, 64, 64)).shape == (2, 2)
 
 
 def test_unknown_arch_is_an_actionable_error():
     with pytest.raises(ValueError, match="resnet18"):
-        build_model("resnet9000", 2, "false")
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Make every weights download fail the way it does without internet."""
-    def refuse(*args, **kwargs):
-        raise OSError("Name or service not known")
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(models._api, "load_state_dict_from_url", refuse)
-
-
-def test_pretrained_auto_falls_back_to_random_init_offline(offline, caplog):
-    net = build_model("resnet18", 2, pretrained="auto")
-    assert net.fc.out_features == 2
-    assert "falling back to random initialisation" in caplog.text
-
-
-def test_pretrained_true_fails_clearly_offline(offline):
-    with pytest.raises(PretrainedUnavailable, match="model.pretrained: false"):
-        build_model("resnet18", 2, pretrained="true")
-
-
-def test_pretrained_true_uses_imagenet_weights_when_downloadable(monkeypatch):
-    weights = models.get_model_weights("resnet18").DEFAULT
-    reference = models.resnet18().state_dict()
-    monkeypatch.setattr(models._api, "load_state_dict_from_url", lambda *a, **k: reference)
-    net = build_model("resnet18", 2, pretrained="true")
-    assert torch.equal(net.conv1.weight, reference["conv1.weight"]), weights
+        build_model("resnet9000", 2, "none")
+    with pytest.raises(ValueError, match="none, torchvision, package, file"):
+        build_model("resnet18", 2, "auto")
 
 
 def test_torchscript_matches_eager_and_metadata_roundtrips(tmp_path):
-    net = build_model("resnet18", 2, "false").eval()
+    net = build_model("resnet18", 2, "none").eval()
     batch = torch.randn(4, 3, 48, 48)
     scripted = to_torchscript(net, batch)
     assert check_parity(net, scripted, torch.randn(3, 3, 48, 48)) < 1e-4
@@ -68,7 +42,7 @@ def test_torchscript_matches_eager_and_metadata_roundtrips(tmp_path):
 
 
 def test_parity_check_detects_a_different_model():
-    a, b = build_model("resnet18", 2, "false").eval(), build_model("resnet18", 2, "false").eval()
+    a, b = build_model("resnet18", 2, "none").eval(), build_model("resnet18", 2, "none").eval()
     with torch.no_grad():
         b.fc.bias += 5
     with pytest.raises(RuntimeError, match="differs"):

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from model.weights import WeightsError
 from training.params import ParamsError, load_params
 
 PREPARED = Path("data/prepared")
@@ -51,13 +52,17 @@ def cmd_train(params: dict, args) -> None:
 
 
 def cmd_evaluate(params: dict, args) -> None:
-    from training.evaluate import evaluate
-    evaluate(params, args.prepared, args.train_dir, args.out)
+    from training.evaluate import QualityGateError, evaluate
+    try:
+        evaluate(params, args.prepared, args.train_dir, args.out)
+    except QualityGateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(3) from exc
 
 
 def cmd_export(params: dict, args) -> None:
     from training.export import export
-    export(params, args.prepared, args.train_dir, args.eval_dir, args.out)
+    export(args.prepared, args.train_dir, args.eval_dir, args.out)
 
 
 def cmd_download(params: dict, args) -> None:
@@ -65,6 +70,16 @@ def cmd_download(params: dict, args) -> None:
     dest = Path(args.dest)
     path = download.download_petimages(dest) if args.dataset == "petimages" else download.download_oxford_pet(dest)
     print(f"downloaded to {path}; now set data.source: {args.dataset} and data.path: {dest} in params.yaml")
+
+
+def cmd_preset(params: dict, args) -> None:
+    from training import presets
+    if args.name is None:
+        print("presets: " + ", ".join(presets.available()) + f" (in {presets.PRESETS_DIR})")
+        return
+    args.params.write_text(presets.apply(args.name, args.params.read_text()))
+    load_params(args.params)  # the result must still be valid
+    print(f"{args.params}: model and train sections set to preset {args.name}; `dvc repro` retrains")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=MODEL_DIR, help="default: %(default)s")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("preset", help="set params.yaml's model+train sections to a preset (presets/*.yaml)")
+    p.add_argument("name", nargs="?", help="preset name; omit to list them")
+    p.set_defaults(func=cmd_preset)
+
     p = sub.add_parser("download", help="download a public dataset (needs internet)")
     p.add_argument("dataset", choices=("petimages", "oxford-pet"))
     p.add_argument("--dest", default="data/downloads", help="default: %(default)s")
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(load_params(args.params), args)
-    except (ParamsError, FileNotFoundError, ValueError) as exc:
+    except (ParamsError, FileNotFoundError, ValueError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

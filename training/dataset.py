@@ -8,10 +8,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 
-def load_uint8(paths: list[str], desc: str = "load") -> list[torch.Tensor]:
+def load_uint8(paths: list[str], desc: str = "load", progress: bool = True) -> list[torch.Tensor]:
     """Decode cached JPEGs into uint8 CHW tensors (the cache is small: short side = resize_size)."""
     tensors = []
-    for path in tqdm(paths, desc=desc, unit="img", leave=False):
+    for path in tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress):
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
         tensors.append(torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous())

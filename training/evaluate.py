@@ -18,7 +18,6 @@ from model.preprocess import eval_transform
 from training import plots, tracking
 from training.dataset import CachedImages
 from training.metrics import classification_metrics
-from training.params import preprocessing_meta
 from training.prepare import read_manifest
 from training.train import load_trained
 
@@ -36,15 +35,28 @@ def worst_mistakes(rows: list[dict], y_true: np.ndarray, proba: np.ndarray, clas
     return [(rows[i]["cache"], classes[y_true[i]], classes[proba[i].argmax()], float(proba[i].max())) for i in wrong]
 
 
+class QualityGateError(RuntimeError):
+    """The model scored worse than evaluate.min_accuracy / evaluate.max_log_loss on the test split."""
+
+
+def quality_gate(metrics: dict, cfg: dict) -> list[str]:
+    """Reasons the test metrics fail the thresholds in params.yaml `evaluate` (empty list = pass)."""
+    failures = []
+    if cfg.get("min_accuracy") is not None and not metrics["accuracy"] >= float(cfg["min_accuracy"]):
+        failures.append(f"accuracy {metrics['accuracy']:.4f} < evaluate.min_accuracy {cfg['min_accuracy']}")
+    if cfg.get("max_log_loss") is not None and not metrics["log_loss"] <= float(cfg["max_log_loss"]):
+        failures.append(f"log loss {metrics['log_loss']:.4f} > evaluate.max_log_loss {cfg['max_log_loss']}")
+    return failures
+
+
 def evaluate(params: dict, prepared_dir: Path, train_dir: Path, out_dir: Path) -> dict:
-    meta = preprocessing_meta(params)
+    net, meta = load_trained(train_dir)
     classes = meta["classes"]
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(prepared_dir, "test")
     if not rows:
         raise ValueError(f"{prepared_dir}: the test split is empty; raise prepare.test_ratio or add images")
-    net = load_trained(params, train_dir)
     proba = predict_split(net, rows, meta)
     y_true = np.array([classes.index(r["label"]) for r in rows])
     result = classification_metrics(y_true, proba, classes)
@@ -80,4 +92,9 @@ def evaluate(params: dict, prepared_dir: Path, train_dir: Path, out_dir: Path) -
         mlflow.log_artifact(str(out_dir / "metrics.json"), "eval")
         mlflow.log_artifact(str(out_dir / "predictions.csv"), "eval")
     print("evaluate: " + " ".join(f"{k}={v}" for k, v in metrics.items()))
+    failures = quality_gate(metrics, params.get("evaluate", {}))
+    if failures:
+        raise QualityGateError(f"quality gate failed on the test split ({metrics['n']} images): "
+                               f"{'; '.join(failures)}. The model is not exported; see {out_dir}/plots, "
+                               f"improve the data or training, or change the thresholds in params.yaml")
     return metrics

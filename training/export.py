@@ -16,7 +16,6 @@ from model.export import to_torchscript, write_metadata
 from model.preprocess import eval_transform
 from training import tracking
 from training.dataset import load_uint8
-from training.params import preprocessing_meta
 from training.prepare import read_manifest, read_stats
 from training.train import load_trained
 
@@ -30,10 +29,11 @@ def example_batch(prepared_dir: Path, meta: dict, n: int = 8) -> torch.Tensor:
     return torch.stack([transform(image) for image in load_uint8([r["cache"] for r in rows], desc="example")])
 
 
-def export(params: dict, prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path) -> dict:
-    meta = preprocessing_meta(params)
+def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path) -> dict:
+    net, meta = load_trained(train_dir)
+    meta = dict(meta)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scripted = to_torchscript(load_trained(params, train_dir), example_batch(prepared_dir, meta))
+    scripted = to_torchscript(net, example_batch(prepared_dir, meta))
     model_path = out_dir / MODEL_FILE
     torch.jit.save(scripted, str(model_path))
     weights_sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
@@ -50,7 +50,6 @@ def export(params: dict, prepared_dir: Path, train_dir: Path, eval_dir: Path, ou
                                                           f"torchvision=={torchvision.__version__.split('+')[0]}"])
         registered_version = str(info.registered_model_version)
         meta.update({
-            "arch": params["model"]["arch"],
             "version": f"{registered_version}.{weights_sha[:7]}",
             "weights_sha256": weights_sha,
             "git_commit": tracking.git_commit(),

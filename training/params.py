@@ -5,14 +5,18 @@ from pathlib import Path
 
 import yaml
 
+from model.weights import SOURCES as SOURCES_OF_WEIGHTS
+from model.weights import normalization
+
 DEFAULT_PARAMS = Path("params.yaml")
 SOURCES = ("synthetic", "path", "petimages", "oxford-pet")
 REQUIRED = {
     "data": ("source", "path", "classes"),
     "prepare": ("seed", "val_ratio", "test_ratio"),
-    "model": ("arch", "pretrained", "image_size", "resize_size", "mean", "std"),
-    "train": ("seed", "epochs", "batch_size", "lr", "weight_decay", "patience"),
+    "model": ("arch", "pretrained", "image_size", "resize_size"),
+    "train": ("recipe", "seed", "batch_size", "lr", "weight_decay", "patience"),
 }
+RECIPE_KEYS = {"scratch": ("epochs",), "finetune": ("head_epochs", "finetune_epochs", "finetune_blocks", "finetune_lr")}
 
 
 class ParamsError(ValueError):
@@ -41,15 +45,33 @@ def check_params(params: dict, where: Path | str = "params.yaml") -> None:
     if model["resize_size"] < model["image_size"]:
         raise ParamsError(f"{where}: model.resize_size ({model['resize_size']}) must be >= model.image_size "
                           f"({model['image_size']})")
-    if len(model["mean"]) != 3 or len(model["std"]) != 3:
-        raise ParamsError(f"{where}: model.mean and model.std need three values (R, G, B)")
+    for key in ("mean", "std"):
+        if key in model and len(model[key]) != 3:
+            raise ParamsError(f"{where}: model.{key} needs three values (R, G, B), or leave it out to use the "
+                              f"weights' own normalisation")
+    if model["pretrained"] not in SOURCES_OF_WEIGHTS:
+        raise ParamsError(f"{where}: model.pretrained={model['pretrained']!r}; use one of "
+                          f"{', '.join(SOURCES_OF_WEIGHTS)} (see model/weights.py)")
+    if model["pretrained"] == "file" and not model.get("weights_file"):
+        raise ParamsError(f"{where}: model.pretrained: file needs model.weights_file (a state-dict .pth file)")
+    recipe = params["train"]["recipe"]
+    if recipe not in RECIPE_KEYS:
+        raise ParamsError(f"{where}: train.recipe={recipe!r}; use one of {', '.join(RECIPE_KEYS)}")
+    missing = [k for k in RECIPE_KEYS[recipe] if k not in params["train"]]
+    if missing:
+        raise ParamsError(f"{where}: train.{missing[0]} is missing (train.recipe: {recipe} needs "
+                          f"{', '.join(RECIPE_KEYS[recipe])})")
     if not 0 < prepare["val_ratio"] + prepare["test_ratio"] < 1:
         raise ParamsError(f"{where}: prepare.val_ratio + prepare.test_ratio must be between 0 and 1")
 
 
 def preprocessing_meta(params: dict) -> dict:
-    """The preprocessing facts that travel with the model (consumed by model.preprocess)."""
+    """The preprocessing facts that travel with the model (consumed by model.preprocess).
+
+    mean/std are the weights' own normalisation (model/weights.py) unless params.yaml overrides them.
+    """
     model = params["model"]
+    mean, std = normalization(model["arch"])
     return {"classes": list(params["data"]["classes"]), "image_size": int(model["image_size"]),
-            "resize_size": int(model["resize_size"]), "mean": [float(v) for v in model["mean"]],
-            "std": [float(v) for v in model["std"]]}
+            "resize_size": int(model["resize_size"]), "mean": [float(v) for v in model.get("mean", mean)],
+            "std": [float(v) for v in model.get("std", std)]}

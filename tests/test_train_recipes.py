@@ -1,0 +1,94 @@
+"""Training for real on tiny synthetic data: a 2-process torchrun (gloo, CPU), the checkpoint's own config,
+the evaluate stage's quality gate."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT
+from training.evaluate import QualityGateError, quality_gate
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params(tmp: Path) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(image_size=64, resize_size=72)
+    params["train"].update(batch_size=16, head_epochs=3, finetune_epochs=2, patience=5, num_threads=1)
+    params["data"].update(source="path", path=str(tmp / "images"))
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    from training.prepare import prepare
+    from training.synthetic import generate
+
+    tmp = tmp_path_factory.mktemp("recipes")
+    generate(tmp / "images", ["cat", "dog"], 60, 96, 3, progress=False)
+    prepare(tmp / "images", tmp / "prepared", ["cat", "dog"], resize_size=72, val_ratio=0.2, test_ratio=0.2,
+            seed=1, max_pixels=40_000_000)
+    return tmp
+
+
+@pytest.mark.integration
+def test_torchrun_two_processes_train_one_checkpoint_and_one_mlflow_run(prepared):
+    tmp = prepared
+    params = tiny_params(tmp)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1")
+    out = tmp / "train-ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "training", "--params", str(params), "train", "--prepared", str(tmp / "prepared"), "--out", str(out)],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "x 2 process(es)" in log
+    assert list(out.glob("*.pt")) == [out / "best.pt"]
+    history = (out / "history.csv").read_text().splitlines()
+    assert any(",head," in line for line in history) and any(",finetune," in line for line in history)
+    assert max(float(line.split(",")[5]) for line in history[1:]) >= 0.8, history  # it learned (chance: 0.5)
+    runs = sqlite3.connect(tmp / "mlflow.db").execute("select count(*) from runs").fetchone()[0]
+    assert runs == 1, f"{runs} MLflow runs for one distributed training (only rank 0 may log)"
+    checkpoint = torch.load(out / "best.pt", weights_only=True)
+    assert checkpoint["model"]["arch"] == "efficientnet_lite0" and checkpoint["meta"]["image_size"] == 64
+
+
+def test_evaluate_and_export_rebuild_the_network_from_the_checkpoint(prepared, tmp_path, monkeypatch):
+    """After training, params.yaml changes (another arch and size): evaluate/export still use best.pt's own."""
+    from training.evaluate import evaluate
+    from training.export import export
+    from training.params import load_params
+    from training.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    params = load_params(tiny_params(tmp_path))
+    params["train"].update(head_epochs=2, finetune_epochs=0)
+    train(params, prepared / "prepared", tmp_path / "train")
+    params["model"].update(arch="resnet18", image_size=96, resize_size=110)
+    params["evaluate"] = {}
+    evaluate(params, prepared / "prepared", tmp_path / "train", tmp_path / "eval")
+    meta = export(prepared / "prepared", tmp_path / "train", tmp_path / "eval", tmp_path / "model")
+    assert meta["arch"] == "efficientnet_lite0" and meta["image_size"] == 64 and meta["mean"] == [0.5] * 3
+    assert meta["pretrained"] == "package" and meta["recipe"] == "finetune"
+
+
+def test_quality_gate_thresholds():
+    good = {"accuracy": 0.99, "log_loss": 0.03}
+    assert quality_gate(good, {"min_accuracy": 0.95, "max_log_loss": 0.1}) == []
+    assert quality_gate(good, {}) == []
+    reasons = quality_gate({"accuracy": 0.5, "log_loss": 0.69}, {"min_accuracy": 0.95, "max_log_loss": 0.1})
+    assert len(reasons) == 2 and "min_accuracy" in reasons[0] and "max_log_loss" in reasons[1]
+    assert quality_gate({"accuracy": float("nan"), "log_loss": 0.1}, {"min_accuracy": 0.5})  # NaN never passes
+    assert issubclass(QualityGateError, RuntimeError)
