@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,7 +15,9 @@ INDEX_TO_NAME_FILE = "index_to_name.json"
 def to_torchscript(net: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> torch.jit.ScriptModule:
     """Trace `net` (eval mode, float32) and verify that it matches the eager model on `example`."""
     net = net.eval().float()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.14 marks torch.jit deprecated; TorchServe 0.12 still loads TorchScript, so it stays.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
         scripted = torch.jit.trace(net, example)
         scripted = torch.jit.freeze(scripted)
         check_parity(net, scripted, example, atol)

@@ -34,9 +34,10 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["synthetic"].update(images_per_class=30, size=64)
-    params["model"].update(image_size=32, resize_size=36)
-    params["train"].update(epochs=1, batch_size=16)
+    params["synthetic"].update(images_per_class=50, size=96)
+    params["model"].update(image_size=64, resize_size=72)
+    params["train"].update(head_epochs=2, finetune_blocks=1, finetune_epochs=1, batch_size=16)
+    params["evaluate"].update(min_accuracy=0.75, max_log_loss=0.6)  # the tiny model scores ~0.9
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PYTHONPATH=str(repo),
@@ -58,7 +59,7 @@ def test_repro_builds_every_artifact_then_is_a_noop(repo):
     assert (path / "artifacts/model/model.pt").stat().st_size > 0
     assert (path / "model-store/catsdogs.mar").exists()
     metrics = json.loads((path / "artifacts/eval/metrics.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["n"] > 0
+    assert metrics["accuracy"] >= 0.75 and metrics["n"] > 0  # the quality gate let it through
     for png in ("confusion_matrix", "roc", "training_curves", "worst_mistakes"):
         assert (path / f"artifacts/eval/plots/{png}.png").exists()
     import mlflow
@@ -76,8 +77,22 @@ def test_changing_a_train_param_reruns_only_downstream_stages(repo):
     path, env = repo
     run(["git", "add", "-A"], path, env)
     run(["git", "commit", "-qm", "lock"], path, env)
-    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=2"], path, env)
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.finetune_epochs=2"], path, env)
     assert "Running stage 'train'" in out and "Running stage 'export'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'synthesize'" not in out
     history = (path / "artifacts/train/history.csv").read_text().strip().splitlines()
-    assert len(history) == 1 + 2  # header + 2 epochs
+    assert [line.split(",")[1] for line in history[1:]] == ["head", "head", "finetune", "finetune"]
+
+
+def test_quality_gate_stops_a_broken_model_before_export(repo):
+    """Learning rate 0: the classifier stays at its random init; evaluate fails the gate, export never runs."""
+    path, env = repo
+    model_before = (path / "artifacts/model/model.pt").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.lr=0", "-S",
+                             "train.finetune_lr=0"], cwd=path, env=env, capture_output=True, text=True, timeout=600,
+                            check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert "quality gate failed on the test split" in out and "min_accuracy" in out
+    assert "Running stage 'export'" not in out
+    assert (path / "artifacts/model/model.pt").read_bytes() == model_before

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def tiny_params(tmp: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update(image_size=64, resize_size=72)
-    params["train"].update(batch_size=16, head_epochs=3, finetune_epochs=2, patience=5, num_threads=1)
+    params["train"].update(batch_size=16, head_epochs=3, finetune_blocks=1, finetune_epochs=2, patience=5, num_threads=1)
     params["data"].update(source="path", path=str(tmp / "images"))
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -131,7 +132,9 @@ def frozen_for_inference(module: nn.Module, example: torch.Tensor, device: torch
     module.eval()
     if device.type != "cpu":
         return module
-    fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module, example)))
+    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but still the fastest CPU path here
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
+        fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module, example)))
     diff = float((fast(example) - module(example)).abs().max())
     if diff > 1e-3 * max(1.0, float(module(example).abs().max())):
         raise RuntimeError(f"optimised trunk differs from the eager one by {diff:.2e}")
