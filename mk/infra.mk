@@ -20,7 +20,7 @@ MODEL_TAG = model-$(shell printf '%s' '$(MODEL_VERSION)' | tr -c 'A-Za-z0-9_.-' 
 COMPOSE = $(shell $(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)
 NPM_GROOVY_LINT := $(TOOLS_DIR)/node_modules/.bin/npm-groovy-lint
 K8S_VERSION ?= 1.33.0
-K8S_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+K8S_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml deploy/k8s/variants/*.yaml))
 
 ci-info: ## print what a CI build runs on: commit, Python, Java, node, docker
 	@echo "commit  $$(git rev-parse HEAD 2>/dev/null || echo unknown) ($$(git rev-parse --abbrev-ref HEAD 2>/dev/null))"
@@ -33,9 +33,9 @@ ci-info: ## print what a CI build runs on: commit, Python, Java, node, docker
 ci-tools: $(STAMP) ## install the pinned validators (hadolint, docker-compose, npm-groovy-lint, kubernetes-validate)
 	bash scripts/install_ci_tools.sh
 
-reproduce: $(STAMP) ## dvc pull (best effort: this revision's outputs from the DVC remote), then dvc repro
-	$(BIN)/dvc pull || echo "reproduce: dvc pull failed (remote unreachable or revision not pushed); dvc repro rebuilds what is missing"
-	$(BIN)/dvc repro
+reproduce: $(STAMP) ## dvc pull (best effort: this revision's outputs from the DVC remote), then make pipeline
+	$(BIN)/dvc pull || echo "reproduce: dvc pull failed (remote unreachable or revision not pushed); make pipeline rebuilds what is missing"
+	$(MAKE) pipeline
 
 docker-engine:
 	@command -v $(DOCKER) >/dev/null || { echo "docker: the Docker CLI is not installed; image targets need Docker (a Jenkins agent with Docker)" >&2; exit 1; }
@@ -98,11 +98,56 @@ validate-k8s: ## validate deploy/k8s manifests against the Kubernetes $(K8S_VERS
 
 validate: validate-docker validate-compose validate-jenkinsfile validate-k8s validate-monitoring ## every validator
 
-# The Jenkinsfile's path on this machine, minus the image push and the remote deploy (no registry, no target).
-ci-stages: ## run the Jenkins stages locally: lint test-unit reproduce archive test-integration loadtest
-	$(MAKE) lint
-	$(MAKE) test-unit
+# The pipeline, defined once: one target per Jenkins stage, in the Jenkinsfile's order (tests/test_infra.py
+# compares its stage steps with this list). `make ci-stages` (and .ci/run) runs them all; Jenkins' Publish
+# and Deploy stages (ci-publish, ci-deploy) need a registry and a deploy target and run in Jenkins only.
+CI_STAGES := ci-checkout ci-setup ci-lint ci-reproduce ci-archive ci-test ci-loadtest
+CI_JENKINS_ONLY := ci-publish ci-deploy
+
+.PHONY: ci-stages ci-stage-list $(CI_STAGES) $(CI_JENKINS_ONLY)
+
+ci-stages: ## run the Jenkins stages here, in order, minus Publish and Deploy (what .ci/run runs)
+	@for stage in $(CI_STAGES); do \
+		echo "== make $$stage =="; began=$$SECONDS; \
+		$(MAKE) --no-print-directory $$stage || { echo "== $$stage FAILED after $$((SECONDS - began)) s =="; exit 1; }; \
+		echo "== $$stage: $$((SECONDS - began)) s =="; \
+	done
+
+ci-stage-list: ## print the stage targets `make ci-stages` runs, in order
+	@echo $(CI_STAGES)
+
+ci-checkout: ## Checkout: what the build runs on; drops an earlier build's deploy result
+	rm -f $(DEPLOY_RESULT)
+	@$(MAKE) --no-print-directory ci-info
+
+ci-setup: ## Setup: venv + dependencies, then every tool later stages need (validators, Prometheus)
+	$(MAKE) install
+	$(MAKE) ci-tools
+
+ci-lint: ## Lint: ruff and every validator (Dockerfile, compose, Jenkinsfile, k8s, Prometheus rules)
+	$(MAKE) lint validate
+
+ci-reproduce: ## Reproduce: dvc pull when the remote has this revision, then make pipeline
 	$(MAKE) reproduce
+
+ci-archive: ## Archive: model-store/catsdogs.mar (up to date after Reproduce: dvc checks it)
 	$(MAKE) archive
-	$(MAKE) test-integration
+
+# The whole suite once (unit, slow, integration): the README's test command. A missing validator fails.
+ci-test: ## Test: make test with JUnit XML in reports/junit-test.xml
+	CATSDOGS_REQUIRE_TOOLS=1 $(MAKE) test PYTEST_ARGS="--junitxml=reports/junit-test.xml $(PYTEST_ARGS)"
+
+ci-loadtest: ## Load test: make loadtest (Locust gate against a TorchServe it starts)
 	$(MAKE) loadtest
+
+ci-publish: ## Publish (Jenkins only): image build + push, .mar upload (credentials from the environment)
+	$(MAKE) docker-build docker-push publish-mar
+
+# Jenkins' Deploy stage and its failure handling (post { failure }): the deploy records what it changed in
+# $(DEPLOY_RESULT); the rollback undoes that switch only, so a rejected candidate never demotes the default.
+.PHONY: ci-rollback
+ci-deploy: ## Jenkins Deploy stage: make deploy against the target from the environment (CATSDOGS_*_URL)
+	$(MAKE) deploy
+
+ci-rollback: ## Jenkins failure handling: roll back only if this build's deploy switched the default
+	$(MAKE) rollback-if-switched
