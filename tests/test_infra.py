@@ -142,7 +142,7 @@ JENKINSFILE_CODE = re.sub(r"(?m)^\s*//.*$", "", JENKINSFILE)  # without comment 
 
 def test_jenkinsfile_has_the_pipeline_stages_in_order():
     assert jenkinsfile_stages(JENKINSFILE) == [
-        "Checkout", "Setup", "Lint", "Reproduce", "Archive", "Test", "Load test", "Publish", "Deploy"]
+        "Checkout", "Setup", "Lint", "Reproduce", "Archive", "Test", "Load test", "Image", "Publish", "Deploy"]
     for option in ("timeout(", "timestamps()", "disableConcurrentBuilds()", "buildDiscarder("):
         assert option in JENKINSFILE
     assert re.search(r"stage\('Deploy'\)\s*\{\s*when\s*\{\s*branch 'main'", JENKINSFILE)
@@ -183,6 +183,7 @@ def test_ci_runs_the_jenkins_path_with_the_readme_commands_once():
     # Setup installs what later stages use: the validators and Prometheus (promtool) via apt
     tools = (ROOT / "scripts" / "install_ci_tools.sh").read_text()
     assert "promtool:prometheus" in tools and "apt-get install" in tools
+    assert "dockerd:docker.io" in tools and "debootstrap:debootstrap" in tools  # the Image stage
 
 
 def test_failure_handling_rolls_back_only_through_the_deploy_result():
@@ -246,8 +247,21 @@ def test_image_has_a_readiness_healthcheck_and_the_serving_files():
     copies = " ".join(args for word, args in DOCKERFILE if word == "COPY")
     for needed in ("config.properties", "serving/", "model-store/catsdogs.mar", "docker/entrypoint.py"):
         assert needed in copies
-    base = next(args for word, args in DOCKERFILE if word == "FROM")
-    assert base.startswith("python:3.11-slim") and ":" in base
+    assert next(args for word, args in DOCKERFILE if word == "FROM") == "${BASE_IMAGE}"
+    base = next(args for word, args in DOCKERFILE if word == "ARG" and args.startswith("BASE_IMAGE="))
+    assert base.split("=", 1)[1].startswith("python:3.11-slim") and ":" in base  # today's public default
+
+
+def test_image_build_needs_no_frontend_image_and_never_stores_the_ca_bundle():
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text), "a syntax line makes BuildKit pull a frontend image"
+    args = {a.split("=", 1)[0]: a.split("=", 1)[-1] for w, a in DOCKERFILE if w == "ARG"}
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and args["PIP_EXTRA_INDEX_URL"] == ""
+    pip_runs = [a for w, a in DOCKERFILE if w == "RUN" and "pip install" in a]
+    assert len(pip_runs) == 2
+    for run in pip_runs:  # the CA bundle only as a BuildKit secret mount while pip runs
+        assert run.startswith("--mount=type=secret,id=ca-bundle ") and "PIP_CERT=/run/secrets/ca-bundle" in run
+    assert not [a for w, a in DOCKERFILE if w in ("COPY", "ADD") and re.search(r"\.(crt|pem)\b|ca-cert", a)]
 
 
 def test_image_dependencies_are_installed_before_code_and_model():
