@@ -1,12 +1,20 @@
-# syntax=docker/dockerfile:1
 # catsdogs serving image: TorchServe 0.12 (Java 17 frontend + Python worker) with the model archive baked in.
 #   make archive && make docker-build      (tags: <git sha> and model-<model version>, see mk/infra.mk)
 #   docker run --rm -p 127.0.0.1:8080:8080 catsdogs-serving:<tag>
 # Layers go from least to most often changed: OS packages, Python deps, serving code/config, model.
 # Lint: `make validate-docker` (hadolint); every ignored rule is explained where it is ignored.
 
+# No `# syntax=` line: it makes BuildKit pull a frontend image; the built-in Dockerfile frontend suffices.
+# Build arguments (defaults = the public sources; `make docker-test` overrides them where those are not
+# reachable, see scripts/docker_test.py):
+#   BASE_IMAGE           any Debian bookworm image with python 3.11 and pip first on PATH
+#   TORCH_INDEX_URL      pip index for torch/torchvision
+#   PIP_EXTRA_INDEX_URL  extra pip indexes for every pip install (pip reads it from the environment)
+# Secret `ca-bundle` (optional, `--secret id=ca-bundle,src=...`): a CA bundle pip trusts, for a package index
+# behind a TLS-intercepting proxy. Mounted only while pip runs, never stored in a layer.
 # bookworm, not the default trixie: Debian 13 no longer ships openjdk-17 and TorchServe 0.12 needs Java 17.
-FROM python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -24,11 +32,16 @@ RUN mkdir -p /usr/share/man/man1 \
 
 # PyTorch from the CPU wheel index: the same torch/torchvision versions as requirements.txt, without
 # the CUDA libraries (several GB) that the default PyPI wheels pull in. The image serves on CPU.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
-        torch==2.14.1 torchvision==0.29.1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_EXTRA_INDEX_URL=
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -f /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1
 
 COPY docker/requirements-serving.txt /tmp/requirements-serving.txt
-RUN pip install --no-cache-dir -r /tmp/requirements-serving.txt && rm /tmp/requirements-serving.txt
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -f /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir -r /tmp/requirements-serving.txt && rm /tmp/requirements-serving.txt
 
 # Non-root runtime user; TorchServe's run dir (keys, tmp) and logs live in its home.
 RUN groupadd --gid 1000 model-server \

@@ -17,7 +17,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 .PHONY: help install check-java pipeline synthesize prepare train evaluate export archive \
         test test-unit test-integration lint serve stop ready loadtest loadtest-ramp loadtest-soak \
         loadtest-fault benchmark benchmark-serving deploy rollback deploy-status validate-docker \
-        validate-compose validate-jenkinsfile validate-monitoring validate ci-stages clean
+        validate-compose validate-jenkinsfile validate-monitoring validate clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'

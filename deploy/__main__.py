@@ -16,7 +16,16 @@ from pathlib import Path
 
 from deploy import registry
 from deploy.archive import ArchiveError
-from deploy.deployer import DeployError, DeployOptions, deploy, rollback, scale, status
+from deploy.deployer import (
+    DeployError,
+    DeployOptions,
+    deploy,
+    rollback,
+    rollback_switched,
+    scale,
+    status,
+    write_result,
+)
 from deploy.management import Management, ManagementError
 from serving.client import DEFAULT_RUN_DIR, KEY_FILE, STATE_FILE, ServingClient
 from serving.config import REPO_ROOT
@@ -59,12 +68,15 @@ def api_from(args) -> Management:
 
 
 def cmd_deploy(args) -> int:
-    options = DeployOptions(workers=args.workers, golden=args.golden, golden_cache=args.golden_cache,
+    # an earlier deploy's result must not survive a run that fails before deploy() starts
+    write_result(args.result, {"status": "failed", "version": None, "previous": None, "error": "did not start"})
+    options = DeployOptions(workers=args.workers, golden=args.golden, prepared=args.prepared,
+                            synthetic_golden=args.synthetic_golden, golden_cache=args.golden_cache,
                             golden_per_class=args.golden_per_class, golden_size=args.golden_size,
                             min_accuracy=args.min_accuracy, margin=args.margin, keep=args.keep,
                             drain_seconds=args.drain_seconds, drain_timeout=args.drain_timeout,
                             ready_timeout=args.ready_timeout, tracking_uri=registry.tracking_uri(args.tracking_uri),
-                            require_registry=args.require_registry)
+                            require_registry=args.require_registry, result_file=args.result)
     if options.keep < 1:
         raise ValueError(f"--keep must be >= 1, got {options.keep}")
     result = deploy(api_from(args), model_store(args), args.mar, options, log=say)
@@ -74,6 +86,10 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_rollback(args) -> int:
+    if args.if_switched:
+        rollback_switched(api_from(args), model_store(args), args.if_switched, registry.tracking_uri(args.tracking_uri),
+                          args.require_registry, log=say)
+        return 0
     rollback(api_from(args), model_store(args), args.to, registry.tracking_uri(args.tracking_uri),
              args.require_registry, log=say)
     return 0
@@ -141,11 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--keep. A failed gate unregisters the candidate and exits 1.")
     p.add_argument("mar", type=Path, help="the archive, e.g. model-store/catsdogs.mar (make archive)")
     p.add_argument("--workers", type=int, help="workers for the new version (default: as many as the current default)")
-    p.add_argument("--golden", type=Path, help="labelled golden image folder (cat/x.jpg, dogs/y.png, cat.1.jpg); "
-                                               "default: a deterministic synthetic set")
+    p.add_argument("--golden", type=Path, help="labelled golden image folder (cat/x.jpg, dogs/y.png, cat.1.jpg) "
+                                               "instead of the default: --golden-per-class test-split images "
+                                               "per class from --prepared")
+    p.add_argument("--prepared", type=Path, default=REPO_ROOT / "data" / "prepared",
+                   help="prepare output the candidate was trained on (its data_hash must match); the golden "
+                        "set comes from its test split (default data/prepared)")
+    p.add_argument("--synthetic-golden", action="store_true",
+                   help="score on a deterministic synthetic cartoon set instead (an archive without its data)")
     p.add_argument("--golden-cache", type=Path, default=REPO_ROOT / "data" / "golden",
                    help="where the synthetic golden set is drawn once and reused")
-    p.add_argument("--golden-per-class", type=int, default=20, help="synthetic golden images per class")
+    p.add_argument("--golden-per-class", type=int, default=20, help="golden images per class")
     p.add_argument("--golden-size", type=int, default=160, help="synthetic golden image side in pixels")
     p.add_argument("--min-accuracy", type=float, default=0.8, help="golden accuracy the candidate must reach")
     p.add_argument("--margin", type=float, default=0.02,
@@ -158,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout", type=float, default=240.0, help="seconds for the new workers to be READY")
     p.add_argument("--require-registry", action="store_true",
                    help="fail (before any change) when the archive's MLflow model version is not in the registry")
+    p.add_argument("--result", type=Path,
+                   help="write the outcome here as JSON: status switched / unchanged / rejected / failed, version, "
+                        "previous (the default before); `rollback --if-switched FILE` reads it")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rollback", parents=[common], help="make the previous version the default again",
@@ -165,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(from the deploy history in the model store), or to --to VERSION. The target "
                                    "must still be registered with a READY worker; it is smoke-tested first.")
     p.add_argument("--to", help="version to roll back to (default: the previous default)")
+    p.add_argument("--if-switched", type=Path, metavar="RESULT",
+                   help="roll back only what the deploy that wrote RESULT (deploy --result) switched: to the "
+                        "version it replaced, and only while its version is still the default; otherwise "
+                        "nothing changes (exit 0). For CI failure handling")
     p.add_argument("--require-registry", action="store_true", help="fail when the champion alias cannot be moved")
     p.set_defaults(func=cmd_rollback)
 

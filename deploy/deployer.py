@@ -11,6 +11,9 @@ beyond --keep are drained (no new requests for a quiet period) and unregistered.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -32,6 +35,7 @@ from deploy.gates import (
     check_prediction,
     gate_decision,
     load_golden,
+    manifest_golden,
     score,
     smoke_image,
     synthetic_golden,
@@ -65,7 +69,9 @@ class GateFailed(DeployError):
 @dataclass
 class DeployOptions:
     workers: int | None = None          # None: as many as the current default version has
-    golden: Path | None = None          # labelled folder; None: the synthetic golden set
+    golden: Path | None = None          # labelled folder; None: test split of `prepared` (or synthetic)
+    prepared: Path = Path("data/prepared")  # prepare output the candidate was trained on (manifest.csv)
+    synthetic_golden: bool = False      # cartoons from training.synthetic instead of the test split
     golden_cache: Path = Path("data/golden")
     golden_per_class: int = 20
     golden_size: int = 160
@@ -77,6 +83,7 @@ class DeployOptions:
     ready_timeout: float = 240.0
     tracking_uri: str = registry.DEFAULT_URI
     require_registry: bool = False
+    result_file: Path | None = None     # where the outcome is written (write_result); None: nowhere
 
 
 @contextmanager
@@ -96,13 +103,24 @@ def store_lock(store: Path | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def golden_items(options: DeployOptions, classes: list[str], log: Log) -> list[GoldenItem]:
-    folder = options.golden
-    if folder is None:
-        folder = synthetic_golden(options.golden_cache, classes, options.golden_per_class, options.golden_size)
-    items = load_golden(folder, classes)
-    log(f"golden set: {len(items)} images from {folder}")
-    return items
+def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[GoldenItem], dict]:
+    """The golden set and a record of it (source, size, content hash) for the deploy result."""
+    if options.golden is None and not options.synthetic_golden:
+        items, record = manifest_golden(options.prepared, info.classes, options.golden_per_class,
+                                        info.meta.get("data_hash"))
+        log(f"golden set: {len(items)} test-split images of {options.prepared} (data {record['data_hash'][:12]}), "
+            f"sha256 {record['sha256'][:16]}")
+        return items, record
+    folder = options.golden or synthetic_golden(options.golden_cache, info.classes, options.golden_per_class,
+                                                options.golden_size)
+    items = load_golden(folder, info.classes)
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{hashlib.sha256(item.path.read_bytes()).hexdigest()} {item.label}\n".encode())
+    record = {"source": "synthetic" if options.golden is None else "folder", "folder": str(folder),
+              "images": len(items), "sha256": digest.hexdigest()}
+    log(f"golden set: {len(items)} images from {folder}, sha256 {record['sha256'][:16]}")
+    return items, record
 
 
 def registered_versions(api: Management) -> list[str]:
@@ -165,26 +183,68 @@ def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, 
 
 
 def deploy(api: Management, store: Path | None, mar: Path, options: DeployOptions, log: Log = print) -> dict:
-    """Register, gate, switch the default, move `champion`, prune. Raises DeployError/GateFailed."""
-    info = read_archive(mar)
-    if info.model_name != api.model:
-        raise DeployError(f"{mar} is an archive of model {info.model_name!r}, the server model is {api.model!r}; "
-                          f"pass --model-name {info.model_name} or rebuild the archive")
-    log(f"archive {mar}: model {info.model_name} version {info.version}")
-    warning = registry.check(options.tracking_uri, info.meta, options.require_registry)
-    if warning:
-        log(f"warning: {warning}")
-    items = golden_items(options, info.classes, log)
-    with store_lock(store):
-        return _deploy_locked(api, store, info, items, options, log)
+    """Register, gate, switch the default, move `champion`, prune. Raises DeployError/GateFailed.
+
+    The outcome goes to options.result_file (see write_result) whatever happens: "switched" is written the
+    moment the default changes, so an error after that (champion, pruning) still says the default moved.
+    """
+    result = {"status": "failed", "version": None, "previous": None, "pruned": []}
+    write_result(options.result_file, result)  # a file left by an earlier deploy must never be acted on
+    try:
+        info = read_archive(mar)
+        result["version"] = info.version
+        if info.model_name != api.model:
+            raise DeployError(f"{mar} is an archive of model {info.model_name!r}, the server model is "
+                              f"{api.model!r}; pass --model-name {info.model_name} or rebuild the archive")
+        log(f"archive {mar}: model {info.model_name} version {info.version}")
+        warning = registry.check(options.tracking_uri, info.meta, options.require_registry)
+        if warning:
+            log(f"warning: {warning}")
+        items, result["golden"] = golden_items(options, info, log)
+        with store_lock(store):
+            return _deploy_locked(api, store, info, items, options, log, result)
+    except BaseException as exc:
+        if result["status"] == "failed":
+            result["status"] = "rejected" if isinstance(exc, GateFailed) else "failed"
+        result["error"] = str(exc) or type(exc).__name__
+        raise
+    finally:
+        write_result(options.result_file, result)
+
+
+RESULT_STATUSES = ("switched", "unchanged", "rejected", "failed", "rolled back")
+
+
+def write_result(path: Path | None, result: dict) -> None:
+    """The deploy's outcome as JSON, for whoever decides about a rollback (Jenkins: make ci-rollback).
+
+    status: switched (this deploy made `version` the default; `previous` was the default before),
+    unchanged (`version` already was the default), rejected (a gate refused the candidate; the default
+    was not touched), failed (an error before the switch; the default was not touched), rolled back
+    (a later rollback_switched undid the switch).
+    """
+    if path is None:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def read_result(path: Path) -> dict | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("status") in RESULT_STATUSES else None
 
 
 def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[GoldenItem],
-                   options: DeployOptions, log: Log) -> dict:
+                   options: DeployOptions, log: Log, result: dict) -> dict:
     version = info.version
     default = api.default_version()
     registered = registered_versions(api)
-    result = {"version": version, "previous": default, "pruned": []}
+    result.update(version=version, previous=default)
     pre_existing = version in registered
     if pre_existing:
         _check_same_archive(api, store, info)
@@ -204,9 +264,10 @@ def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items
                 _remove(api, store, version, placed, log)
             raise
         log(api.set_default(version))
+        result["status"] = "switched"
+        write_result(options.result_file, result)
         append_history(history_path(store), action="deploy", previous=default, version=version)
         log(f"default switched: {default} -> {version}; /predictions/{api.model} now answers with {version}")
-        result["status"] = "deployed"
     log(registry.move_champion(options.tracking_uri, info.meta, options.require_registry))
     result["pruned"] = prune(api, store, options.keep, options, log)
     result["registered"] = registered_versions(api)
@@ -317,6 +378,31 @@ def rollback(api: Management, store: Path | None, to: str | None, tracking_uri: 
         log(f"rolled back: default {default} -> {target}")
         log(registry.move_champion(tracking_uri, meta, require_registry))
         return {"version": target, "previous": default, "status": "rolled back"}
+
+
+def rollback_switched(api: Management, store: Path | None, result_file: Path, tracking_uri: str,
+                      require_registry: bool, log: Log = print) -> dict:
+    """Undo the default switch recorded in `result_file`, and nothing else.
+
+    Only a deploy that switched the default is rolled back, to the exact version it replaced, and only
+    while the version it switched to is still the default: a rejected or failed deploy left the healthy
+    default in place, and a default someone changed since is not this build's to undo.
+    """
+    record = read_result(result_file)
+    if record is None or record["status"] != "switched":
+        why = f"status {record['status']!r}" if record else "no readable result"
+        log(f"rollback not needed: {result_file}: {why}; the default was not switched by that deploy")
+        return {"status": "unchanged", "version": api.default_version()}
+    if not record.get("previous"):
+        raise DeployError(f"{result_file}: version {record['version']} was the first version served, "
+                          f"there is no earlier default to go back to")
+    current = api.default_version()
+    if current != record["version"]:
+        raise DeployError(f"{result_file} says the deploy switched to {record['version']}, but the default is "
+                          f"now {current}: changed since, not rolled back (python -m deploy rollback --to V)")
+    done = rollback(api, store, record["previous"], tracking_uri, require_registry, log=log)
+    write_result(result_file, {**record, "status": "rolled back"})
+    return done
 
 
 def status(api: Management, smoke: bool = True) -> dict:

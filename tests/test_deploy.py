@@ -246,6 +246,47 @@ def test_golden_images_are_not_the_training_images(tmp_path):
     assert not train_bytes & {p.read_bytes() for p in gold.rglob("*.jpg")}
 
 
+def prepared_data(tmp_path: Path, per_class: int = 10, seed: int = 7) -> Path:
+    from training.prepare import prepare
+    from training.synthetic import generate
+
+    generate(tmp_path / f"images-{seed}", CLASSES, per_class, 64, seed=seed, progress=False)
+    prepare(tmp_path / f"images-{seed}", tmp_path / f"prepared-{seed}", CLASSES, resize_size=40, val_ratio=0.2,
+            test_ratio=0.4, seed=42, max_pixels=10**7)
+    return tmp_path / f"prepared-{seed}"
+
+
+def test_default_golden_set_is_the_test_split_of_the_candidates_data(tmp_path):
+    from deploy.gates import manifest_golden
+    from training.prepare import read_manifest, read_stats
+
+    prepared = prepared_data(tmp_path)
+    data_hash = read_stats(prepared)["data_hash"]
+    items, record = manifest_golden(prepared, CLASSES, per_class=3, data_hash=data_hash)
+    test_rows = {row["cache"]: row for row in read_manifest(prepared, "test")}
+    assert [i.label for i in items] == ["cat"] * 3 + ["dog"] * 3
+    assert all(str(i.path) in test_rows and test_rows[str(i.path)]["label"] == i.label for i in items)
+    assert all(i.path.is_file() for i in items)
+    assert (record["images"], record["data_hash"]) == (6, data_hash)
+    again, record_again = manifest_golden(prepared, CLASSES, per_class=3, data_hash=data_hash)
+    assert again == items and record_again["sha256"] == record["sha256"]  # deterministic, same content hash
+    assert manifest_golden(prepared, CLASSES, per_class=2, data_hash=data_hash)[1]["sha256"] != record["sha256"]
+
+
+def test_golden_set_refuses_data_the_candidate_was_not_trained_on(tmp_path):
+    from deploy.gates import manifest_golden
+    from training.prepare import read_stats
+
+    prepared = prepared_data(tmp_path)
+    other = read_stats(prepared_data(tmp_path, seed=8))["data_hash"]
+    with pytest.raises(ValueError, match="trained on data"):
+        manifest_golden(prepared, CLASSES, per_class=3, data_hash=other)
+    with pytest.raises(ValueError, match="no data_hash"):
+        manifest_golden(prepared, CLASSES, per_class=3, data_hash=None)
+    with pytest.raises(FileNotFoundError, match="no prepare output"):
+        manifest_golden(tmp_path / "nowhere", CLASSES, per_class=3, data_hash=other)
+
+
 def test_inference_count_reads_one_version_from_prometheus_text():
     text = """\
 # HELP ts_inference_requests_total Total number of inference requests.
@@ -307,9 +348,27 @@ def test_every_command_has_help(command):
 
 
 def test_deploy_of_a_missing_archive_fails_with_a_clear_reason(tmp_path):
+    stale = tmp_path / "deploy-result.json"
+    stale.write_text(json.dumps({"status": "switched", "version": "old", "previous": "older"}))
     result = subprocess.run([sys.executable, "-m", "deploy", "deploy", str(tmp_path / "nope.mar"),
-                             "--run-dir", str(tmp_path)], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+                             "--run-dir", str(tmp_path), "--result", str(stale)],
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "nope.mar not found" in result.stderr, result.stderr
+    # an earlier build's "switched" must not survive: a rollback would demote the healthy default
+    assert json.loads(stale.read_text())["status"] == "failed"
+
+
+def test_deploy_result_round_trip_and_unreadable_files(tmp_path):
+    from deploy.deployer import read_result, write_result
+
+    path = tmp_path / "reports" / "deploy-result.json"
+    assert read_result(path) is None
+    write_result(path, {"status": "switched", "version": "B", "previous": "A"})
+    assert read_result(path) == {"status": "switched", "version": "B", "previous": "A"}
+    path.write_text('{"status": "maybe"}')
+    assert read_result(path) is None
+    path.write_text("{corrupt")
+    assert read_result(path) is None
 
 
 # --- integration: a real swap under Locust load ----------------------------------------------------------
@@ -457,7 +516,7 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
     from serving.config import DEFAULT_CONFIG
     from serving.server import free_ports, start, stop
 
-    model_dir, _ = synthetic_model
+    model_dir, prepared = synthetic_model
     work = tmp_path_factory.mktemp("deploy")
     meta_a = json.loads((model_dir / "model-meta.json").read_text())
     version_a, mlflow_a = meta_a["version"], meta_a["mlflow_model_version"]
@@ -480,9 +539,10 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
                   ports={"inference": inference, "management": management, "metrics": metrics},
                   grpc_ports=(grpc_i, grpc_m), timeout=240)
     common = ["--run-dir", str(run), "--tracking-uri", uri]
-    # The session's synthetic model is small and briefly trained: 0.55 is far above what it scores on the
+    # The session's synthetic model is small and briefly trained: 0.55 is far below what it scores on the
     # golden set, and above the 0.50 that a constant answer gets on the balanced set.
-    gates = ["--golden-cache", str(golden_cache), "--golden-per-class", "12", "--min-accuracy", "0.55",
+    # golden set: 12 test-split images per class of the data the model was trained on (the default source)
+    gates = ["--prepared", str(prepared), "--golden-per-class", "12", "--min-accuracy", "0.55",
              "--drain-seconds", "1"]
     load = None
     try:
@@ -559,3 +619,92 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
         if load is not None:
             load.stop()
         stop(run)
+
+
+# --- integration: Jenkins' Deploy stage and its failure handling, as make targets ---------------------------
+
+@pytest.fixture(scope="module")
+def jenkins_target(synthetic_model, tmp_path_factory):
+    """A real TorchServe that serves A at start-up, then B through `make ci-deploy` (B is the healthy default).
+
+    Yields (make, state, versions): make(target, mar=None) runs a target like Jenkins does, with the target
+    server given through the CATSDOGS_* environment variables of the Jenkins credentials.
+    """
+    import os
+
+    from serving.archive import build_archive
+    from serving.server import stop
+    from tests.serving_helpers import serve_model_dir
+
+    model_dir, prepared = synthetic_model
+    work = tmp_path_factory.mktemp("jenkins-deploy")
+    version_a = json.loads((model_dir / "model-meta.json").read_text())["version"]
+    versions = {"A": version_a, "B": f"{version_a}.b", "C": f"{version_a}.c", "D": f"{version_a}.d"}
+    mars = {name: build_archive(variant(model_dir, work / f"model-{name}", versions[name], always_cat=name == "C"),
+                                work / name)
+            for name in ("B", "C", "D")}
+    state = serve_model_dir(model_dir, work)
+    result_file = work / "deploy-result.json"
+    env = {**os.environ, "CATSDOGS_MANAGEMENT_URL": state["management_url"],
+           "CATSDOGS_INFERENCE_URL": state["inference_url"], "CATSDOGS_METRICS_URL": state["metrics_url"],
+           "CATSDOGS_KEY_FILE": state["key_file"], "CATSDOGS_MODEL_STORE": str(work / "store")}
+    # the default golden source: the test split of the data the model was trained on
+    args = (f"--tracking-uri sqlite:///{work / 'none.db'} --prepared {prepared} --golden-per-class 12 "
+            f"--min-accuracy 0.55 --drain-seconds 1")
+
+    def make(target: str, mar: str | None = None) -> subprocess.CompletedProcess:
+        command = ["make", "--no-print-directory", target, f"DEPLOY_RESULT={result_file}",
+                   f"DEPLOY_RUN_DIR={work / 'nowhere'}", f"DEPLOY_ARGS={args}"]
+        if mar:
+            command.append(f"MAR={mars[mar]}")
+        began = time.monotonic()
+        done = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        print(f"\n$ make {target} {mar or ''}  ({time.monotonic() - began:.1f} s, exit {done.returncode})\n"
+              f"{done.stdout}{done.stderr}")
+        return done
+
+    try:
+        assert versions_of(state)[0] == versions["A"]
+        first = make("ci-deploy", "B")
+        assert first.returncode == 0, first.stderr
+        assert versions_of(state) == (versions["B"], sorted([versions["A"], versions["B"]]))
+        yield make, state, versions, result_file
+    finally:
+        stop(work / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_failed_build_after_a_rejected_deploy_keeps_the_healthy_default(jenkins_target):
+    make, state, versions, result_file = jenkins_target
+    rejected = make("ci-deploy", "C")  # always "cat": the golden gate refuses it
+    assert rejected.returncode != 0 and "golden gate failed" in rejected.stderr
+    assert json.loads(result_file.read_text())["status"] == "rejected"
+    assert versions_of(state)[0] == versions["B"]
+    # the build failed: Jenkins' post { failure } runs the rollback target
+    handled = make("ci-rollback")
+    assert handled.returncode == 0, handled.stderr
+    assert "rollback not needed" in handled.stdout
+    # B stays the default although A, the version before it, is still registered (plain rollback would pick A)
+    assert versions_of(state) == (versions["B"], sorted([versions["A"], versions["B"]]))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_failed_build_after_a_switching_deploy_restores_the_previous_default(jenkins_target):
+    make, state, versions, result_file = jenkins_target
+    switched = make("ci-deploy", "D")  # passes every gate and becomes the default
+    assert switched.returncode == 0, switched.stderr
+    record = json.loads(result_file.read_text())
+    assert (record["status"], record["version"], record["previous"]) == ("switched", versions["D"], versions["B"])
+    assert record["golden"]["source"] == "prepare manifest, test split" and record["golden"]["images"] == 24
+    assert versions_of(state)[0] == versions["D"]
+    # a later stage fails: the rollback puts B back, the version this deploy replaced
+    handled = make("ci-rollback")
+    assert handled.returncode == 0, handled.stderr
+    assert versions_of(state)[0] == versions["B"]
+    assert json.loads(result_file.read_text())["status"] == "rolled back"
+    # running the failure handling again changes nothing
+    again = make("ci-rollback")
+    assert again.returncode == 0 and "rollback not needed" in again.stdout
+    assert versions_of(state)[0] == versions["B"]

@@ -142,22 +142,54 @@ JENKINSFILE_CODE = re.sub(r"(?m)^\s*//.*$", "", JENKINSFILE)  # without comment 
 
 def test_jenkinsfile_has_the_pipeline_stages_in_order():
     assert jenkinsfile_stages(JENKINSFILE) == [
-        "Checkout", "Setup", "Lint & unit tests", "Reproduce", "Archive", "Integration test", "Load test",
-        "Publish", "Deploy"]
+        "Checkout", "Setup", "Lint", "Reproduce", "Archive", "Test", "Load test", "Image", "Publish", "Deploy"]
     for option in ("timeout(", "timestamps()", "disableConcurrentBuilds()", "buildDiscarder("):
         assert option in JENKINSFILE
     assert re.search(r"stage\('Deploy'\)\s*\{\s*when\s*\{\s*branch 'main'", JENKINSFILE)
 
 
-def test_jenkinsfile_runs_every_step_through_make():
-    sh_steps = re.findall(r"\bsh\s+(\S.*)", JENKINSFILE_CODE)
-    assert sh_steps, "no sh steps found"
-    for step in sh_steps:
-        # single-quoted (Groovy never interpolates a credential) and a make call, or the helper's argument
-        assert step.startswith("'make ") or step == "command", step
-    called = {target for call in jenkinsfile_make_calls(JENKINSFILE_CODE) for target in call}
-    assert {"install", "lint", "test-unit", "reproduce", "archive", "test-integration", "loadtest",
-            "docker-build", "docker-push", "publish-mar", "deploy", "rollback"} <= called
+def jenkinsfile_stage_commands(text: str) -> dict[str, list[str]]:
+    """Stage name -> the make commands its block runs (up to the next stage; the last one to the end)."""
+    parts = re.split(r"""stage\(['"]([^'"]+)['"]\)""", text)
+    return {name: [" ".join(c) for c in jenkinsfile_make_calls(body)] for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def make_stdout(*args: str) -> str:
+    result = subprocess.run(["make", "--no-print-directory", *args], check=True, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    return result.stdout
+
+
+def test_each_jenkins_stage_is_one_ci_target_and_ci_stages_runs_the_same_list():
+    commands = jenkinsfile_stage_commands(JENKINSFILE_CODE)
+    assert all(len(c) == 1 and re.fullmatch(r"ci-[a-z]+", c[0]) for c in commands.values()), commands
+    jenkins = [c[0] for c in commands.values()]
+    local = make_stdout("ci-stage-list").split()
+    assert jenkins == [*local, "ci-publish", "ci-deploy"], "make ci-stages and the Jenkinsfile disagree"
+    # and ci-stages really runs that list, in order (MAKE=echo prints each sub-make instead of running it)
+    ran = [line.split()[-1] for line in make_stdout("ci-stages", "MAKE=echo").splitlines()
+           if not line.startswith("==")]
+    assert ran == local
+
+
+def test_ci_runs_the_jenkins_path_with_the_readme_commands_once():
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert re.findall(r"(?m)^make .*", ci_run) == ["make --no-print-directory ci-stages"]
+    # the README's main and test commands run inside, once each (make -n prints the recipes, runs none)
+    recipes = {stage: make_stdout("-n", stage).splitlines() for stage in make_stdout("ci-stage-list").split()}
+    assert [s for s, lines in recipes.items() if "make pipeline" in lines] == ["ci-reproduce"]
+    assert [s for s, lines in recipes.items() if any(re.match(r".*\bmake test\b", x) for x in lines)] == ["ci-test"]
+    assert not [s for s, lines in recipes.items() if any(re.search(r"make test-(unit|integration)", x) for x in lines)]
+    # Setup installs what later stages use: the validators and Prometheus (promtool) via apt
+    tools = (ROOT / "scripts" / "install_ci_tools.sh").read_text()
+    assert "promtool:prometheus" in tools and "apt-get install" in tools
+    assert "dockerd:docker.io" in tools and "debootstrap:debootstrap" in tools  # the Image stage
+
+
+def test_failure_handling_rolls_back_only_through_the_deploy_result():
+    assert "withDeployTarget('make ci-rollback')" in JENKINSFILE_CODE
+    assert "'make rollback'" not in JENKINSFILE_CODE  # a plain rollback would demote a healthy default
+    assert "rollback-if-switched" in make_stdout("-n", "ci-rollback")
 
 
 def test_jenkinsfile_takes_secrets_only_from_credentials():
@@ -215,8 +247,21 @@ def test_image_has_a_readiness_healthcheck_and_the_serving_files():
     copies = " ".join(args for word, args in DOCKERFILE if word == "COPY")
     for needed in ("config.properties", "serving/", "model-store/catsdogs.mar", "docker/entrypoint.py"):
         assert needed in copies
-    base = next(args for word, args in DOCKERFILE if word == "FROM")
-    assert base.startswith("python:3.11-slim") and ":" in base
+    assert next(args for word, args in DOCKERFILE if word == "FROM") == "${BASE_IMAGE}"
+    base = next(args for word, args in DOCKERFILE if word == "ARG" and args.startswith("BASE_IMAGE="))
+    assert base.split("=", 1)[1].startswith("python:3.11-slim") and ":" in base  # today's public default
+
+
+def test_image_build_needs_no_frontend_image_and_never_stores_the_ca_bundle():
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text), "a syntax line makes BuildKit pull a frontend image"
+    args = {a.split("=", 1)[0]: a.split("=", 1)[-1] for w, a in DOCKERFILE if w == "ARG"}
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and args["PIP_EXTRA_INDEX_URL"] == ""
+    pip_runs = [a for w, a in DOCKERFILE if w == "RUN" and "pip install" in a]
+    assert len(pip_runs) == 2
+    for run in pip_runs:  # the CA bundle only as a BuildKit secret mount while pip runs
+        assert run.startswith("--mount=type=secret,id=ca-bundle ") and "PIP_CERT=/run/secrets/ca-bundle" in run
+    assert not [a for w, a in DOCKERFILE if w in ("COPY", "ADD") and re.search(r"\.(crt|pem)\b|ca-cert", a)]
 
 
 def test_image_dependencies_are_installed_before_code_and_model():
@@ -354,7 +399,7 @@ def test_k8s_deployment_probes_resources_and_scrape_annotations():
     deployment = k8s_objects()["Deployment"]
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    assert deployment["spec"]["replicas"] >= 2
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         # the image's HEALTHCHECK: /ping + a READY worker, with the token (0.12 wants it on /ping too)
         assert container[probe]["exec"]["command"][:4] == ["python", "-m", "serving", "ready"], probe
@@ -370,6 +415,26 @@ def test_k8s_configmap_matches_the_repo_config_except_container_paths():
     assert set(k8s) == set(repo)
     assert {k for k in repo if k8s[k] != repo[k]} == {"model_store", "metrics_config"}
     assert k8s["metrics_config"] == "/app/serving/metrics.yaml"
+
+
+def test_hpa_scales_the_deployment_on_cpu_from_2_to_10_and_the_variant_on_queue_latency():
+    objects = k8s_objects()
+    hpa, deployment = objects["HorizontalPodAutoscaler"], objects["Deployment"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    # utilisation is relative to the request: the container must request CPU
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    variant = load_yaml_docs(K8S / "variants" / "hpa-queue-latency.yaml")[0]
+    assert variant["metadata"]["name"] == hpa["metadata"]["name"]  # a replacement, not a second HPA
+    assert variant["spec"]["metrics"][0]["pods"]["metric"]["name"] == "catsdogs_queue_latency_ms"
+    # the adapter rule documented for it reads metrics the pods really export
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert "catsdogs_queue_latency_ms" in docs and "ts_queue_latency_microseconds" in docs
+    exported = (ROOT / "serving" / "metrics.yaml").read_text()
+    assert "ts_queue_latency_microseconds" in exported and "ts_inference_requests_total" in exported
 
 
 def test_kustomization_lists_every_manifest():
@@ -502,12 +567,17 @@ def test_npm_groovy_lint_passes_the_jenkinsfile_and_rejects_a_broken_one(tmp_pat
 @pytest.mark.integration
 def test_kubernetes_manifests_validate_and_a_wrong_field_is_rejected(tmp_path):
     validate = need_tool(VENV_BIN / "kubernetes-validate", "kubernetes-validate")
-    manifests = [p for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    manifests = [p for p in sorted([*K8S.glob("*.yaml"), *K8S.glob("variants/*.yaml")])
+                 if p.name != "kustomization.yaml"]
+    assert {"hpa.yaml", "hpa-queue-latency.yaml"} <= {p.name for p in manifests}
     ok = run([validate, "--strict", "--kubernetes-version", "1.33.0", *manifests])
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    text = (K8S / "deployment.yaml").read_text()
-    for mutation, expected in ((("replicas: 2", "replicas: two"), "spec.replicas"),  # wrong type
-                               (("readinessProbe:", "readynessProbe:"), "readynessProbe")):  # unknown field (strict)
+    for name, mutation, expected in (
+            ("deployment.yaml", ("revisionHistoryLimit: 5", "revisionHistoryLimit: five"), "revisionHistoryLimit"),
+            ("deployment.yaml", ("readinessProbe:", "readynessProbe:"), "readynessProbe"),  # unknown field (strict)
+            ("hpa.yaml", ("maxReplicas: 10", "maxReplicas: ten"), "maxReplicas")):  # wrong type
+        text = (K8S / name).read_text()
+        assert mutation[0] in text
         bad = tmp_path / f"{expected}.yaml"
         bad.write_text(text.replace(*mutation))
         result = run([validate, "--strict", "--kubernetes-version", "1.33.0", bad])
