@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from handler.catsdogs_handler import optimize_for_serving
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
@@ -84,11 +85,17 @@ def percentiles_ms(seconds: list[float]) -> dict:
             "p99_ms": round(qs[98] * 1000, 1)}
 
 
-def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seconds: float) -> dict:
-    """Decode + transform + forward of `batch_size` copies of `data` in a loop for `seconds`."""
+def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seconds: float,
+               optimized: bool = False) -> dict:
+    """Decode + transform + forward of `batch_size` copies of `data` in a loop for `seconds`.
+
+    `optimized`: the model as the handler serves it with optimize_for_inference on (freeze + oneDNN)."""
     torch.set_num_threads(threads)
     meta = read_metadata(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
+    if optimized:
+        size = int(meta["image_size"])
+        net = optimize_for_serving(net, torch.rand(2, 3, size, size))
     transform = eval_transform(meta)
 
     def run():
@@ -104,7 +111,7 @@ def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seco
         run()
         times.append(time.perf_counter() - t0)
     images_per_s = batch_size * len(times) / sum(times)
-    return {"threads": threads, "batch_size": batch_size, "images_per_s": round(images_per_s, 1),
+    return {"threads": threads, "batch_size": batch_size, "optimized": optimized, "images_per_s": round(images_per_s, 1),
             **percentiles_ms(times)}
 
 
@@ -134,12 +141,16 @@ def committed_config() -> dict:
             "batch_size": cfg["batchSize"], "max_batch_delay": cfg["maxBatchDelay"]}
 
 
-def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, concurrencies: list[int], seconds: int,
-               work: Path) -> list[dict]:
+def handler_settings(overrides: dict) -> dict:
+    return {**(yaml.safe_load(MODEL_CONFIG.read_text()).get("handler") or {}), **overrides}
+
+
+def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, concurrencies: list[int],
+               seconds: int, work: Path) -> list[dict]:
     model_config = yaml.safe_load(MODEL_CONFIG.read_text())
     model_config.update(minWorkers=cfg["workers"], maxWorkers=cfg["workers"], batchSize=cfg["batch_size"],
                         maxBatchDelay=cfg["max_batch_delay"])
-    model_config.setdefault("handler", {})["torch_threads"] = cfg["threads"]
+    model_config["handler"] = {**handler_settings(handler), "torch_threads": cfg["threads"]}
     config_file = work / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(model_config))
     build_archive(model_dir, work / "store", config_file=config_file)
@@ -178,6 +189,8 @@ def main(argv=None) -> int:
                         help="workers:torch-threads:batch-size:max-batch-delay-ms (default: handler/model-config.yaml)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config.properties overrides for every served run (e.g. netty_client_threads=1)")
+    parser.add_argument("--handler", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="model-config.yaml handler: overrides (YAML values, e.g. optimize_for_inference=false)")
     parser.add_argument("--report", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
@@ -186,28 +199,32 @@ def main(argv=None) -> int:
 
     data, described = payload(args.images)
     props = dict(item.split("=", 1) for item in args.set)
+    handler = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.handler)}
+    optimized = bool(handler_settings(handler).get("optimize_for_inference", False))
     configs = [parse_config(c) for c in args.configs] if args.configs else [committed_config()]
     cores = os.cpu_count() or 1
     print(f"payload: {described}; model {args.model_dir}")
     watcher = CpuWatcher(every=1.0)
     watcher.start()
-    baseline = [in_process(args.model_dir, data, b, t, min(args.seconds, 10))
-                for t, b in sorted({(cores, 1), (1, 1), (cores, 8)})]
+    baseline = [in_process(args.model_dir, data, b, t, min(args.seconds, 6), opt)
+                for opt in (False, True) for t, b in sorted({(cores, 1), (1, 1), (cores, 8)})]
     baseline_cpu = watcher.result()
     for row in baseline:
-        print(f"in-process threads {row['threads']} batch {row['batch_size']:>2}: {row['images_per_s']} images/s, "
+        print(f"in-process optimized {row['optimized']} threads {row['threads']} batch {row['batch_size']:>2}: "
+              f"{row['images_per_s']} images/s, "
               f"p50 {row['p50_ms']} ms per forward")
     results = []
     for cfg in configs:
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-            rows = run_served(args.model_dir, data, cfg, props, args.concurrency, args.seconds, Path(tmp))
+            rows = run_served(args.model_dir, data, cfg, props, handler, args.concurrency, args.seconds, Path(tmp))
         for row in rows:
             print(f"served W{cfg['workers']} T{cfg['threads']} B{cfg['batch_size']} D{cfg['max_batch_delay']} "
                   f"c={row['concurrency']:>2}: {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, "
                   f"p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms, failed {row['failed']}, "
                   f"other processes {row['others_cores']} cores")
             results.append(row)
-    report = {"conditions": conditions(), "payload": described, "set": props, "in_process": baseline,
+    report = {"conditions": conditions(), "payload": described, "set": props, "handler": handler,
+              "served_optimized": optimized, "in_process": baseline,
               "in_process_others_cores": baseline_cpu["others_cores"], "served": results,
               "verdict": verdict(baseline, results)}
     print(json.dumps(report["verdict"]))
@@ -239,9 +256,10 @@ def verdict(baseline: list[dict], results: list[dict]) -> dict:
 def write_report(path: Path, meta: dict, args, report: dict) -> None:
     c = report["conditions"]
     flags = ", ".join(c["flags"]) or "none of " + ", ".join(CPU_FLAGS)
-    command = "`make benchmark-serving`" if not (args.configs or args.set) else (
+    command = "`make benchmark-serving`" if not (args.configs or args.set or args.handler) else (
         "`python -m benchmarks.serving" + (f" --configs {' '.join(args.configs)}" if args.configs else "")
-        + (f" --set {' '.join(args.set)}" if args.set else "") + "`")
+        + (f" --set {' '.join(args.set)}" if args.set else "")
+        + (f" --handler {' '.join(args.handler)}" if args.handler else "") + "`")
     lines = [START, "## Serving benchmark (TorchServe + wrk vs in-process)", "",
              f"Written by {command} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); do not edit by hand.",
              "",
@@ -254,10 +272,14 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
              "connect/read/write/timeout errors + non-2xx answers."),
              (f"- Other processes' CPU (psutil, everything outside this benchmark, TorchServe and wrk): "
              f"{report['in_process_others_cores']} cores during the in-process runs, per served run in the table."),
-             "", "In-process (decode + eval transform + TorchScript forward, one Python process; latency per forward):",
-             "", "| torch threads | batch | images/s | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['threads']} | {r['batch_size']} | {r['images_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
-              f"{r['p99_ms']} |" for r in report["in_process"]]
+             (f"- Served model optimized at load (handler optimize_for_inference: freeze + oneDNN): "
+             f"{report['served_optimized']}."),
+             "", ("In-process (decode + eval transform + TorchScript forward, one Python process; latency per forward; "
+             "optimized = the handler's optimize_for_serving):"),
+             "", "| optimized | torch threads | batch | images/s | p50 ms | p95 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {'yes' if r['optimized'] else 'no'} | {r['threads']} | {r['batch_size']} | {r['images_per_s']} | "
+              f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |" for r in report["in_process"]]
     lines += ["", "Served:", "",
               ("| workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed "
               "| others' cores |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -265,8 +287,8 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
               f"{r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['failed']} | "
               f"{r['others_cores']} |" for r in report["served"]]
     v = report["verdict"]
-    lines += ["", (f"Targets (issue 10): in-process single-image p50 {v['in_process_single_p50_ms']} ms, best "
-                  f"in-process {v['in_process_best_images_per_s']} images/s.")]
+    lines += ["", (f"Targets (issue 10), against the best in-process rows above (optimized or not): single-image p50 "
+                   f"{v['in_process_single_p50_ms']} ms, best {v['in_process_best_images_per_s']} images/s.")]
     for entry in v["configs"]:
         lines.append(f"- {entry['config']}: concurrency-1 p50 gap {entry.get('c1_gap_ms', 'n/a')} ms (target <= 3), "
                      f"concurrency-16 throughput {entry.get('c16_pct_of_best', 'n/a')} % of best in-process "
