@@ -256,10 +256,13 @@ def verdict(baseline: list[dict], results: list[dict]) -> dict:
 def write_report(path: Path, meta: dict, args, report: dict) -> None:
     c = report["conditions"]
     flags = ", ".join(c["flags"]) or "none of " + ", ".join(CPU_FLAGS)
+    default_model = args.model_dir == Path("artifacts/model")
     command = "`make benchmark-serving`" if not (args.configs or args.set or args.handler) else (
         "`python -m benchmarks.serving" + (f" --configs {' '.join(args.configs)}" if args.configs else "")
         + (f" --set {' '.join(args.set)}" if args.set else "")
         + (f" --handler {' '.join(args.handler)}" if args.handler else "") + "`")
+    if not default_model:
+        command += f" with `--model-dir {args.model_dir}`"
     lines = [START, "## Serving benchmark (TorchServe + wrk vs in-process)", "",
              f"Written by {command} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); do not edit by hand.",
              "",

@@ -176,13 +176,17 @@ def optimize_for_serving(model: torch.jit.ScriptModule, example: torch.Tensor) -
 
     Refuses a result whose probabilities differ from the original's on `example` by more than 1e-3.
     """
-    optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model.eval()))
-    with torch.inference_mode():
-        expected, got = (torch.softmax(m(example).float(), dim=1) for m in (model, optimized))
+    hint = "set handler.optimize_for_inference: false in model-config.yaml"
+    try:
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model.eval()))
+        with torch.inference_mode():
+            expected, got = (torch.softmax(m(example).float(), dim=1) for m in (model, optimized))
+    except Exception as exc:
+        raise RuntimeError(f"torch.jit.optimize_for_inference failed on this model ({exc}); {hint}") from exc
     diff = float((expected - got).abs().max())
     if diff > 1e-3:
         raise RuntimeError(f"the optimized TorchScript model differs from the exported one by {diff:.2g} in "
-                           "probability; set handler.optimize_for_inference: false in model-config.yaml")
+                           f"probability; {hint}")
     return optimized
 
 

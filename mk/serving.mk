@@ -20,5 +20,5 @@ token: $(STAMP) ## print the inference key for `Authorization: Bearer ...`
 
 benchmark-serving: $(STAMP) ## wrk against TorchServe vs in-process, concurrency 1/4/16; writes docs/performance.md section
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk (Debian package)"; exit 1; }
-	@test -f artifacts/model/model.pt || $(MAKE) pipeline
+	@case '$(BENCH_ARGS)' in *--model-dir*) ;; *) test -f artifacts/model/model.pt || $(MAKE) pipeline;; esac
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
