@@ -1,32 +1,37 @@
-"""Benchmark: the served model (real TorchServe) against the same model in one Python process.
+"""Benchmark: the served model (real TorchServe, loaded by `wrk`) against the same model in one Python process.
 
-For each serving configuration (workers, torch threads per worker, batch size, max batch delay) it
-builds a .mar from the export directory with that model-config, starts TorchServe on free ports, and
-sends the same images at concurrency 1, 4 and 16 (threads, one HTTP session each), recording
-throughput and p50/p95/p99 latency. The in-process baseline decodes, preprocesses and runs the
-TorchScript model on the same images at batch size 1 and at each configuration's batch size.
-Nothing is asserted: it prints the table and writes it into docs/performance.md (between markers,
-so the load-test sections of that file are kept).
+In-process: the repo's decode + eval transform + TorchScript forward on one JPEG, in a loop for a fixed
+time, at batch 1 (latency per image) and batch 8 (throughput). Served: a .mar built from the export
+directory with handler/model-config.yaml (or the W:T:B:D variants given), TorchServe started with the
+repo's config.properties on free loopback ports (plus any --set overrides), and `wrk` (a C load generator,
+Debian package `wrk`; benchmarks/wrk_post_image.lua) posting the same JPEG at concurrency 1, 4 and 16.
+The conditions (CPU model and flags, GPU, other processes' CPU during every run, from psutil) are
+detected and written next to the numbers. Nothing is asserted: it prints the table and writes it into
+docs/performance.md between markers (the rest of that file is kept) and reports/serving-benchmark.json.
 
-    python -m benchmarks.serving                       # artifacts/model, synthetic test images
-    python -m benchmarks.serving --images ../shared/data/dogs-vs-cats-10k.tar --configs 1:2:8:10 2:1:8:10
+    python -m benchmarks.serving                                  # artifacts/model, committed configuration
+    python -m benchmarks.serving --configs 2:1:8:10 2:1:8:1 --set netty_client_threads=1 --no-docs
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import platform
+import shutil
 import statistics
+import subprocess
 import tarfile
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import yaml
 
+from handler.catsdogs_handler import optimize_for_serving
+from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
 from serving.archive import MODEL_CONFIG, build_archive
@@ -35,78 +40,94 @@ from serving.config import DEFAULT_CONFIG
 from serving.server import free_ports, start, stop
 
 START, END = "<!-- serving-benchmark:start -->", "<!-- serving-benchmark:end -->"
+LUA = Path(__file__).with_name("wrk_post_image.lua")
+SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-10k.tar"
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
-def load_images(source: Path, limit: int) -> list[bytes]:
-    """Up to `limit` image files from a folder (recursively) or a .tar archive."""
-    suffixes = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-    if source.is_file() and tarfile.is_tarfile(source):
+def payload(source: Path | None) -> tuple[bytes, str]:
+    """(JPEG bytes, description): the first photo of the real-photo tar when present, else a synthetic image."""
+    from PIL import Image
+
+    if source is not None and source.is_file():
         with tarfile.open(source) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(suffixes)]
-            return [tar.extractfile(m).read() for m in sorted(members, key=lambda m: m.name)[:limit]]
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes)[:limit]
-    if not files:
-        raise SystemExit(f"no images under {source}; pass --images DIR_OR_TAR")
-    return [p.read_bytes() for p in files]
+            member = min((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpg")),
+                         key=lambda m: m.name)
+            data = tar.extractfile(member).read()
+        with Image.open(io.BytesIO(data)) as img:
+            return data, f"`{member.name}` from {source.name} ({img.width}x{img.height} JPEG, {len(data)} bytes)"
+    img = Image.radial_gradient("L").convert("RGB").resize((200, 200))
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    return data, f"a synthetic 200x200 JPEG ({len(data)} bytes; {SHARED_TAR.name} not found)"
 
 
-def percentiles(latencies_ms: list[float]) -> dict:
-    qs = statistics.quantiles(latencies_ms, n=100)
-    return {"p50_ms": round(statistics.median(latencies_ms), 1), "p95_ms": round(qs[94], 1),
-            "p99_ms": round(qs[98], 1)}
+def conditions() -> dict:
+    """What the numbers depend on, read from this machine."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    gpu = "CUDA GPU present" if torch.cuda.is_available() else "no GPU (torch.cuda.is_available() is False)"
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags], "gpu": gpu,
+            "torch": torch.__version__, "wrk": shutil.which("wrk")}
 
 
-def in_process(model_dir: Path, images: list[bytes], batch_size: int, threads: int) -> dict:
-    """Images/s for decode + preprocess + forward in this process, `batch_size` images per forward."""
+def percentiles_ms(seconds: list[float]) -> dict:
+    qs = statistics.quantiles(seconds, n=100)
+    return {"p50_ms": round(statistics.median(seconds) * 1000, 1), "p95_ms": round(qs[94] * 1000, 1),
+            "p99_ms": round(qs[98] * 1000, 1)}
+
+
+def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seconds: float,
+               optimized: bool = False) -> dict:
+    """Decode + transform + forward of `batch_size` copies of `data` in a loop for `seconds`.
+
+    `optimized`: the model as the handler serves it with optimize_for_inference on (freeze + oneDNN)."""
     torch.set_num_threads(threads)
     meta = read_metadata(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
+    if optimized:
+        size = int(meta["image_size"])
+        net = optimize_for_serving(net, torch.rand(2, 3, size, size))
     transform = eval_transform(meta)
 
-    def run(batch: list[bytes]):
-        x = torch.stack([transform(decode_image(b, draft_size=meta["resize_size"])) for b in batch])
+    def run():
+        x = torch.stack([transform(decode_image(data, draft_size=meta["resize_size"])) for _ in range(batch_size)])
         with torch.inference_mode():
             net(x)
 
-    for i in range(0, min(len(images), 4 * batch_size), batch_size):  # warm-up
-        run(images[i:i + batch_size])
-    t0 = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        run(images[i:i + batch_size])
-    seconds = time.perf_counter() - t0
-    return {"batch_size": batch_size, "threads": threads, "images_per_s": round(len(images) / seconds, 1)}
+    for _ in range(10):  # warm-up (TorchScript profiling runs, allocator)
+        run()
+    times, began = [], time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    images_per_s = batch_size * len(times) / sum(times)
+    return {"threads": threads, "batch_size": batch_size, "optimized": optimized, "images_per_s": round(images_per_s, 1),
+            **percentiles_ms(times)}
 
 
-def load(client: ServingClient, images: list[bytes], concurrency: int, total: int) -> dict:
-    """`total` requests from `concurrency` threads; throughput, percentiles, failures."""
-    latencies, failures, lock = [], 0, threading.Lock()
-    local = threading.local()
-    counter = iter(range(total))
-
-    def worker():
-        nonlocal failures
-        if not hasattr(local, "client"):
-            local.client = ServingClient(**{f"{k}_url": v for k, v in client.urls.items()},
-                                         key_file=client.key_file, timeout=60)
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t0 = time.perf_counter()
-            ok = local.client.predict(images[i % len(images)]).status_code == 200
-            ms = (time.perf_counter() - t0) * 1000
-            with lock:
-                latencies.append(ms)
-                failures += not ok
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(worker) for _ in range(concurrency)]:
-            future.result()
-    seconds = time.perf_counter() - t0
-    return {"concurrency": concurrency, "requests": total, "failed": failures,
-            "requests_per_s": round(total / seconds, 1), **percentiles(latencies)}
+def run_wrk(url: str, token: str, body: Path, connections: int, seconds: int) -> dict:
+    """One wrk run (one client thread); requests/s, latency percentiles and failures from the Lua summary."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 60,
+                         env={**os.environ, "WRK_BODY": str(body), "WRK_TOKEN": token}).stdout
+    line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no WRK_RESULT line:\n{out}")
+    r = json.loads(line.split(" ", 1)[1])
+    failed = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return {"concurrency": connections, "requests": r["requests"], "failed": failed,
+            "requests_per_s": round(r["requests"] / (r["duration_us"] / 1e6), 1),
+            **{f"p{q}_ms": round(r[f"p{q}_us"] / 1000, 1) for q in (50, 95, 99)}}
 
 
 def parse_config(text: str) -> dict:
@@ -114,81 +135,167 @@ def parse_config(text: str) -> dict:
     return {"workers": workers, "threads": threads, "batch_size": batch, "max_batch_delay": delay}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
-    parser.add_argument("--images", type=Path, default=Path("data/synthetic"),
-                        help="folder or .tar of images to send (default: %(default)s)")
-    parser.add_argument("--n-images", type=int, default=200, help="distinct images used (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--configs", nargs="+", default=["1:2:1:0", "1:2:8:10", "2:1:8:10", "1:2:16:20"],
-                        metavar="W:T:B:D", help="workers:torch-threads:batch-size:max-batch-delay-ms")
-    parser.add_argument("--report", type=Path, default=Path("docs/performance.md"))
-    args = parser.parse_args(argv)
-
-    images = load_images(args.images, args.n_images)
-    configs = [parse_config(c) for c in args.configs]
-    print(f"{len(images)} images from {args.images}; model {args.model_dir}")
-    baseline = [in_process(args.model_dir, images * max(1, 200 // len(images)), b, 2)
-                for b in sorted({1, *(c["batch_size"] for c in configs)})]
-    for row in baseline:
-        print(f"in-process batch {row['batch_size']:>2}: {row['images_per_s']} images/s")
-    results = []
-    for cfg in configs:
-        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-            rows = run_served(args.model_dir, images, cfg, args.concurrency, args.requests, Path(tmp))
-        for row in rows:
-            print(f"served W{cfg['workers']} T{cfg['threads']} B{cfg['batch_size']} D{cfg['max_batch_delay']} "
-                  f"c={row['concurrency']:>2}: {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, "
-                  f"p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms, failed {row['failed']}")
-            results.append({**cfg, **row})
-    meta = read_metadata(args.model_dir / "model-meta.json")
-    write_report(args.report, meta, args, baseline, results)
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/serving-benchmark.json").write_text(json.dumps({"in_process": baseline, "served": results},
-                                                                  indent=2) + "\n")
-    return 0
+def committed_config() -> dict:
+    cfg = yaml.safe_load(MODEL_CONFIG.read_text())
+    return {"workers": cfg["minWorkers"], "threads": cfg.get("handler", {}).get("torch_threads", 0),
+            "batch_size": cfg["batchSize"], "max_batch_delay": cfg["maxBatchDelay"]}
 
 
-def run_served(model_dir: Path, images: list[bytes], cfg: dict, concurrencies: list[int], total: int,
-               work: Path) -> list[dict]:
+def handler_settings(overrides: dict) -> dict:
+    return {**(yaml.safe_load(MODEL_CONFIG.read_text()).get("handler") or {}), **overrides}
+
+
+def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, concurrencies: list[int],
+               seconds: int, work: Path) -> list[dict]:
     model_config = yaml.safe_load(MODEL_CONFIG.read_text())
     model_config.update(minWorkers=cfg["workers"], maxWorkers=cfg["workers"], batchSize=cfg["batch_size"],
                         maxBatchDelay=cfg["max_batch_delay"])
-    model_config.setdefault("handler", {})["torch_threads"] = cfg["threads"]
+    model_config["handler"] = {**handler_settings(handler), "torch_threads": cfg["threads"]}
     config_file = work / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(model_config))
     build_archive(model_dir, work / "store", config_file=config_file)
+    body = work / "payload.jpg"
+    body.write_bytes(data)
     ports = free_ports(5)
-    os.environ["OMP_NUM_THREADS"] = str(cfg["threads"])  # inherited by the workers TorchServe forks
-    start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
-          ports=dict(zip(("inference", "management", "metrics"), ports[:3])), grpc_ports=(ports[3], ports[4]),
-          timeout=240)
+    state = start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
+                  ports=dict(zip(("inference", "management", "metrics"), ports[:3])),
+                  grpc_ports=(ports[3], ports[4]), timeout=240, extra=props or None)
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        load(client, images, 4, 40)  # warm-up
-        return [load(client, images, c, total) for c in concurrencies]
+        url, token = f"{state['inference_url']}/predictions/catsdogs", client.key("inference")
+        run_wrk(url, token, body, 4, 3)  # warm-up
+        rows = []
+        for c in concurrencies:
+            watcher = CpuWatcher(roots=[state["pid"]], every=1.0)
+            watcher.start()
+            row = run_wrk(url, token, body, c, seconds)
+            cpu = watcher.result()
+            rows.append({**cfg, **row, "ours_cores": cpu["ours_cores"], "others_cores": cpu["others_cores"],
+                         "busiest_others": cpu["busiest_others"]})
+        return rows
     finally:
         stop(work / "run")
-        os.environ.pop("OMP_NUM_THREADS", None)
 
 
-def write_report(path: Path, meta: dict, args, baseline: list[dict], results: list[dict]) -> None:
-    command = (f"`python -m benchmarks.serving --images {args.images} --configs {' '.join(args.configs)}` "
-               f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, no GPU). Model {meta.get('arch')} at "
-               f"{meta.get('image_size')} px, version {meta.get('version')}; {args.requests} requests per level, "
-               f"client threads on the same machine.")
-    lines = [START, "## Serving benchmark (TorchServe vs in-process)", "", command, "",
-             "In-process (decode + preprocess + forward, one Python process, 2 torch threads):", "",
-             "| batch size | images/s |", "|---|---|"]
-    lines += [f"| {r['batch_size']} | {r['images_per_s']} |" for r in baseline]
-    lines += ["", "Served (HTTP, token auth on, one image per request):", "",
-              "| workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
+    parser.add_argument("--images", type=Path, default=SHARED_TAR,
+                        help="real-photo .tar whose first JPEG is the payload (default: %(default)s; "
+                             "a synthetic JPEG when absent)")
+    parser.add_argument("--seconds", type=int, default=15, help="wrk duration per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--configs", nargs="+", metavar="W:T:B:D",
+                        help="workers:torch-threads:batch-size:max-batch-delay-ms (default: handler/model-config.yaml)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config.properties overrides for every served run (e.g. netty_client_threads=1)")
+    parser.add_argument("--handler", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="model-config.yaml handler: overrides (YAML values, e.g. optimize_for_inference=false)")
+    parser.add_argument("--report", type=Path, default=Path("docs/performance.md"))
+    parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: install the Debian package (apt-get install -y wrk)")
+
+    data, described = payload(args.images)
+    props = dict(item.split("=", 1) for item in args.set)
+    handler = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.handler)}
+    optimized = bool(handler_settings(handler).get("optimize_for_inference", False))
+    configs = [parse_config(c) for c in args.configs] if args.configs else [committed_config()]
+    cores = os.cpu_count() or 1
+    print(f"payload: {described}; model {args.model_dir}")
+    watcher = CpuWatcher(every=1.0)
+    watcher.start()
+    baseline = [in_process(args.model_dir, data, b, t, min(args.seconds, 6), opt)
+                for opt in (False, True) for t, b in sorted({(cores, 1), (1, 1), (cores, 8)})]
+    baseline_cpu = watcher.result()
+    for row in baseline:
+        print(f"in-process optimized {row['optimized']} threads {row['threads']} batch {row['batch_size']:>2}: "
+              f"{row['images_per_s']} images/s, "
+              f"p50 {row['p50_ms']} ms per forward")
+    results = []
+    for cfg in configs:
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            rows = run_served(args.model_dir, data, cfg, props, handler, args.concurrency, args.seconds, Path(tmp))
+        for row in rows:
+            print(f"served W{cfg['workers']} T{cfg['threads']} B{cfg['batch_size']} D{cfg['max_batch_delay']} "
+                  f"c={row['concurrency']:>2}: {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, "
+                  f"p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms, failed {row['failed']}, "
+                  f"other processes {row['others_cores']} cores")
+            results.append(row)
+    report = {"conditions": conditions(), "payload": described, "set": props, "handler": handler,
+              "served_optimized": optimized, "in_process": baseline,
+              "in_process_others_cores": baseline_cpu["others_cores"], "served": results,
+              "verdict": verdict(baseline, results)}
+    print(json.dumps(report["verdict"]))
+    meta = read_metadata(args.model_dir / "model-meta.json")
+    if not args.no_docs:
+        write_report(args.report, meta, args, report)
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/serving-benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def verdict(baseline: list[dict], results: list[dict]) -> dict:
+    """The issue's two targets, per served configuration (c=1 p50 gap; c=16 throughput vs best in-process)."""
+    single = min(r["p50_ms"] for r in baseline if r["batch_size"] == 1)
+    best = max(r["images_per_s"] for r in baseline)
+    out = {"in_process_single_p50_ms": single, "in_process_best_images_per_s": best, "configs": []}
+    for key in dict.fromkeys((r["workers"], r["threads"], r["batch_size"], r["max_batch_delay"]) for r in results):
+        rows = {r["concurrency"]: r for r in results
+                if (r["workers"], r["threads"], r["batch_size"], r["max_batch_delay"]) == key}
+        entry = {"config": "W{}:T{}:B{}:D{}".format(*key)}
+        if 1 in rows:
+            entry["c1_gap_ms"] = round(rows[1]["p50_ms"] - single, 1)
+        if 16 in rows:
+            entry["c16_pct_of_best"] = round(100 * rows[16]["requests_per_s"] / best, 1)
+        out["configs"].append(entry)
+    return out
+
+
+def write_report(path: Path, meta: dict, args, report: dict) -> None:
+    c = report["conditions"]
+    flags = ", ".join(c["flags"]) or "none of " + ", ".join(CPU_FLAGS)
+    default_model = args.model_dir == Path("artifacts/model")
+    command = "`make benchmark-serving`" if not (args.configs or args.set or args.handler) else (
+        "`python -m benchmarks.serving" + (f" --configs {' '.join(args.configs)}" if args.configs else "")
+        + (f" --set {' '.join(args.set)}" if args.set else "")
+        + (f" --handler {' '.join(args.handler)}" if args.handler else "") + "`")
+    if not default_model:
+        command += f" with `--model-dir {args.model_dir}`"
+    lines = [START, "## Serving benchmark (TorchServe + wrk vs in-process)", "",
+             f"Written by {command} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); do not edit by hand.",
+             "",
+             f"- Machine: {c['cpu']}, {c['cores']} cores, flags {flags}; {c['gpu']}; torch {c['torch']}.",
+             (f"- Model {meta.get('arch')} at {meta.get('image_size')} px, version {meta.get('version')}; payload "
+             f"{report['payload']}, the same bytes in every request."),
+             (f"- Served: TorchServe with config.properties{' + ' + ', '.join(args.set) if args.set else ''}, "
+             f"token auth on, one image per request (raw body); `wrk -t1 -c{{{','.join(map(str, args.concurrency))}}} -d{args.seconds}s` "
+             "(benchmarks/wrk_post_image.lua) on the same machine after a 3 s warm-up. Failed = wrk's "
+             "connect/read/write/timeout errors + non-2xx answers."),
+             (f"- Other processes' CPU (psutil, everything outside this benchmark, TorchServe and wrk): "
+             f"{report['in_process_others_cores']} cores during the in-process runs, per served run in the table."),
+             (f"- Served model optimized at load (handler optimize_for_inference: freeze + oneDNN): "
+             f"{report['served_optimized']}."),
+             "", ("In-process (decode + eval transform + TorchScript forward, one Python process; latency per forward; "
+             "optimized = the handler's optimize_for_serving):"),
+             "", "| optimized | torch threads | batch | images/s | p50 ms | p95 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {'yes' if r['optimized'] else 'no'} | {r['threads']} | {r['batch_size']} | {r['images_per_s']} | "
+              f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |" for r in report["in_process"]]
+    lines += ["", "Served:", "",
+              ("| workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed "
+              "| others' cores |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['workers']} | {r['threads']} | {r['batch_size']} | {r['max_batch_delay']} | {r['concurrency']} | "
-              f"{r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['failed']} |"
-              for r in results]
+              f"{r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['failed']} | "
+              f"{r['others_cores']} |" for r in report["served"]]
+    v = report["verdict"]
+    lines += ["", (f"Targets (issue 10), against the best in-process rows above (optimized or not): single-image p50 "
+                   f"{v['in_process_single_p50_ms']} ms, best {v['in_process_best_images_per_s']} images/s.")]
+    for entry in v["configs"]:
+        lines.append(f"- {entry['config']}: concurrency-1 p50 gap {entry.get('c1_gap_ms', 'n/a')} ms (target <= 3), "
+                     f"concurrency-16 throughput {entry.get('c16_pct_of_best', 'n/a')} % of best in-process "
+                     "(target >= 100)")
     lines += ["", END]
     block = "\n".join(lines)
     text = path.read_text() if path.exists() else "# Performance\n\n"

