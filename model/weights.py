@@ -55,11 +55,8 @@ PACKAGE_WEIGHTS = {
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def normalization(arch: str) -> tuple[list[float], list[float]]:
@@ -89,8 +86,9 @@ def package_weights_file(arch: str) -> Path:
 def check_sha256(path: Path, expected: str | None, what: str) -> None:
     if not path.is_file():
         raise WeightsError(f"{what}: {path} does not exist")
-    if expected and sha256_of(path) != expected.lower():
-        raise WeightsError(f"{what}: {path} has sha256 {sha256_of(path)}, expected {expected}: the file is "
+    actual = sha256_of(path) if expected else None
+    if expected and actual != expected.lower():
+        raise WeightsError(f"{what}: {path} has sha256 {actual}, expected {expected}: the file is "
                            f"corrupt or not the one pinned; reinstall or fix model.weights_sha256")
 
 
