@@ -623,8 +623,26 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
 
 # --- integration: Jenkins' Deploy stage and its failure handling, as make targets ---------------------------
 
+def red_blue_model(work: Path, per_class: int = 16) -> tuple[Path, Path]:
+    """(model dir, prepared dir): tests.serving_helpers.RedVsBlue "trained on" a prepared set of reddish cats
+    and bluish dogs (its model-meta.json carries that set's data_hash), so its test split is a golden set
+    the model gets right and a constant answer gets half right. No training: seconds, not minutes."""
+    from tests.conftest import image_bytes
+    from tests.serving_helpers import write_model_dir
+    from training.prepare import prepare, read_stats
+
+    for i in range(per_class):
+        for label, color in (("cat", (230 - 3 * i, 20 + i, 30)), ("dog", (30, 20 + i, 230 - 3 * i))):
+            (work / "images" / label).mkdir(parents=True, exist_ok=True)
+            (work / "images" / label / f"{i}.jpg").write_bytes(image_bytes(color, size=(48 + i, 40)))
+    prepare(work / "images", work / "prepared", CLASSES, resize_size=36, val_ratio=0.0, test_ratio=0.5, seed=42,
+            max_pixels=10**7)
+    write_model_dir(work / "model", version="rb.1", data_hash=read_stats(work / "prepared")["data_hash"])
+    return work / "model", work / "prepared"
+
+
 @pytest.fixture(scope="module")
-def jenkins_target(synthetic_model, tmp_path_factory):
+def jenkins_target(tmp_path_factory):
     """A real TorchServe that serves A at start-up, then B through `make ci-deploy` (B is the healthy default).
 
     Yields (make, state, versions): make(target, mar=None) runs a target like Jenkins does, with the target
@@ -636,21 +654,25 @@ def jenkins_target(synthetic_model, tmp_path_factory):
     from serving.server import stop
     from tests.serving_helpers import serve_model_dir
 
-    model_dir, prepared = synthetic_model
     work = tmp_path_factory.mktemp("jenkins-deploy")
+    model_dir, prepared = red_blue_model(work)
     version_a = json.loads((model_dir / "model-meta.json").read_text())["version"]
     versions = {"A": version_a, "B": f"{version_a}.b", "C": f"{version_a}.c", "D": f"{version_a}.d"}
     mars = {name: build_archive(variant(model_dir, work / f"model-{name}", versions[name], always_cat=name == "C"),
                                 work / name)
             for name in ("B", "C", "D")}
-    state = serve_model_dir(model_dir, work)
+    try:
+        state = serve_model_dir(model_dir, work)
+    except BaseException:
+        stop(work / "run")  # a start that timed out leaves TorchServe running
+        raise
     result_file = work / "deploy-result.json"
     env = {**os.environ, "CATSDOGS_MANAGEMENT_URL": state["management_url"],
            "CATSDOGS_INFERENCE_URL": state["inference_url"], "CATSDOGS_METRICS_URL": state["metrics_url"],
            "CATSDOGS_KEY_FILE": state["key_file"], "CATSDOGS_MODEL_STORE": str(work / "store")}
     # the default golden source: the test split of the data the model was trained on
-    args = (f"--tracking-uri sqlite:///{work / 'none.db'} --prepared {prepared} --golden-per-class 12 "
-            f"--min-accuracy 0.55 --drain-seconds 1")
+    args = (f"--tracking-uri sqlite:///{work / 'none.db'} --prepared {prepared} --golden-per-class 8 "
+            f"--min-accuracy 0.9 --drain-seconds 1")
 
     def make(target: str, mar: str | None = None) -> subprocess.CompletedProcess:
         command = ["make", "--no-print-directory", target, f"DEPLOY_RESULT={result_file}",
@@ -697,7 +719,7 @@ def test_failed_build_after_a_switching_deploy_restores_the_previous_default(jen
     assert switched.returncode == 0, switched.stderr
     record = json.loads(result_file.read_text())
     assert (record["status"], record["version"], record["previous"]) == ("switched", versions["D"], versions["B"])
-    assert record["golden"]["source"] == "prepare manifest, test split" and record["golden"]["images"] == 24
+    assert record["golden"]["source"] == "prepare manifest, test split" and record["golden"]["images"] == 16
     assert versions_of(state)[0] == versions["D"]
     # a later stage fails: the rollback puts B back, the version this deploy replaced
     handled = make("ci-rollback")
