@@ -7,6 +7,8 @@ DEPLOY_RUN_DIR ?= .serve
 DEPLOY_ARGS ?=
 # What the last `make deploy` changed (switched / unchanged / rejected / failed): rollback-if-switched reads it.
 DEPLOY_RESULT ?= reports/deploy-result.json
+# Server/registry options for rollbacks (the deploy gates' DEPLOY_ARGS mean nothing to `rollback`).
+ROLLBACK_ARGS ?=
 SCALE_VERSION ?=
 SCALE_MIN ?= 1
 SCALE_MAX ?= $(SCALE_MIN)
@@ -20,7 +22,7 @@ rollback: $(STAMP) ## make the previous version the default again (DEPLOY_ARGS="
 	$(PY) -m deploy rollback --run-dir $(DEPLOY_RUN_DIR) $(DEPLOY_ARGS)
 
 rollback-if-switched: $(STAMP) ## undo the default switch of the last `make deploy` only ($(DEPLOY_RESULT) says switched)
-	$(PY) -m deploy rollback --run-dir $(DEPLOY_RUN_DIR) --if-switched $(DEPLOY_RESULT) $(DEPLOY_ARGS)
+	$(PY) -m deploy rollback --run-dir $(DEPLOY_RUN_DIR) --if-switched $(DEPLOY_RESULT) $(ROLLBACK_ARGS)
 
 deploy-status: $(STAMP) ## registered versions, default, workers, per-version smoke check
 	$(PY) -m deploy status --run-dir $(DEPLOY_RUN_DIR) $(DEPLOY_ARGS)

@@ -676,7 +676,8 @@ def jenkins_target(tmp_path_factory):
 
     def make(target: str, mar: str | None = None) -> subprocess.CompletedProcess:
         command = ["make", "--no-print-directory", target, f"DEPLOY_RESULT={result_file}",
-                   f"DEPLOY_RUN_DIR={work / 'nowhere'}", f"DEPLOY_ARGS={args}"]
+                   f"DEPLOY_RUN_DIR={work / 'nowhere'}", f"DEPLOY_ARGS={args}",
+                   f"ROLLBACK_ARGS=--tracking-uri sqlite:///{work / 'none.db'}"]
         if mar:
             command.append(f"MAR={mars[mar]}")
         began = time.monotonic()

@@ -34,10 +34,10 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["synthetic"].update(images_per_class=50, size=96)
-    params["model"].update(image_size=64, resize_size=72)
-    params["train"].update(head_epochs=2, finetune_blocks=1, finetune_epochs=1, batch_size=16)
-    params["evaluate"].update(min_accuracy=0.75, max_log_loss=0.6)  # the tiny model scores ~0.9
+    params["synthetic"].update(images_per_class=80, size=96)
+    params["model"].update(image_size=96, resize_size=110)
+    params["train"].update(head_epochs=4, finetune_epochs=0, batch_size=16)
+    params["evaluate"].update(min_accuracy=0.7, max_log_loss=0.6)  # a random head: ~0.5 and ~0.69
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PYTHONPATH=str(repo),
@@ -55,11 +55,11 @@ def test_repro_builds_every_artifact_then_is_a_noop(repo):
     out = run([sys.executable, "-m", "dvc", "repro"], path, env)
     assert "Running stage 'train'" in out
     meta = json.loads((path / "artifacts/model/model-meta.json").read_text())
-    assert meta["classes"] == ["cat", "dog"] and meta["image_size"] == 32 and meta["mlflow_run_id"]
+    assert meta["classes"] == ["cat", "dog"] and meta["image_size"] == 96 and meta["mlflow_run_id"]
     assert (path / "artifacts/model/model.pt").stat().st_size > 0
     assert (path / "model-store/catsdogs.mar").exists()
     metrics = json.loads((path / "artifacts/eval/metrics.json").read_text())
-    assert metrics["accuracy"] >= 0.75 and metrics["n"] > 0  # the quality gate let it through
+    assert metrics["accuracy"] >= 0.7 and metrics["n"] > 0  # the quality gate let it through
     for png in ("confusion_matrix", "roc", "training_curves", "worst_mistakes"):
         assert (path / f"artifacts/eval/plots/{png}.png").exists()
     import mlflow
@@ -77,11 +77,11 @@ def test_changing_a_train_param_reruns_only_downstream_stages(repo):
     path, env = repo
     run(["git", "add", "-A"], path, env)
     run(["git", "commit", "-qm", "lock"], path, env)
-    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.finetune_epochs=2"], path, env)
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.head_epochs=6"], path, env)
     assert "Running stage 'train'" in out and "Running stage 'export'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'synthesize'" not in out
     history = (path / "artifacts/train/history.csv").read_text().strip().splitlines()
-    assert [line.split(",")[1] for line in history[1:]] == ["head", "head", "finetune", "finetune"]
+    assert [line.split(",")[1] for line in history[1:]] == ["head"] * 6
 
 
 def test_quality_gate_stops_a_broken_model_before_export(repo):

@@ -167,8 +167,10 @@ def fit_tensors(trainer: Trainer, phase: str, module: nn.Module, groups: list[di
         raise ValueError(f"train split too small: fewer than train.batch_size={batch_size} images per process")
     wrapped = DistributedDataParallel(module) if ctx.distributed else module
     optimizer = torch.optim.AdamW(groups, weight_decay=float(cfg["weight_decay"]))
+    # 10 % warm-up, but at least 2 steps of it: OneCycleLR divides by the warm-up length.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], epochs=epochs,
-                                                    steps_per_epoch=steps, pct_start=0.1)
+                                                    steps_per_epoch=steps,
+                                                    pct_start=min(0.5, max(0.1, 2 / (epochs * steps))))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)))
     for epoch in range(1, epochs + 1):
         t0 = time.time()
