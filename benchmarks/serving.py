@@ -89,7 +89,7 @@ def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seco
                optimized: bool = False) -> dict:
     """Decode + transform + forward of `batch_size` copies of `data` in a loop for `seconds`.
 
-    `optimized`: the model as the handler serves it with optimize_for_inference on (freeze + oneDNN)."""
+    `optimized`: the model as the handler serves it with optimize on (channels_last + freeze)."""
     torch.set_num_threads(threads)
     meta = read_metadata(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config.properties overrides for every served run (e.g. netty_client_threads=1)")
     parser.add_argument("--handler", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="model-config.yaml handler: overrides (YAML values, e.g. optimize_for_inference=false)")
+                        help="model-config.yaml handler: overrides (YAML values, e.g. optimize=false)")
     parser.add_argument("--report", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     data, described = payload(args.images)
     props = dict(item.split("=", 1) for item in args.set)
     handler = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.handler)}
-    optimized = bool(handler_settings(handler).get("optimize_for_inference", False))
+    optimized = bool(handler_settings(handler).get("optimize", False))
     configs = [parse_config(c) for c in args.configs] if args.configs else [committed_config()]
     cores = os.cpu_count() or 1
     print(f"payload: {described}; model {args.model_dir}")
@@ -275,7 +275,7 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
              "connect/read/write/timeout errors + non-2xx answers."),
              (f"- Other processes' CPU (psutil, everything outside this benchmark, TorchServe and wrk): "
              f"{report['in_process_others_cores']} cores during the in-process runs, per served run in the table."),
-             (f"- Served model optimized at load (handler optimize_for_inference: freeze + oneDNN): "
+             (f"- Served model optimized at load (handler optimize: channels_last + torch.jit.freeze): "
              f"{report['served_optimized']}."),
              "", ("In-process (decode + eval transform + TorchScript forward, one Python process; latency per forward; "
              "optimized = the handler's optimize_for_serving):"),

@@ -1,20 +1,24 @@
 """Benchmark: a training recipe on a real photo set (e.g. ../shared/data/dogs-vs-cats-10k.tar).
 
 Runs prepare -> train -> evaluate -> export in a separate work folder (the repo's own artifacts are not
-touched), times each stage, measures the exported model's CPU latency and throughput, records the run in
-benchmarks/results/train_real_data.json (one entry per --label, replaced when re-run) and rewrites
+touched), times each stage, measures the exported model's CPU latency and throughput in-process and served
+by a real TorchServe under `wrk` (benchmarks/serving.py; skipped with --no-serve or when wrk is missing),
+records the run in benchmarks/results/train_real_data.json (one entry per --label, replaced when re-run) and rewrites
 docs/training-benchmark.md from all recorded runs. Nothing is asserted: it prints numbers and writes them down.
 
     python -m benchmarks.train_real_data --data ../shared/data/dogs-vs-cats-10k.tar            # params.yaml
     python -m benchmarks.train_real_data --data ... --preset scratch --label scratch            # a preset
     python -m benchmarks.train_real_data --data ... -S train.finetune_blocks=1 --label ft1      # a variant
+    python -m benchmarks.train_real_data --data ... --label pretrained --serve-only             # re-measure serving
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +88,18 @@ class OtherLoad:
         return t.user + t.system + t.children_user + t.children_system
 
 
+def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
+    """The exported model served by TorchServe with the committed handler/model-config.yaml, loaded by wrk
+    posting `data` at concurrency 1 and 16 (req/s, p50/p99, failures, other processes' CPU)."""
+    from benchmarks import serving
+
+    cfg = serving.committed_config()
+    with tempfile.TemporaryDirectory(prefix="bench-real-serve-") as tmp:
+        rows = serving.run_served(model_dir, data, cfg, {}, {}, [1, 16], seconds, Path(tmp))
+    keep = ("concurrency", "requests_per_s", "p50_ms", "p99_ms", "failed", "others_cores")
+    return {"config": cfg, "seconds": seconds, "runs": [{k: r[k] for k in keep} for r in rows]}
+
+
 def conditions() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -109,7 +125,16 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=REPORT, help="default: %(default)s")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. -S train.finetune_epochs=2 (like dvc exp run -S)")
+    parser.add_argument("--serve-seconds", type=int, default=15, help="wrk run per concurrency (default: %(default)s)")
+    parser.add_argument("--no-serve", action="store_true", help="skip the TorchServe measurement")
+    parser.add_argument("--serve-only", action="store_true",
+                        help="re-measure latency and serving of the run already in --workdir/--label, no training")
     args = parser.parse_args(argv)
+    serve = not args.no_serve and shutil.which("wrk") is not None
+    if not args.no_serve and not serve:
+        print("wrk not found (apt-get install -y wrk): the served throughput is not measured")
+    if args.serve_only:
+        return remeasure(args, serve)
 
     params = load_params(args.params)
     if args.preset:
@@ -127,7 +152,7 @@ def main(argv=None) -> int:
 
     from training.evaluate import evaluate
     from training.export import export
-    from training.prepare import prepare, read_manifest
+    from training.prepare import prepare
     from training.train import train
 
     timings = {}
@@ -147,20 +172,48 @@ def main(argv=None) -> int:
         t0 = time.time()
         meta = export(work / "prepared", work / "train", work / "eval", work / "model")
         timings["export_s"] = round(time.time() - t0, 1)
-    test_rows = read_manifest(work / "prepared", "test")[:50]
-    latency = single_image_latency(work / "model", [Path(r["cache"]).read_bytes() for r in test_rows])
+    images = test_images(work)
+    latency = single_image_latency(work / "model", images)
     result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
               "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
               **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
               "model_version": meta["version"], "conditions": {**conditions(), "other_processes_cores": load.cores},
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if serve:
+        result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
+    return record(args, work, result)
+
+
+def test_images(work: Path) -> list[bytes]:
+    from training.prepare import read_manifest
+
+    return [Path(r["cache"]).read_bytes() for r in read_manifest(work / "prepared", "test")[:50]]
+
+
+def remeasure(args, serve: bool) -> int:
+    """--serve-only: latency and serving of an existing run's exported model, its training numbers kept."""
+    work = args.workdir / args.label
+    if not (work / "benchmark.json").is_file():
+        raise SystemExit(f"{work / 'benchmark.json'} not found: run without --serve-only first")
+    result = json.loads((work / "benchmark.json").read_text())
+    images = test_images(work)
+    with OtherLoad() as load:
+        result["latency"] = single_image_latency(work / "model", images)
+        if serve:
+            result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
+    result["serving_measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["conditions"]["serving_other_processes_cores"] = load.cores
+    return record(args, work, result)
+
+
+def record(args, work: Path, result: dict) -> int:
     (work / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
     runs = json.loads(args.results.read_text()) if args.results.exists() else []
     runs = [r for r in runs if r["label"] != args.label] + [result]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(runs, indent=2) + "\n")
     args.report.write_text(render(runs))
-    print(json.dumps({k: result[k] for k in ("label", "total_s", "train_s", "test", "latency")}, indent=2))
+    print(json.dumps({k: result.get(k) for k in ("label", "total_s", "train_s", "test", "latency", "served")}, indent=2))
     return 0
 
 
@@ -175,6 +228,19 @@ def recipe(r: dict) -> str:
     return text
 
 
+def served_note(r: dict) -> str:
+    if "served" not in r:
+        return "; serving not measured"
+    cfg, runs = r["served"]["config"], r["served"]["runs"]
+    failed = sum(x["failed"] for x in runs)
+    others = ", ".join(f"c={x['concurrency']} {x['others_cores']}" for x in runs)
+    when = r.get("serving_measured_at", r["measured_at"])
+    return (f"; served {when}: {cfg['workers']} workers x {cfg['threads'] or 'default'} torch threads, batch "
+            f"{cfg['batch_size']}, max delay {cfg['max_batch_delay']} ms, {r['served']['seconds']} s per level, "
+            f"{failed} failed requests, p99 " + ", ".join(f"c={x['concurrency']} {x['p99_ms']} ms" for x in runs)
+            + f", other processes' CPU {others} cores")
+
+
 def render(runs: list[dict]) -> str:
     """docs/training-benchmark.md: every recorded run, written by this script only."""
     lines = ["# Training benchmark: recipes on real photos", "",
@@ -183,25 +249,31 @@ def render(runs: list[dict]) -> str:
              "prepare -> train -> evaluate -> export of the 10k shared photos (7,999 / 1,000 / 1,000 train / "
              "val / test), no network."), "",
              ("| run | recipe | train | total | test acc | log loss | ECE | ROC-AUC | 1-image p50 | batch-8 img/s |"
-             " other CPU load | measured |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             " served c=1 p50 | served c=16 req/s | other CPU load | measured |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t, lat = r["test"], r["latency"]
+        served = {s["concurrency"]: s for s in r.get("served", {}).get("runs", [])}
+        c1 = f"{served[1]['p50_ms']} ms" if 1 in served else "-"
+        c16 = f"{served[16]['requests_per_s']}" if 16 in served else "-"
         lines.append(
             f"| {r['label']} | {recipe(r)} | {r['train_s'] / 60:.1f} min | {r['total_s'] / 60:.1f} min | "
             f"{t['accuracy']:.4f} | {t['log_loss']:.4f} | {t['ece']:.4f} | {t['roc_auc']:.4f} | "
-            f"{lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | "
+            f"{lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
             f"{r['conditions'].get('other_processes_cores', '-')} cores | {r['measured_at']} |")
     lines += ["", ("Columns: *train* and *total* are wall time (total = prepare + train + evaluate + export); "
               "*1-image p50* is decode + preprocess + TorchScript forward of one photo; *batch-8 img/s* is the "
-              "TorchScript forward alone on batches of 8 (in-process, not through TorchServe); *other CPU load* "
-              "is the CPU time other processes used during the run, in cores."), ""]
+              "TorchScript forward alone on batches of 8 (in-process); *served* is the exported model in a real "
+              "TorchServe (handler/model-config.yaml as committed) loaded by `wrk` posting one test photo, "
+              "concurrency 1 (median latency) and 16 (requests/s); *other CPU load* is the CPU time other "
+              "processes used during the run, in cores."), ""]
     for r in runs:
         c = r["conditions"]
         lines.append(f"- **{r['label']}**: {c['cpu']}, {c['logical_cpus']} logical CPUs, {c['torch_threads']} torch "
                      f"threads, GPU {c['gpu']}; overrides {r['overrides'] or 'none'}; best epoch "
                      f"{r['summary'].get('best_epoch')} of {r['summary'].get('epochs_run')}; precision / recall "
-                     f"{r['test']['precision']:.4f} / {r['test']['recall']:.4f}; model {r['model_version']}.")
+                     f"{r['test']['precision']:.4f} / {r['test']['recall']:.4f}; model {r['model_version']}"
+                     + served_note(r) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,126 @@
+"""Benchmark: how the exported TorchScript model runs fastest on this CPU, layouts compared in one run.
+
+Variants of the same model file (artifacts/model/model.pt by default), each fed random batches:
+  exported          - torch.jit.load as is, NCHW inputs
+  optimize          - torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
+  channels_last     - model.export.for_cpu_inference: channels_last weights + freeze, channels_last inputs
+at every batch size and torch thread count asked for. Rounds are interleaved (variant A, B, C, A, B, C, ...)
+so that a slow spell of the machine hits all of them alike; the table gives the median images/s over the
+rounds and each variant's ratio to `exported`. Other processes' CPU during the run is recorded. Nothing is
+asserted: it prints the table and writes it to docs/cpu-inference.md (and reports/cpu-inference.json).
+
+    python -m benchmarks.cpu_inference                               # artifacts/model, batches 1 4 8, threads 1 2
+    python -m benchmarks.cpu_inference --model-dir build/bench-real/pretrained/model --batches 1 8 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from benchmarks.serving import conditions
+from loadtest.contention import CpuWatcher
+from model.export import channels_last, for_cpu_inference, read_metadata
+
+
+def variants(model_file: Path, size: int) -> dict:
+    """name -> (module, input conversion)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
+        load = lambda: torch.jit.load(str(model_file)).eval()
+        example = torch.rand(2, 3, size, size)
+        return {"exported": (load(), lambda x: x),
+                "optimize": (torch.jit.optimize_for_inference(torch.jit.freeze(load())), lambda x: x),
+                "channels_last": (for_cpu_inference(load(), example), channels_last)}
+
+
+def images_per_s(module, x: torch.Tensor, seconds: float) -> float:
+    with torch.inference_mode():
+        began, n = time.perf_counter(), 0
+        while time.perf_counter() - began < seconds:
+            module(x)
+            n += len(x)
+        return n / (time.perf_counter() - began)
+
+
+def measure(model_file: Path, size: int, batches: list[int], threads: list[int], rounds: int,
+            seconds: float) -> list[dict]:
+    rows = []
+    models = variants(model_file, size)
+    for t in threads:
+        torch.set_num_threads(t)
+        for b in batches:
+            inputs = {name: convert(torch.rand(b, 3, size, size)) for name, (_, convert) in models.items()}
+            for name, (module, _) in models.items():  # warm-up: TorchScript profiling runs, allocator
+                images_per_s(module, inputs[name], 0.3)
+            samples = {name: [] for name in models}
+            for _ in range(rounds):
+                for name, (module, _) in models.items():
+                    samples[name].append(images_per_s(module, inputs[name], seconds))
+            base = statistics.median(samples["exported"])
+            for name, values in samples.items():
+                median = statistics.median(values)
+                rows.append({"threads": t, "batch_size": b, "variant": name, "images_per_s": round(median, 1),
+                             "vs_exported": round(median / base, 2), "min": round(min(values), 1),
+                             "max": round(max(values), 1)})
+                print(f"threads {t} batch {b:>3} {name:<14} {median:7.1f} images/s  x{median / base:.2f} "
+                      f"(rounds {min(values):.1f}-{max(values):.1f})", flush=True)
+    return rows
+
+
+def render(report: dict) -> str:
+    c, m = report["conditions"], report["model"]
+    lines = ["# CPU inference: which form of the exported model runs fastest", "",
+             ("Written by `python -m benchmarks.cpu_inference`; every number below was measured by it in one run, "
+             "variants interleaved round by round."), "",
+             (f"- Measured {report['measured_at']}: {c['cpu']}, {c['cores']} logical CPUs, flags "
+             f"{', '.join(c['flags']) or 'none of the listed'}, {c['gpu']}, torch {c['torch']}; other processes "
+             f"used {report['others_cores']} cores on average during the run."),
+             (f"- Model: {m['arch']} at {m['image_size']} px, weights {m['pretrained']} ({report['model_dir']}), "
+             f"{report['rounds']} rounds of {report['seconds']} s per variant and setting."), "",
+             "| torch threads | batch | variant | images/s (median) | vs exported | rounds min-max |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['threads']} | {r['batch_size']} | {r['variant']} | {r['images_per_s']} | "
+                     f"x{r['vs_exported']} | {r['min']}-{r['max']} |")
+    lines += ["", ("Variants: *exported* = the TorchScript file as exported (NCHW inputs); *optimize* = "
+              "`torch.jit.freeze` + `torch.jit.optimize_for_inference`; *channels_last* = "
+              "`model.export.for_cpu_inference` (channels_last weights and inputs, frozen), what the handler "
+              "(`handler.optimize: true`) and the training trunk pass use."), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per round (default: %(default)s)")
+    parser.add_argument("--report", type=Path, default=Path("docs/cpu-inference.md"))
+    parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
+    args = parser.parse_args(argv)
+    meta = read_metadata(args.model_dir / "model-meta.json")
+    watcher = CpuWatcher(every=1.0)
+    watcher.start()
+    rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
+                   args.seconds)
+    report = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions(),
+              "others_cores": watcher.result()["others_cores"], "model_dir": str(args.model_dir),
+              "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
+              "rounds": args.rounds, "seconds": args.seconds, "rows": rows}
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/cpu-inference.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not args.no_docs:
+        args.report.write_text(render(report))
+        print(f"wrote {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
