@@ -416,10 +416,10 @@ def test_one_structured_log_line_per_request_without_image_bytes(handler_and_con
     assert base64.b64encode(jpeg)[:40].decode() not in raw_text and not re.search(r"\\x[0-9a-f]{2}", raw_text)
 
 
-def test_optimize_for_inference_at_load_gives_the_same_answers(model_dir):
+def test_optimize_at_load_gives_the_same_answers(model_dir):
     plain, optimized = CatsDogsHandler(), CatsDogsHandler()
     plain.initialize(make_context(model_dir))
-    optimized.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize_for_inference": True}))
+    optimized.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize": True}))
     requests_ = [wire(image_bytes(RED)), wire(image_bytes(BLUE, size=(90, 70))), wire(image_bytes((120, 30, 160)))]
     expected = [r[2] for r in run_batch(plain, make_context(model_dir), requests_)]
     got = [r[2] for r in run_batch(optimized, make_context(model_dir), requests_)]
