@@ -3,8 +3,10 @@
 Variants of the same model file (artifacts/model/model.pt by default), each fed random batches:
   exported          - torch.jit.load as is, NCHW inputs
   optimize          - torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
-  channels_last     - model.export.for_cpu_inference: channels_last weights + freeze, channels_last inputs
-at every batch size and torch thread count asked for. Rounds are interleaved (variant A, B, C, A, B, C, ...)
+  channels_last     - model.runtime.for_cpu_inference: channels_last weights + freeze, channels_last inputs
+each with glibc malloc at its initial settings (`malloc default`: blocks above 128 KiB mmapped and unmapped
+on free) and with model.runtime.reuse_freed_memory (`malloc reuse`), at every batch size and torch thread
+count asked for. Rounds are interleaved (variant A, B, C, A, B, C, ...)
 so that a slow spell of the machine hits all of them alike; the table gives the median images/s over the
 rounds and each variant's ratio to `exported`. Other processes' CPU during the run is recorded. Nothing is
 asserted: it prints the table and writes it to docs/cpu-inference.md (and reports/cpu-inference.json).
@@ -25,7 +27,8 @@ import torch
 
 from benchmarks.serving import conditions
 from loadtest.contention import CpuWatcher
-from model.export import channels_last, for_cpu_inference, read_metadata
+from model.export import read_metadata
+from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 
 
 def variants(model_file: Path, size: int) -> dict:
@@ -48,6 +51,11 @@ def images_per_s(module, x: torch.Tensor, seconds: float) -> float:
         return n / (time.perf_counter() - began)
 
 
+def one_round(module, x: torch.Tensor, reuse: bool, seconds: float) -> float:
+    reuse_freed_memory(reuse)
+    return images_per_s(module, x, seconds)
+
+
 def measure(model_file: Path, size: int, batches: list[int], threads: list[int], rounds: int,
             seconds: float) -> list[dict]:
     rows = []
@@ -58,17 +66,18 @@ def measure(model_file: Path, size: int, batches: list[int], threads: list[int],
             inputs = {name: convert(torch.rand(b, 3, size, size)) for name, (_, convert) in models.items()}
             for name, (module, _) in models.items():  # warm-up: TorchScript profiling runs, allocator
                 images_per_s(module, inputs[name], 0.3)
-            samples = {name: [] for name in models}
+            samples = {(name, reuse): [] for name in models for reuse in (False, True)}
             for _ in range(rounds):
-                for name, (module, _) in models.items():
-                    samples[name].append(images_per_s(module, inputs[name], seconds))
-            base = statistics.median(samples["exported"])
-            for name, values in samples.items():
+                for (name, reuse), values in samples.items():
+                    values.append(one_round(models[name][0], inputs[name], reuse, seconds))
+            base = statistics.median(samples["exported", False])
+            for (name, reuse), values in samples.items():
+                name = f"{name}, malloc {'reuse' if reuse else 'default'}"
                 median = statistics.median(values)
                 rows.append({"threads": t, "batch_size": b, "variant": name, "images_per_s": round(median, 1),
                              "vs_exported": round(median / base, 2), "min": round(min(values), 1),
                              "max": round(max(values), 1)})
-                print(f"threads {t} batch {b:>3} {name:<14} {median:7.1f} images/s  x{median / base:.2f} "
+                print(f"threads {t} batch {b:>3} {name:<30} {median:7.1f} images/s  x{median / base:.2f} "
                       f"(rounds {min(values):.1f}-{max(values):.1f})", flush=True)
     return rows
 
@@ -83,15 +92,18 @@ def render(report: dict) -> str:
              f"used {report['others_cores']} cores on average during the run."),
              (f"- Model: {m['arch']} at {m['image_size']} px, weights {m['pretrained']} ({report['model_dir']}), "
              f"{report['rounds']} rounds of {report['seconds']} s per variant and setting."), "",
-             "| torch threads | batch | variant | images/s (median) | vs exported | rounds min-max |",
+             "| torch threads | batch | variant | images/s (median) | vs exported, malloc default | rounds min-max |",
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['threads']} | {r['batch_size']} | {r['variant']} | {r['images_per_s']} | "
                      f"x{r['vs_exported']} | {r['min']}-{r['max']} |")
     lines += ["", ("Variants: *exported* = the TorchScript file as exported (NCHW inputs); *optimize* = "
               "`torch.jit.freeze` + `torch.jit.optimize_for_inference`; *channels_last* = "
-              "`model.export.for_cpu_inference` (channels_last weights and inputs, frozen), what the handler "
-              "(`handler.optimize: true`) and the training trunk pass use."), ""]
+              "`model.runtime.for_cpu_inference` (channels_last weights and inputs, frozen), what the handler "
+              "(`handler.optimize: true`) and the training trunk pass use. *malloc default* = glibc's initial "
+              "settings (blocks above 128 KiB are mmapped and unmapped on free); *malloc reuse* = "
+              "`model.runtime.reuse_freed_memory()` (freed memory kept for the next forward), which the training "
+              "CLI, the handler and the benchmarks call at start."), ""]
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ from handler.catsdogs_handler import optimize_for_serving
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
+from model.runtime import channels_last, reuse_freed_memory
 from serving.archive import MODEL_CONFIG, build_archive
 from serving.client import ServingClient
 from serving.config import DEFAULT_CONFIG
@@ -100,6 +101,7 @@ def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seco
 
     def run():
         x = torch.stack([transform(decode_image(data, draft_size=meta["resize_size"])) for _ in range(batch_size)])
+        x = channels_last(x) if optimized else x  # as the handler feeds it
         with torch.inference_mode():
             net(x)
 
@@ -194,6 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as the handler does (model/runtime.py)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: install the Debian package (apt-get install -y wrk)")
 

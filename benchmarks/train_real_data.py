@@ -28,6 +28,7 @@ import yaml
 
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
+from model.runtime import reuse_freed_memory
 from training import presets
 from training.params import check_params, load_params
 
@@ -130,6 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--serve-only", action="store_true",
                         help="re-measure latency and serving of the run already in --workdir/--label, no training")
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as the training CLI and the handler do (model/runtime.py)
     serve = not args.no_serve and shutil.which("wrk") is not None
     if not args.no_serve and not serve:
         print("wrk not found (apt-get install -y wrk): the served throughput is not measured")

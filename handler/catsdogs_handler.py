@@ -28,8 +28,9 @@ from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from model.export import META_FILE, channels_last, for_cpu_inference, read_metadata
+from model.export import META_FILE, read_metadata
 from model.preprocess import ImageError, decode_image, eval_transform
+from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 
 logger = logging.getLogger(__name__)
 prediction_log = logging.getLogger("catsdogs.predictions")
@@ -172,7 +173,7 @@ def image_format(data: bytes) -> str | None:
 
 
 def optimize_for_serving(model: torch.jit.ScriptModule, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """model.export.for_cpu_inference (channels_last weights, torch.jit.freeze), with an error that says how to
+    """model.runtime.for_cpu_inference (channels_last weights, torch.jit.freeze), with an error that says how to
     turn it off; the result is checked against the exported model on `example`."""
     try:
         return for_cpu_inference(model, example)
@@ -197,6 +198,7 @@ class CatsDogsHandler(BaseHandler):
     request, a list in order for a request with several images."""
 
     def initialize(self, context):
+        reuse_freed_memory()  # before the model's first forward (model/runtime.py)
         super().initialize(context)  # loads the TorchScript file and index_to_name.json
         model_dir = Path(context.system_properties["model_dir"])
         self.meta = read_metadata(model_dir / META_FILE)

@@ -24,34 +24,6 @@ def to_torchscript(net: nn.Module, example: torch.Tensor, atol: float = 1e-4) ->
     return scripted
 
 
-def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) -> torch.jit.ScriptModule:
-    """`model` (eager or TorchScript) as CPU inference runs it fastest here: weights in channels_last (NHWC)
-    memory format, traced when eager, torch.jit.freeze'd (constants folded). Feed it `channels_last(x)`.
-
-    Chosen by interleaved measurement on EfficientNet-Lite0 (`python -m benchmarks.cpu_inference`): faster
-    than NCHW and than torch.jit.optimize_for_inference at every batch size tried. Converts `model` in place;
-    raises when the result's output differs from the original's on `example` by more than rtol (relative)."""
-    model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
-        expected = model(example).float()
-        model.to(memory_format=torch.channels_last)
-        example = channels_last(example)
-        if not isinstance(model, torch.jit.ScriptModule):
-            model = torch.jit.trace(model, example)
-        fast = torch.jit.freeze(model)
-        got = fast(example).float()
-    diff = float((got - expected).abs().max())
-    if diff > rtol * max(1.0, float(expected.abs().max())):
-        raise RuntimeError(f"the channels_last frozen model differs from the original by {diff:.2e}")
-    return fast
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """A 4-D NCHW batch in channels_last memory format (same shape and values)."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def check_parity(eager: nn.Module, scripted: torch.jit.ScriptModule, batch: torch.Tensor, atol: float = 1e-4) -> float:
     """Max abs difference of the softmax outputs; raises when above atol."""
     with torch.no_grad():

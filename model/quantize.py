@@ -6,6 +6,7 @@ images; weights are per-channel int8. The result is traced and frozen: `torch.ji
 [N, 3, S, S] batch, as for the float export, so the handler and the archive need no change.
 
     quantize_static(model, calibration, example, backend="x86") -> torch.jit.ScriptModule
+    static_padding(model, example) -> nn.Module   # TF-"same" convolutions with fixed pads (FX-traceable)
     preprocessed_batches(images, meta, batch_size) -> Iterator[torch.Tensor]
     agreement(float_model, int8_model, batches) -> float   # share of images with the same top-1 class
 """
@@ -25,19 +26,20 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], examp
                     backend: str = "x86") -> torch.jit.ScriptModule:
     """Float eager `model` -> int8 TorchScript, observers calibrated on every batch of `calibration`.
 
-    `model` is not modified. Raises ValueError when `calibration` is empty (an uncalibrated model is garbage)
+    `model` is not modified; TF-"same" convolutions get the fixed padding of `example`'s size. Raises ValueError when `calibration` is empty (an uncalibrated model is garbage)
     or the backend is not available in this PyTorch build.
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    model = static_padding(model, example)
     if backend not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized backend {backend!r} is not in this PyTorch build "
                          f"({torch.backends.quantized.supported_engines})")
     torch.backends.quantized.engine = backend
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping(backend), (example,))
+        prepared = prepare_fx(model.eval(), get_default_qconfig_mapping(backend), (example,))
         seen = 0
         with torch.no_grad():
             for batch in calibration:
@@ -48,6 +50,40 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], examp
         quantized = convert_fx(prepared)
         with torch.no_grad():
             return torch.jit.freeze(torch.jit.trace(quantized, example).eval())
+
+
+def static_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of `model` whose TF-"same" convolutions (timm Conv2dSame, used by the tf_efficientnet family:
+    padding computed from the input size at run time, which FX cannot trace) are ZeroPad2d + Conv2d with the
+    padding they compute for `example`'s size. Same weights, same outputs at that size."""
+    model = copy.deepcopy(model).eval()
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import pad_same_arg
+    except ImportError:  # no timm, no such layers
+        return model
+    sizes: dict[str, tuple] = {}
+
+    def record(name):
+        def hook(_module, args):
+            sizes.setdefault(name, tuple(args[0].shape[-2:]))  # returns None: the input is left as it is
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules()
+             if isinstance(m, Conv2dSame)]
+    with torch.no_grad():
+        model(example)
+    for hook in hooks:
+        hook.remove()
+    for name, size in sizes.items():
+        conv = model.get_submodule(name)
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                          conv.groups, conv.bias is not None)
+        plain.weight, plain.bias = conv.weight, conv.bias
+        pad = nn.ZeroPad2d(pad_same_arg(list(size), conv.kernel_size, conv.stride, conv.dilation))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, nn.Sequential(pad, plain))
+    return model
 
 
 def preprocessed_batches(images: Iterable[bytes], meta: dict, batch_size: int = 32) -> Iterator[torch.Tensor]:

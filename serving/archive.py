@@ -2,7 +2,7 @@
 
 The archive holds: the TorchScript file (serializedFile; no model code), the handler, the handler's
 model-config.yaml, and at its root model-meta.json, index_to_name.json and the `model/` package
-(preprocess.py, export.py) so the handler preprocesses exactly as training did.
+(preprocess.py, export.py, runtime.py) so the handler preprocesses exactly as training did.
 torch-model-archiver copies the *contents* of a directory given in --extra-files into the archive
 root, so those files are staged in a temporary mar-extra/ directory first.
 """
@@ -21,7 +21,7 @@ from model.export import INDEX_TO_NAME_FILE, META_FILE, read_metadata
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO_ROOT / "handler" / "catsdogs_handler.py"
 MODEL_CONFIG = REPO_ROOT / "handler" / "model-config.yaml"
-MODEL_PACKAGE_FILES = ("__init__.py", "preprocess.py", "export.py")
+MODEL_PACKAGE_FILES = ("__init__.py", "preprocess.py", "export.py", "runtime.py")
 SERIALIZED_FILE = "model.pt"
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from model.runtime import reuse_freed_memory
 from model.weights import WeightsError
 from training.params import ParamsError, load_params
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # before any forward pass (model/runtime.py)
     try:
         args.func(load_params(args.params), args)
     except (ParamsError, FileNotFoundError, ValueError, WeightsError) as exc:

@@ -27,9 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from model.export import channels_last, for_cpu_inference
 from model.network import build_model, count_parameters, split_model
 from model.preprocess import eval_transform, train_transform
+from model.runtime import channels_last, for_cpu_inference
 from training import devices, tracking
 from training.dataset import CachedImages, load_uint8
 from training.params import preprocessing_meta
@@ -127,7 +127,7 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, steps: 
 
 @torch.no_grad()
 def frozen_for_inference(module: nn.Module, example: torch.Tensor, device: torch.device) -> nn.Module:
-    """On the CPU, the frozen trunk in channels_last, traced and frozen (model.export.for_cpu_inference,
+    """On the CPU, the frozen trunk in channels_last, traced and frozen (model.runtime.for_cpu_inference,
     checked against eager on `example`); feed it channels_last batches. Eager elsewhere."""
     module.eval()
     return for_cpu_inference(module, example) if device.type == "cpu" else module

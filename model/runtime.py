@@ -1,0 +1,68 @@
+"""How a model runs fast on the CPU here: the process's allocator settings and the model's memory layout.
+
+Both chosen by measurement (`python -m benchmarks.cpu_inference`, docs/cpu-inference.md) and used by every
+process that runs the network: training (trunk pass), evaluation, the TorchServe handler (this file travels
+in the .mar) and the benchmarks.
+
+    reuse_freed_memory()                    # once per process, before the first forward
+    fast = for_cpu_inference(model, example); fast(channels_last(x))
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import warnings
+
+import torch
+from torch import nn
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def reuse_freed_memory(enabled: bool = True) -> bool:
+    """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
+
+    By default glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps
+    it on free, so each forward pass over a batch of 224 px activations page-faults all of them in again: the
+    kernel time equalled the compute time in the measurement. With a 1 GiB mmap threshold and no trimming the
+    activations' memory is reused from one forward to the next; the process keeps its peak size.
+    `enabled=False` sets glibc's initial values back (128 KiB thresholds, no top pad; for comparisons).
+    Returns False (and changes nothing) where the C library has no mallopt."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    values = ((1 << 30, (1 << 31) - 1, 64 << 20) if enabled else (128 << 10, 128 << 10, 0))
+    return all(mallopt(param, value) == 1
+               for param, value in zip((_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _M_TOP_PAD), values))
+
+
+def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) -> torch.jit.ScriptModule:
+    """`model` (eager or TorchScript) as CPU inference runs it fastest here: weights in channels_last (NHWC)
+    memory format, traced when eager, torch.jit.freeze'd (constants folded). Feed it `channels_last(x)`.
+
+    Chosen by interleaved measurement on EfficientNet-Lite0 (`python -m benchmarks.cpu_inference`): faster
+    than NCHW and than torch.jit.optimize_for_inference at every batch size tried. Converts `model` in place;
+    raises when the result's output differs from the original's on `example` by more than rtol (relative)."""
+    model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
+        expected = model(example).float()
+        model.to(memory_format=torch.channels_last)
+        example = channels_last(example)
+        if not isinstance(model, torch.jit.ScriptModule):
+            model = torch.jit.trace(model, example)
+        fast = torch.jit.freeze(model)
+        got = fast(example).float()
+    diff = float((got - expected).abs().max())
+    if diff > rtol * max(1.0, float(expected.abs().max())):
+        raise RuntimeError(f"the channels_last frozen model differs from the original by {diff:.2e}")
+    return fast
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A 4-D NCHW batch in channels_last memory format (same shape and values)."""
+    return x.contiguous(memory_format=torch.channels_last)
