@@ -220,7 +220,8 @@ class CatsDogsHandler(BaseHandler):
         self.model_name = getattr(context, "model_name", None) or context.manifest["model"].get("modelName", "")
         self._state = None
         size = int(self.meta["image_size"])
-        self.optimized = bool(settings.get("optimize", False)) and self.device.type == "cpu"
+        self.optimized = (bool(settings.get("optimize", False)) and self.device.type == "cpu"
+                          and not self.meta.get("quantized"))  # int8 models are served as exported
         if self.optimized:
             self.model = optimize_for_serving(self.model, torch.rand(2, 3, size, size, device=self.device))
         batch_size = int((getattr(context, "model_yaml_config", None) or {}).get("batchSize", 1))

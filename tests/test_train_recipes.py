@@ -84,6 +84,36 @@ def test_evaluate_and_export_rebuild_the_network_from_the_checkpoint(prepared, t
     assert meta["pretrained"] == "package" and meta["recipe"] == "finetune"
 
 
+def test_int8_export_is_gated_on_the_accuracy_drop(prepared, tmp_path, monkeypatch):
+    """export.quantize: int8 writes a quantized TorchScript model with both accuracies in model-meta.json;
+    a drop above export.max_accuracy_drop is refused and nothing is written."""
+    from training.evaluate import evaluate
+    from training.export import QuantizationGateError, export
+    from training.params import load_params
+    from training.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    params = load_params(tiny_params(tmp_path))
+    params["train"].update(head_epochs=2, finetune_epochs=0)
+    params["evaluate"] = {}
+    train(params, prepared / "prepared", tmp_path / "train")
+    evaluate(params, prepared / "prepared", tmp_path / "train", tmp_path / "eval")
+    args = (prepared / "prepared", tmp_path / "train", tmp_path / "eval")
+    meta = export(*args, tmp_path / "int8", {"quantize": "int8", "calibration_images": 32, "max_accuracy_drop": 1.0})
+    q = meta["quantized"]
+    assert q["calibration_images"] == 32 and 0 <= q["int8_test_accuracy"] <= 1 and q["fp32_test_accuracy"] > 0.5
+    loaded = torch.jit.load(str(tmp_path / "int8" / "model.pt"))
+    assert any("quantized" in str(m.graph) for m in [loaded, *loaded.modules()])
+    assert loaded(torch.rand(3, 3, 64, 64)).shape == (3, 2)
+    with pytest.raises(QuantizationGateError, match="max_accuracy_drop"):
+        # an int8 model would have to be more accurate than the float one by over 100 pp: always refused
+        export(*args, tmp_path / "refused", {"quantize": "int8", "calibration_images": 32, "max_accuracy_drop": -1.01})
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="export.quantize"):
+        export(*args, tmp_path / "bad", {"quantize": "fp8"})
+
+
 def test_quality_gate_thresholds():
     good = {"accuracy": 0.99, "log_loss": 0.03}
     assert quality_gate(good, {"min_accuracy": 0.95, "max_log_loss": 0.1}) == []

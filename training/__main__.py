@@ -62,8 +62,12 @@ def cmd_evaluate(params: dict, args) -> None:
 
 
 def cmd_export(params: dict, args) -> None:
-    from training.export import export
-    export(args.prepared, args.train_dir, args.eval_dir, args.out)
+    from training.export import QuantizationGateError, export
+    try:
+        export(args.prepared, args.train_dir, args.eval_dir, args.out, params.get("export"))
+    except QuantizationGateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(3) from exc
 
 
 def cmd_download(params: dict, args) -> None:

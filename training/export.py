@@ -1,4 +1,8 @@
-"""export stage: TorchScript model + metadata, logged to MLflow and registered as a new `catsdogs` version."""
+"""export stage: TorchScript model + metadata, logged to MLflow and registered as a new `catsdogs` version.
+
+With `export.quantize: int8` the saved model is the post-training static int8 one (model/quantize.py),
+calibrated on training images; it is refused (QuantizationGateError, nothing written) when its test-split
+accuracy is more than `export.max_accuracy_drop` below the float model's."""
 from __future__ import annotations
 
 import hashlib
@@ -29,11 +33,62 @@ def example_batch(prepared_dir: Path, meta: dict, n: int = 8) -> torch.Tensor:
     return torch.stack([transform(image) for image in load_uint8([r["cache"] for r in rows], desc="example")])
 
 
-def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path) -> dict:
+class QuantizationGateError(RuntimeError):
+    """The int8 model lost more test accuracy than export.max_accuracy_drop allows."""
+
+
+def accuracy(model, prepared_dir: Path, meta: dict, split: str = "test", batch_size: int = 64) -> float:
+    rows = read_manifest(prepared_dir, split)
+    classes, transform, correct = list(meta["classes"]), eval_transform(meta), 0
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            x = torch.stack([transform(img) for img in load_uint8([r["cache"] for r in chunk], progress=False)])
+            y = torch.tensor([classes.index(r["label"]) for r in chunk])
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(1, len(rows))
+
+
+def calibration_batches(prepared_dir: Path, meta: dict, n: int, batch_size: int = 32):
+    rows = read_manifest(prepared_dir, "train")
+    rows = rows[::max(1, len(rows) // n)][:n]
+    transform = eval_transform(meta)
+    for start in range(0, len(rows), batch_size):
+        paths = [r["cache"] for r in rows[start:start + batch_size]]
+        yield torch.stack([transform(img) for img in load_uint8(paths, progress=False)])
+
+
+def quantized(net, scripted, prepared_dir: Path, meta: dict, cfg: dict) -> tuple:
+    """(int8 TorchScript, its record for model-meta.json) or QuantizationGateError."""
+    from model.quantize import quantize_static
+
+    size = int(meta["image_size"])
+    int8 = quantize_static(net, calibration_batches(prepared_dir, meta, int(cfg.get("calibration_images", 256))),
+                           torch.rand(2, 3, size, size))
+    fp32_acc, int8_acc = accuracy(scripted, prepared_dir, meta), accuracy(int8, prepared_dir, meta)
+    record = {"method": "int8 static (FX, x86)", "fp32_test_accuracy": round(fp32_acc, 5),
+              "int8_test_accuracy": round(int8_acc, 5), "calibration_images": int(cfg.get("calibration_images", 256))}
+    limit = float(cfg.get("max_accuracy_drop", 0.005))
+    if fp32_acc - int8_acc > limit:
+        raise QuantizationGateError(
+            f"int8 model refused: test accuracy {int8_acc:.4f} vs float {fp32_acc:.4f}, a drop of "
+            f"{fp32_acc - int8_acc:.4f} > export.max_accuracy_drop {limit} in params.yaml; export the float "
+            f"model (export.quantize: none) or allow a larger drop")
+    print(f"export: int8 test accuracy {int8_acc:.4f} (float {fp32_acc:.4f})")
+    return int8, record
+
+
+def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, options: dict | None = None) -> dict:
+    """`options`: params.yaml `export` section (quantize: none | int8, calibration_images, max_accuracy_drop)."""
+    options = options or {}
     net, meta = load_trained(train_dir)
     meta = dict(meta)
-    out_dir.mkdir(parents=True, exist_ok=True)
     scripted = to_torchscript(net, example_batch(prepared_dir, meta))
+    if options.get("quantize", "none") == "int8":
+        scripted, meta["quantized"] = quantized(net, scripted, prepared_dir, meta, options)
+    elif options.get("quantize", "none") != "none":
+        raise ValueError(f"params.yaml export.quantize: {options['quantize']!r}; use none or int8")
+    out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
     torch.jit.save(scripted, str(model_path))
     weights_sha = hashlib.sha256(model_path.read_bytes()).hexdigest()

@@ -1,0 +1,140 @@
+"""Benchmark: post-training static int8 quantization (model/quantize.py) against the float model as served.
+
+On a finished training run (a benchmarks.train_real_data work folder, or any folder with the pipeline's
+prepared/, train/ and model/ outputs): quantizes the trained network (FX graph mode, backend x86 = fbgemm),
+calibrated on training images; compares it with the exported float model in the form the handler serves
+(model.runtime.for_cpu_inference) on the whole test split (accuracy, top-1 agreement) and in speed (images/s,
+rounds interleaved, at the serving thread count and batch sizes). Prints the numbers and writes
+docs/int8.md (and reports/int8.json) with the conditions detected. Nothing is asserted.
+
+    python -m benchmarks.int8 --run build/bench-real/pretrained
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from benchmarks.cpu_inference import images_per_s
+from benchmarks.serving import conditions
+from loadtest.contention import CpuWatcher
+from model.export import read_metadata
+from model.quantize import preprocessed_batches, quantize_static
+from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
+from training.prepare import read_manifest
+from training.train import load_trained
+
+
+def labelled_batches(rows: list[dict], classes: list[str], meta: dict, batch_size: int = 50):
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        x = next(preprocessed_batches([Path(r["cache"]).read_bytes() for r in chunk], meta, batch_size))
+        yield x, torch.tensor([classes.index(r["label"]) for r in chunk])
+
+
+def predictions(model, batches, convert) -> tuple[torch.Tensor, torch.Tensor]:
+    preds, labels = [], []
+    with torch.inference_mode():
+        for x, y in batches:
+            preds.append(model(convert(x)).argmax(1))
+            labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("build/bench-real/pretrained"),
+                        help="folder with prepared/, train/ and model/ (default: %(default)s)")
+    parser.add_argument("--calibration", type=int, default=512, help="training images to calibrate on")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (serving: 1 per worker)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--report", type=Path, default=Path("docs/int8.md"))
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args(argv)
+    reuse_freed_memory()
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
+    watcher = CpuWatcher(every=1.0)
+    watcher.start()
+
+    meta = read_metadata(args.run / "model" / "model-meta.json")
+    classes, size = list(meta["classes"]), int(meta["image_size"])
+    example = torch.rand(2, 3, size, size)
+    net, _ = load_trained(args.run / "train")
+    train_rows = read_manifest(args.run / "prepared", "train")
+    step = max(1, len(train_rows) // args.calibration)
+    calibration = [Path(r["cache"]).read_bytes() for r in train_rows[::step][:args.calibration]]
+    began = time.time()
+    int8 = quantize_static(net, preprocessed_batches(calibration, meta, 32), example)
+    quantize_s = round(time.time() - began, 1)
+    fp32 = for_cpu_inference(torch.jit.load(str(args.run / "model" / "model.pt")), example)
+
+    test_rows = read_manifest(args.run / "prepared", "test")
+    p32, labels = predictions(fp32, labelled_batches(test_rows, classes, meta), channels_last)
+    p8, _ = predictions(int8, labelled_batches(test_rows, classes, meta), lambda x: x)
+    accuracy = {"fp32": round(float((p32 == labels).float().mean()), 4),
+                "int8": round(float((p8 == labels).float().mean()), 4),
+                "agreement": round(float((p32 == p8).float().mean()), 4), "n": len(labels)}
+    accuracy["drop_pp"] = round(100 * (accuracy["fp32"] - accuracy["int8"]), 2)
+    print(f"quantized in {quantize_s} s on {len(calibration)} images; test accuracy fp32 {accuracy['fp32']}, "
+          f"int8 {accuracy['int8']} (drop {accuracy['drop_pp']} pp), agreement {accuracy['agreement']}", flush=True)
+
+    torch.set_num_threads(args.threads)
+    speed = []
+    for b in args.batches:
+        x = torch.rand(b, 3, size, size)
+        runs = {"fp32": (fp32, channels_last(x)), "int8": (int8, x)}
+        for model, inp in runs.values():
+            images_per_s(model, inp, 0.3)
+        samples = {k: [] for k in runs}
+        for _ in range(args.rounds):
+            for k, (model, inp) in runs.items():
+                samples[k].append(images_per_s(model, inp, args.seconds))
+        row = {"batch_size": b, **{f"{k}_images_per_s": round(statistics.median(v), 1) for k, v in samples.items()}}
+        row["speedup"] = round(row["int8_images_per_s"] / row["fp32_images_per_s"], 2)
+        speed.append(row)
+        print(f"batch {b}: fp32 {row['fp32_images_per_s']} images/s, int8 {row['int8_images_per_s']} images/s, "
+              f"x{row['speedup']}", flush=True)
+    report = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions(),
+              "others_cores": watcher.result()["others_cores"], "run": str(args.run),
+              "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
+              "calibration_images": len(calibration), "quantize_s": quantize_s, "threads": args.threads,
+              "backend": torch.backends.quantized.engine, "accuracy": accuracy, "speed": speed}
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/int8.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not args.no_docs:
+        args.report.write_text(render(report))
+        print(f"wrote {args.report}")
+    return 0
+
+
+def render(r: dict) -> str:
+    c, m, a = r["conditions"], r["model"], r["accuracy"]
+    lines = ["# int8: post-training static quantization against the served float model", "",
+             "Written by `python -m benchmarks.int8`; every number below was measured by it in one run.", "",
+             (f"- Measured {r['measured_at']}: {c['cpu']}, {c['cores']} logical CPUs, CPU flags present of those "
+              f"checked: {', '.join(c['flags']) or 'none'}; {c['gpu']}; torch {c['torch']}, quantized backend "
+              f"{r['backend']}; other processes used {r['others_cores']} cores on average."),
+             (f"- Model: {m['arch']} at {m['image_size']} px, weights {m['pretrained']}, version {m['version']} "
+              f"({r['run']}); calibrated on {r['calibration_images']} training images in {r['quantize_s']} s."), "",
+             "| test split | fp32 (served form) | int8 | drop | top-1 agreement |", "|---|---|---|---|---|",
+             f"| {a['n']} images | {a['fp32']:.4f} | {a['int8']:.4f} | {a['drop_pp']} pp | {a['agreement']:.4f} |",
+             "", f"| batch | fp32 images/s | int8 images/s | int8 / fp32 | ({r['threads']} torch thread(s)) |",
+             "|---|---|---|---|---|"]
+    for s in r["speed"]:
+        lines.append(f"| {s['batch_size']} | {s['fp32_images_per_s']} | {s['int8_images_per_s']} | "
+                     f"x{s['speedup']} | |")
+    lines += ["", ("fp32 = the exported TorchScript model as the handler serves it (channels_last + freeze, "
+              "model/runtime.py); int8 = model/quantize.py (FX graph mode, per-channel int8 weights, "
+              "activations calibrated on training images), traced and frozen. Median of interleaved rounds."), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
