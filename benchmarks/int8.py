@@ -46,6 +46,21 @@ def predictions(model, batches, convert) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(preds), torch.cat(labels)
 
 
+def top_ops(model, x: torch.Tensor, n: int = 6) -> list[dict]:
+    """The operators that take most of a forward pass's CPU time (torch.profiler, 3 passes after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                model(x)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [{"op": e.key, "calls_per_pass": e.count // 3, "share": round(e.self_cpu_time_total / total, 3),
+             "ms_per_pass": round(e.self_cpu_time_total / 3 / 1000, 2)} for e in events[:n]]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("build/bench-real/pretrained"),
@@ -101,11 +116,16 @@ def main(argv=None) -> int:
         speed.append(row)
         print(f"batch {b}: fp32 {row['fp32_images_per_s']} images/s, int8 {row['int8_images_per_s']} images/s, "
               f"x{row['speedup']}", flush=True)
+    x = torch.rand(4, 3, size, size)
+    profiles = {"fp32": top_ops(fp32, channels_last(x)), "int8": top_ops(int8, x)}
+    for k, ops in profiles.items():
+        print(k, "batch 4:", "; ".join(f"{o['op']} {o['share']:.0%}" for o in ops), flush=True)
     report = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions(),
               "others_cores": watcher.result()["others_cores"], "run": str(args.run),
               "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
               "calibration_images": len(calibration), "quantize_s": quantize_s, "threads": args.threads,
-              "backend": torch.backends.quantized.engine, "accuracy": accuracy, "speed": speed}
+              "backend": torch.backends.quantized.engine, "accuracy": accuracy, "speed": speed,
+              "profiles": profiles}
     Path("reports").mkdir(exist_ok=True)
     Path("reports/int8.json").write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_docs:
@@ -130,6 +150,10 @@ def render(r: dict) -> str:
     for s in r["speed"]:
         lines.append(f"| {s['batch_size']} | {s['fp32_images_per_s']} | {s['int8_images_per_s']} | "
                      f"x{s['speedup']} | |")
+    for k, ops in r.get("profiles", {}).items():
+        lines += ["", f"Where a {k} forward pass (batch 4) spends its CPU time (torch.profiler, self time):", "",
+                  "| operator | calls per pass | ms per pass | share |", "|---|---|---|---|"]
+        lines += [f"| `{o['op']}` | {o['calls_per_pass']} | {o['ms_per_pass']} | {o['share']:.1%} |" for o in ops]
     lines += ["", ("fp32 = the exported TorchScript model as the handler serves it (channels_last + freeze, "
               "model/runtime.py); int8 = model/quantize.py (FX graph mode, per-channel int8 weights, "
               "activations calibrated on training images), traced and frozen. Median of interleaved rounds."), ""]
