@@ -39,3 +39,20 @@ def test_preprocessed_batches_use_the_serving_transform():
     batches = list(preprocessed_batches([image_bytes(RED), image_bytes(BLUE), image_bytes(RED)], meta, batch_size=2))
     assert [tuple(b.shape) for b in batches] == [(2, 3, 24, 24), (1, 3, 24, 24)]
     assert batches[0][0, 0].mean() > batches[0][0, 2].mean()  # red image: red channel above blue
+
+
+def test_static_padding_gives_timm_tf_same_convolutions_fixed_pads():
+    timm = pytest.importorskip("timm")
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from model.quantize import static_padding
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2).eval()
+    assert any(isinstance(m, Conv2dSame) for m in net.modules())
+    x = torch.randn(1, 3, 64, 64)
+    fixed = static_padding(net, x)
+    assert not any(isinstance(m, Conv2dSame) for m in fixed.modules())
+    assert any(isinstance(m, Conv2dSame) for m in net.modules())  # the input model is untouched
+    with torch.no_grad():
+        assert torch.allclose(fixed(x), net(x), atol=1e-6)
+    torch.fx.symbolic_trace(fixed)  # FX-traceable now (what quantize_static needs)

@@ -1,0 +1,53 @@
+"""model/runtime.py: the CPU inference form (channels_last + freeze) answers as the exported model does."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 2)).eval()
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_for_cpu_inference_matches_the_original(scripted):
+    net = small_net()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+    model = torch.jit.trace(small_net(), x) if scripted else small_net()
+    fast = for_cpu_inference(model, x[:2])
+    assert isinstance(fast, torch.jit.ScriptModule)
+    with torch.no_grad():
+        got = fast(channels_last(x))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert "prim::GetAttr" not in str(fast.graph)  # frozen: weights are constants
+
+
+def test_a_wrong_result_is_refused(monkeypatch):
+    other = small_net()
+    with torch.no_grad():
+        other[-1].bias += 1.0  # a different model of the same shape
+    monkeypatch.setattr(torch.jit, "freeze", lambda _m: other)
+    with pytest.raises(RuntimeError, match="differs"):
+        for_cpu_inference(small_net(), torch.randn(2, 3, 32, 32))
+
+
+def test_channels_last_keeps_shape_and_values():
+    x = torch.randn(2, 3, 8, 8)
+    y = channels_last(x)
+    assert y.shape == x.shape and torch.equal(x, y) and y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_malloc_settings_are_accepted_by_glibc():
+    assert reuse_freed_memory(False) is True
+    assert reuse_freed_memory() is True
