@@ -162,7 +162,7 @@ def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: di
                   grpc_ports=(ports[3], ports[4]), timeout=240, extra=props or None)
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        url, token = f"{state['inference_url']}/predictions/catsdogs", client.key("inference")
+        url, token = f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference")
         run_wrk(url, token, body, 4, 3)  # warm-up
         rows = []
         for c in concurrencies:

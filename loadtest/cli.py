@@ -32,10 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from catsdogs.contract import RUN_DIR as DEFAULT_RUN_DIR
 from loadtest import contention, report, workers
 from loadtest.gate import DEFAULT_THRESHOLDS
 from loadtest.ramp import find_knee, ramp_steps
-from serving.client import DEFAULT_RUN_DIR
 from serving.config import DEFAULT_CONFIG, REPO_ROOT
 
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
@@ -51,9 +51,9 @@ class LoadTestError(RuntimeError):
 
 
 def default_model_name() -> str:
-    from serving.__main__ import default_model_name as name
+    from catsdogs.contract import model_name
 
-    return name()
+    return model_name()
 
 
 # ------------------------------------------------------------------------------------------ server ---
@@ -65,7 +65,6 @@ def ensure_server(args) -> tuple[dict, bool]:
         ServeError,
         free_ports,
         model_status,
-        read_state,
         running_pid,
         start,
         wait_ready,
@@ -73,7 +72,9 @@ def ensure_server(args) -> tuple[dict, bool]:
 
     run_dir = Path(args.run_dir).resolve()
     if running_pid(run_dir):
-        state = read_state(run_dir)
+        from catsdogs.contract import read_serve_state
+
+        state = read_serve_state(run_dir)
         try:  # a busy machine can make /ping slow: wait as long as a start would be given
             wait_ready(run_dir, [args.model_name], args.start_timeout,
                        Path(state.get("log_dir", run_dir)) / "torchserve.console.log")

@@ -1,4 +1,4 @@
-"""Locust load test of the catsdogs model served by TorchServe, with its quality gate.
+"""Locust load test of the model served by TorchServe (params.yaml serve.model_name), with its quality gate.
 
 Normally run by `python -m loadtest run|ramp|soak|fault` (which also starts TorchServe, draws charts and
 writes docs), but it is a plain locustfile:
@@ -8,7 +8,7 @@ writes docs), but it is a plain locustfile:
     locust -f loadtest/locustfile.py,loadtest/shapes.py ...     # step ramp (StepRampShape)
 
 Users POST real image bytes to /predictions/<model> (most requests), /predictions/<model>/<version>
-and /ping. Each prediction's JSON is checked (loadtest.schema); when the file's path carries the label
+and /ping. Each prediction's JSON is checked (catsdogs.contract.check_prediction); when the file's path carries the label
 (cat.12.jpg, cats/x.jpg) the answer is scored, and the accuracy is reported at the end. Requests go
 through serving.client.ServingClient over Locust's HttpSession, so a refused token (TorchServe 0.12:
 HTTP 400 InvalidKeyException) is refreshed from the run directory's key_file.json and retried exactly
@@ -38,11 +38,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `locust -f .../loadtest/locustfile.py` from another directory
     sys.path.insert(0, str(REPO_ROOT))
 
+from catsdogs import contract
+from catsdogs.contract import RUN_DIR, check_prediction, read_serve_state
 from loadtest import gate, workers
 from loadtest.images import load_samples
-from loadtest.schema import Tally, check_prediction
-from serving.client import DEFAULT_RUN_DIR, ServingClient
-from serving.server import read_state
+from loadtest.schema import Tally
+from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")
 # One lock for every ServingClient of this process. Locust users are greenlets in one OS thread, and
@@ -71,7 +72,7 @@ class Run:
     def __init__(self):
         self.samples = []
         self.classes = None
-        self.model_name = "catsdogs"
+        self.model_name = None
         self.version = None
         self.tally = Tally()
         self.schema_errors = 0
@@ -95,10 +96,11 @@ def add_arguments(parser):
                        help="folder (or .zip/.tar) of images to send; labels from cat.1.jpg / cats/x.jpg paths")
     group.add_argument("--max-images", type=int, default=400, include_in_web_ui=False,
                        help="images loaded into memory, spread evenly over the sorted file list")
-    group.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR), include_in_web_ui=False,
+    group.add_argument("--run-dir", default=str(RUN_DIR), include_in_web_ui=False,
                        help="TorchServe run directory: serve.json (URLs), key_file.json (tokens); "
                             "env CATSDOGS_SERVE_DIR, default .serve")
-    group.add_argument("--model-name", default="catsdogs", include_in_web_ui=False, help="served model name")
+    group.add_argument("--model-name", default=None, include_in_web_ui=False,
+                       help="served model name (default params.yaml serve.model_name)")
     group.add_argument("--think-time", type=float, default=0.0, include_in_web_ui=False,
                        help="each user waits uniform(0, this) seconds between requests (0: closed loop)")
     group.add_argument("--gate", choices=gate.MODES, default="run", include_in_web_ui=False,
@@ -142,14 +144,14 @@ def on_init(environment, **_):
     opts = options(environment)
     if opts is None:  # Environment made by a library user without command-line parsing
         return
-    RUN.model_name = opts.model_name
+    RUN.model_name = opts.model_name = opts.model_name or contract.model_name()
     try:
         RUN.samples = load_samples(opts.images, opts.max_images)
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         sys.exit(2)
     labelled = sum(s.label is not None for s in RUN.samples)
-    state = read_state(Path(opts.run_dir)) or {}
+    state = read_serve_state(opts.run_dir) or {}
     if not environment.host:
         environment.host = state.get("inference_url") or ServingClient.from_run_dir(opts.run_dir).urls["inference"]
     try:
@@ -158,8 +160,7 @@ def on_init(environment, **_):
         response.raise_for_status()
         described = response.json()
         RUN.version = described[0].get("modelVersion")
-        meta = described[0].get("customizedMetadata")
-        RUN.meta = (json.loads(meta) if isinstance(meta, str) else meta) or {}
+        RUN.meta = contract.parse_description(described)
         RUN.classes = RUN.meta.get("classes")
     except Exception as exc:  # noqa: BLE001 - the first prediction's model_version will do
         log.warning("describe-model failed (%s); the version comes from the first prediction", exc)
@@ -193,7 +194,7 @@ def on_request(exception=None, start_time=None, response_time=None, **_):
 
 def monitor(environment, every: float) -> None:
     client = management_client(environment)
-    frontend = (read_state(Path(options(environment).run_dir)) or {}).get("pid")
+    frontend = (read_serve_state(options(environment).run_dir) or {}).get("pid")
     path = output_path(environment, "workers.csv")
     if path:
         path.unlink(missing_ok=True)

@@ -5,7 +5,7 @@
 #   make loadtest LOADTEST_RUN_DIR=/tmp/lt LOADTEST_ARGS=--free-ports     # private instance, free ports
 LOADTEST_RUN_DIR ?= $(or $(SERVE_DIR),.serve)
 LOADTEST_ARGS ?=
-LOADTEST_MAR = test -f model-store/catsdogs.mar || $(PY) -m serving ready -q --run-dir $(LOADTEST_RUN_DIR) || $(MAKE) archive
+LOADTEST_MAR = test -f $(MAR) || $(PY) -m serving ready -q --run-dir $(LOADTEST_RUN_DIR) || $(MAKE) archive
 
 .PHONY: loadtest loadtest-ramp loadtest-soak loadtest-fault
 

@@ -1,5 +1,4 @@
 # Monitoring (issue 6): Prometheus rules and config checks, live evaluation, drift. See docs/monitoring.md.
-SERVE_DIR ?= .serve
 PROMTOOL ?= promtool
 MONITOR_IMAGES ?= ../shared/data/dogs-vs-cats-10k.tar
 MONITOR_SAMPLE ?= 200

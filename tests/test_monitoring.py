@@ -162,13 +162,6 @@ def test_compare_metrics_fails_only_beyond_the_allowed_drop():
     assert not evaluate.compare_metrics({"accuracy": 0.5}, None, 0.05)["failed"]  # nothing to compare with
 
 
-def test_parse_customized_metadata_of_describe_model():
-    meta = {"version": "2.abc", "test_metrics": {"accuracy": 0.9}}
-    assert evaluate.parse_customized([{"modelName": "catsdogs", "customizedMetadata": json.dumps(meta)}]) == meta
-    with pytest.raises(ValueError):
-        evaluate.parse_customized([{"modelName": "catsdogs"}])
-
-
 def test_score_uses_training_metrics_and_counts_refusals():
     samples = [evaluate.Sample("cat.1.jpg", "cat", b""), evaluate.Sample("dog.1.jpg", "dog", b""),
                evaluate.Sample("dog.2.jpg", "dog", b""), evaluate.Sample("dog.3.jpg", "dog", b"")]
