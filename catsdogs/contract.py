@@ -26,6 +26,8 @@ META_FILE = "model-meta.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
 SERVE_STATE_FILE = "serve.json"
 KEY_FILE = "key_file.json"
+# The real photo set on developer/CI machines, next to the repository (never committed; may be absent).
+SHARED_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "dogs-vs-cats-10k.tar"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files sent to the model by clients
 

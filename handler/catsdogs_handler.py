@@ -348,8 +348,9 @@ class CatsDogsHandler(BaseHandler):
 
     def describe_handle(self):
         """`GET /models/<name>?customized=true` -> the model's metadata (contract.parse_description reads it)."""
-        keys = ("version", "classes", "arch", "image_size", "resize_size", "git_commit", "data_hash",
-                "mlflow_run_id", "mlflow_model_version", "registered_model", "test_metrics", "created_at")
+        keys = ("version", "classes", "arch", "pretrained", "image_size", "resize_size", "git_commit", "data_hash",
+                "mlflow_run_id", "mlflow_model_version", "registered_model", "test_metrics", "drift_baseline",
+                "created_at")
         return json.dumps({k: self.meta[k] for k in keys if k in self.meta})
 
     # --- helpers -----------------------------------------------------------------------------------

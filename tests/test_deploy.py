@@ -37,6 +37,7 @@ from deploy.versions import (
     versions_to_prune,
 )
 from tests.conftest import ROOT
+from tests.serving_helpers import variant
 
 CLASSES = ["cat", "dog"]
 
@@ -475,28 +476,6 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     print(f"\n$ python -m deploy {' '.join(args)}   ({time.monotonic() - began:.1f} s, exit {result.returncode})\n"
           f"{result.stdout}{result.stderr}")
     return result
-
-
-def variant(model_dir: Path, out: Path, version: str, mlflow_version: str | None = None,
-            always_cat: bool = False) -> Path:
-    """A copy of the export dir with a new version (and optionally a model that always answers "cat")."""
-    import torch
-    from torch import nn
-
-    shutil.copytree(model_dir, out)
-    meta = json.loads((out / "model-meta.json").read_text())
-    meta["version"] = version
-    if mlflow_version:
-        meta["mlflow_model_version"] = mlflow_version
-    (out / "model-meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if always_cat:
-        class AlwaysCat(nn.Module):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
-                return torch.cat([ones * 4.0, ones * -4.0], dim=1)
-
-        torch.jit.save(torch.jit.script(AlwaysCat()), str(out / "model.pt"))
-    return out
 
 
 def versions_of(state: dict) -> tuple[str | None, list[str]]:
