@@ -119,8 +119,9 @@ def test_every_mode_is_a_locust_config_whose_thresholds_the_gate_knows(mode):
 
 def test_locust_reads_the_config_file_and_the_command_line_wins():
     """Locust's own parser (with the locustfile's options registered) reads loadtest/<mode>.conf."""
-    import loadtest.locustfile  # noqa: F401 - registers the custom options
     from locust.argument_parser import parse_options
+
+    import loadtest.locustfile  # noqa: F401 - registers the custom options
 
     run = parse_options(["--config", str(config_file("run")), "-u", "3", "--max-p95-ms", "50"])
     assert (run.num_users, run.run_time, run.max_p95_ms, run.max_accuracy_drop, run.mode) == (3, 60, 50.0, 0.05, "run")
