@@ -3,6 +3,7 @@
   evaluate         send a labelled image batch to the live endpoint, compare with the offline test metrics
   feedback         store true labels for served request ids (add / import) and score a time window (report)
   drift            PSI of live predicted labels and confidences (model_log.log) against the test split
+  rules            the model's drift baseline as Prometheus recording rules (make drift-rules)
   check-dashboard  the Grafana dashboard's PromQL parses and uses only metrics TorchServe exports
 See docs/monitoring.md.
 """
@@ -214,14 +215,18 @@ def cmd_drift(args) -> int:
     if args.window:
         start = datetime.now(timezone.utc) - parse_window(args.window)
         records = [r for r in records if r.get("time") and parse_time(r["time"]) > start]
-    if args.baseline and Path(args.baseline).is_file():
+    if args.baseline:
         baseline = drift.baseline_from_predictions(args.baseline, classes)
+    elif meta and meta.get("drift_baseline"):
+        baseline = {**meta["drift_baseline"], "source": f"{args.meta} drift_baseline"}
+    elif EVAL_PREDICTIONS.is_file():
+        baseline = drift.baseline_from_predictions(EVAL_PREDICTIONS, classes)
     elif meta and meta.get("test_metrics"):
         baseline = {"label_shares": drift.predicted_shares_from_metrics(meta["test_metrics"], classes),
                     "n": meta["test_metrics"].get("n"), "source": f"{args.meta} test_metrics"}
     else:
-        raise UsageError(f"no baseline: {args.baseline} is missing and no model-meta.json with test_metrics was "
-                         f"given (--meta); run the evaluate stage (make evaluate) or pass --baseline")
+        raise UsageError(f"no baseline: {args.meta} has no drift_baseline (nor test_metrics) and {EVAL_PREDICTIONS} "
+                         f"is missing; run the pipeline (make pipeline) or pass --baseline predictions.csv")
     scope = f"model version {version}" if version and not args.all_versions else "all versions"
     if len(records) < args.min_samples:
         print(f"drift: only {len(records)} answered predictions for {scope} in {log} (need {args.min_samples}); "
@@ -246,6 +251,18 @@ def cmd_drift(args) -> int:
         print(f"DRIFT: {', '.join(flagged)} above {args.threshold}")
         return 1
     print(f"ok: every PSI is at most {args.threshold}")
+    return 0
+
+
+# --------------------------------------------------------------------------- rules --------------
+
+def cmd_rules(args) -> int:
+    from monitoring.rules import render
+
+    text = render(contract.read_meta(args.meta), str(args.meta))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"rules: {args.out} (drift baseline of model version {contract.read_meta(args.meta)['version']})")
     return 0
 
 
@@ -317,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
     add_log_options(p)
-    p.add_argument("--baseline", type=Path, default=EVAL_PREDICTIONS,
-                   help="evaluate-stage predictions.csv (default artifacts/eval/predictions.csv); "
-                        "without it the label shares implied by --meta's test_metrics")
+    p.add_argument("--baseline", type=Path,
+                   help="an evaluate-stage predictions.csv (default: --meta's drift_baseline, else "
+                        f"{EVAL_PREDICTIONS}, else the label shares implied by --meta's test_metrics)")
     p.add_argument("--model-version", help="only predictions of this served version (default --meta's version)")
     p.add_argument("--all-versions", action="store_true", help="use predictions of every version in the log")
     p.add_argument("--window", help="only predictions logged in this window (e.g. 24h)")
@@ -328,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-samples", type=int, default=50, help="fewer live predictions: report 'not evaluated'")
     p.add_argument("--out", type=Path, default=REPORTS, help="report JSON goes to OUT/drift-<time>.json")
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("rules", help="Prometheus recording rules with the model's drift baseline (model-meta.json)")
+    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"), help="rules file to write")
+    p.set_defaults(func=cmd_rules)
 
     from monitoring import promql
 

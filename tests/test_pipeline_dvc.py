@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "config.properties", ".dvcignore", "Makefile"]
-PROJECT_DIRS = ["catsdogs", "model", "training", "handler", "serving", "mk"]
+PROJECT_DIRS = ["catsdogs", "model", "training", "handler", "serving", "monitoring", "mk"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -61,6 +61,12 @@ def test_repro_builds_every_artifact_then_is_a_noop(repo):
     assert (path / f"model-store/{meta['registered_model']}.mar").exists()
     metrics = json.loads((path / "artifacts/eval/metrics.json").read_text())
     assert metrics["accuracy"] >= 0.7 and metrics["n"] > 0  # the quality gate let it through
+    baseline = meta["drift_baseline"]  # from this model's own test-split predictions, into the Prometheus rules
+    assert baseline["n"] == metrics["n"] and abs(sum(baseline["label_shares"].values()) - 1) < 1e-3
+    rules = yaml.safe_load((path / "monitoring/generated/baseline.rules.yml").read_text())
+    records = {r["record"]: r for r in rules["groups"][0]["rules"]}
+    assert records["catsdogs:baseline:dog_share"]["expr"] == f"vector({baseline['label_shares']['dog']})"
+    assert records["catsdogs:baseline:mean_confidence"]["labels"]["model_version"] == meta["version"]
     for png in ("confusion_matrix", "roc", "training_curves", "worst_mistakes"):
         assert (path / f"artifacts/eval/plots/{png}.png").exists()
     import mlflow

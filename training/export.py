@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from catsdogs import contract
 from model.export import to_torchscript, write_metadata
 from model.preprocess import eval_transform
+from monitoring.drift import baseline_from_predictions, summarise
 from training import tracking
 from training.dataset import load_uint8
 from training.prepare import read_manifest, read_stats
@@ -39,6 +40,10 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path) -
     torch.jit.save(scripted, str(model_path))
     weights_sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
     test_metrics = json.loads((eval_dir / "metrics.json").read_text())
+    # the model's own test-split predictions: the drift baseline monitoring compares live answers with
+    predictions = baseline_from_predictions(eval_dir / "predictions.csv", meta["classes"])
+    drift_baseline = summarise(predictions["labels"], predictions["confidences"], meta["classes"],
+                               source="test split predictions of the evaluate stage")
     run_id = tracking.load_run_id(train_dir / "run.json")
 
     tracking.configure()
@@ -60,6 +65,7 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path) -
             "mlflow_model_version": registered_version,
             "registered_model": name,
             "test_metrics": test_metrics,
+            "drift_baseline": drift_baseline,
             "torch": torch.__version__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
