@@ -470,3 +470,22 @@ def test_a_model_that_always_answers_cat_fails_the_load_test_gate(synthetic_mode
     summary = json.loads((tmp_path / "out" / "locust_summary.json").read_text())
     assert [c["name"] for c in summary["checks"] if not c["ok"]] == ["max_accuracy_drop"], summary["checks"]
     assert summary["metrics"]["failures"] == 0 and summary["metrics"]["accuracy"] < 0.6
+
+
+def test_docs_block_states_detected_conditions_and_only_measured_numbers(tmp_path):
+    from benchmarks.conditions import machine
+    from loadtest.docs import docs_lines
+
+    metrics = {"requests": 10, "failures": 0, "error_ratio": 0.0, "rps": 5.0, "p50_ms": 10.0, "p95_ms": 20.0,
+               "p99_ms": 30.0, "max_ms": 40.0, "accuracy": 0.9, "offline_accuracy": 0.95, "schema_errors": 0}
+    summary = {"metrics": metrics, "accuracy": {"accuracy": 0.9, "correct": 9, "labelled": 10},
+               "endpoints": [{**metrics, "name": "/predictions/m", "method": "POST"}], "n_images": 10,
+               "images": "data/synthetic", "n_labelled_images": 10, "peak_users": 2, "fault": {}, "passed": True,
+               "checks": [{"ok": True, "text": "accuracy_drop 0.05 <= 0.05"}],
+               "model_meta": {"arch": "resnet18", "image_size": 96, "version": "1.abc", "pretrained": "none"}}
+    cpu = {"cores": 2, "seconds": 10, "ours_cores": 1.0, "others_cores": 0.1, "busiest_others": []}
+    (tmp_path / "report.json").write_text("{}")
+    text = "\n".join(docs_lines({"mode": "run", "summary": summary, "cpu": cpu}, tmp_path))
+    assert machine()["cpu"] in text and machine()["gpu"] in text  # detected, not typed
+    assert "random initialisation" in text and "offline test accuracy: 0.950" in text
+    assert "**PASSED**" in text and "other processes 0.10" in text
