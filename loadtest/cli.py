@@ -87,6 +87,10 @@ def locust_command(mode: str, state: dict, run_dir: Path, out: Path, extra: list
 def analyse(mode: str, out: Path, summary: dict, cpu: dict) -> dict:
     """report.json: the contention, the ramp's steps and knee, the worker chart (what Locust's report lacks)."""
     result = {"mode": mode, "summary": summary, "cpu": cpu}
+    m, f = summary["metrics"], report._fmt
+    print(f"{mode}: {m['requests']} requests, {m['failures']} failed, {f(m['rps'])} req/s, p50 {f(m['p50_ms'], 0)} ms, "
+          f"p95 {f(m['p95_ms'], 0)} ms, p99 {f(m['p99_ms'], 0)} ms; accuracy {f(m.get('accuracy'), 3)} on labelled "
+          f"images vs {f(m.get('offline_accuracy'), 3)} offline; gate {'PASSED' if summary['passed'] else 'FAILED'}")
     if mode == "ramp":
         steps = ramp_steps(report.read_history(out / f"{PREFIX}_stats_history.csv"))
         for step in steps:

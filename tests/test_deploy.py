@@ -479,7 +479,7 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def management(state: dict):
+def management_api(state: dict):
     from catsdogs import contract
     from deploy.management import Management
     from serving.client import ServingClient
@@ -489,7 +489,7 @@ def management(state: dict):
 
 
 def versions_of(state: dict) -> tuple[str | None, list[str]]:
-    api = management(state)
+    api = management_api(state)
     return api.default_version(), sorted(str(d["modelVersion"]) for d in api.versions())
 
 
@@ -527,7 +527,7 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
     # golden set: 12 test-split images per class of the data the model was trained on (the default source).
     # The gate is what the test model itself measures on it (A, the same weights as B), less a small margin:
     # B must pass it; a constant answer (C) gets 0.5 on the balanced set and must not.
-    api = management(state)
+    api = management_api(state)
     items, _ = manifest_golden(prepared, CLASSES, 12, meta_a["data_hash"])
     measured = score(lambda data: api.predict(version_a, data), items, CLASSES, version_a)
     assert measured.errors == 0 and measured.accuracy >= 0.75, f"the test model is too weak to test a gate: {measured.summary()}"

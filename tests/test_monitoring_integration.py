@@ -192,7 +192,11 @@ def test_worker_restart_alert_fires_and_no_worker_answers_503(served, prometheus
 def test_dashboard_expressions_run_on_the_live_prometheus(served, prometheus_url):
     dashboard = promql.load_dashboard()
     live_names = promql.exposition_names(served["client"].metrics())
-    known = live_names | promql.recording_rules(yaml.safe_load(prometheus.ALERTS.read_text()))
+    from monitoring.rules import (
+        RECORDS,  # the model's baseline rules (make drift-rules)
+    )
+
+    known = live_names | promql.recording_rules(yaml.safe_load(prometheus.ALERTS.read_text())) | set(RECORDS)
     assert promql.unknown_metrics(dashboard, known) == {}, sorted(live_names)
     snapshot = promql.exposition_names(promql.METRICS_SNAPSHOT.read_text())
     # the committed snapshot (used by the fast unit test) lists exactly the names TorchServe exports
