@@ -53,11 +53,14 @@ RUN groupadd --gid 1000 model-server \
 # repo's reviewed file, unchanged; docker/entrypoint.py derives the container's copy from it.
 WORKDIR /app
 COPY config.properties /app/config.properties
+COPY catsdogs/ /app/catsdogs/
 COPY serving/ /app/serving/
 COPY docker/entrypoint.py /app/docker/entrypoint.py
 
-# The model: changes with every training run, so it is the last layer.
-COPY --chown=model-server:model-server model-store/catsdogs.mar /home/model-server/model-store/catsdogs.mar
+# The model: changes with every training run, so it is the last layer. MODEL_NAME is params.yaml
+# serve.model_name (make docker-build passes it); the archive is model-store/<MODEL_NAME>.mar.
+ARG MODEL_NAME
+COPY --chown=model-server:model-server model-store/${MODEL_NAME}.mar /home/model-server/model-store/${MODEL_NAME}.mar
 
 ENV PYTHONPATH=/app \
     TS_CONFIG=/app/config.properties \
@@ -65,7 +68,7 @@ ENV PYTHONPATH=/app \
     TS_MODEL_STORE=/home/model-server/model-store \
     LOG_LOCATION=/home/model-server/logs \
     TS_BIND_ADDRESS=0.0.0.0 \
-    MODEL_NAME=catsdogs
+    MODEL_NAME=${MODEL_NAME}
 
 ARG GIT_COMMIT=unknown
 ARG MODEL_VERSION=unknown

@@ -12,7 +12,11 @@ PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 # dvc.yaml's commands say `python ...`: the venv's python first on PATH, no activation needed.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+# MLflow: $MLFLOW_TRACKING_URI when set, else the default of catsdogs/contract.py (a local SQLite store).
+# The model name, its archive and the TorchServe run directory, for every mk/*.mk (params.yaml serve.model_name):
+MODEL_NAME := $(shell $(if $(wildcard $(PY)),$(PY),python3) -c 'from catsdogs.contract import model_name; print(model_name())' 2>/dev/null)
+MAR ?= model-store/$(MODEL_NAME).mar
+SERVE_DIR ?= .serve
 
 .PHONY: help install check-java pipeline synthesize prepare train evaluate export archive \
         test test-unit test-integration lint serve stop ready loadtest loadtest-ramp loadtest-soak \

@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks.conditions import describe_machine, machine, model_line
+from catsdogs.contract import MODEL_DIR, SHARED_PHOTOS
 from handler.catsdogs_handler import optimize_for_serving
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
@@ -42,8 +43,7 @@ from serving.server import free_ports, start, stop
 
 START, END = "<!-- serving-benchmark:start -->", "<!-- serving-benchmark:end -->"
 LUA = Path(__file__).with_name("wrk_post_image.lua")
-SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-10k.tar"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+SHARED_TAR = SHARED_PHOTOS
 
 
 def payload(source: Path | None) -> tuple[bytes, str]:
@@ -65,19 +65,8 @@ def payload(source: Path | None) -> tuple[bytes, str]:
 
 
 def conditions() -> dict:
-    """What the numbers depend on, read from this machine."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    gpu = "CUDA GPU present" if torch.cuda.is_available() else "no GPU (torch.cuda.is_available() is False)"
-    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags], "gpu": gpu,
-            "torch": torch.__version__, "wrk": shutil.which("wrk")}
+    """What the numbers depend on, read from this machine (benchmarks.conditions) plus the wrk binary."""
+    return {**machine(), "wrk": shutil.which("wrk")}
 
 
 def percentiles_ms(seconds: list[float]) -> dict:
@@ -164,7 +153,7 @@ def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: di
                   grpc_ports=(ports[3], ports[4]), timeout=240, extra=props or None)
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        url, token = f"{state['inference_url']}/predictions/catsdogs", client.key("inference")
+        url, token = f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference")
         run_wrk(url, token, body, 4, 3)  # warm-up
         rows = []
         for c in concurrencies:
@@ -181,7 +170,7 @@ def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: di
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="export stage output")
     parser.add_argument("--images", type=Path, default=SHARED_TAR,
                         help="real-photo .tar whose first JPEG is the payload (default: %(default)s; "
                              "a synthetic JPEG when absent)")
@@ -258,8 +247,7 @@ def verdict(baseline: list[dict], results: list[dict]) -> dict:
 
 def write_report(path: Path, meta: dict, args, report: dict) -> None:
     c = report["conditions"]
-    flags = ", ".join(c["flags"]) or "none of " + ", ".join(CPU_FLAGS)
-    default_model = args.model_dir == Path("artifacts/model")
+    default_model = args.model_dir == MODEL_DIR
     command = "`make benchmark-serving`" if not (args.configs or args.set or args.handler) else (
         "`python -m benchmarks.serving" + (f" --configs {' '.join(args.configs)}" if args.configs else "")
         + (f" --set {' '.join(args.set)}" if args.set else "")
@@ -269,8 +257,8 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
     lines = [START, "## Serving benchmark (TorchServe + wrk vs in-process)", "",
              f"Written by {command} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); do not edit by hand.",
              "",
-             f"- Machine: {c['cpu']}, {c['cores']} cores, flags {flags}; {c['gpu']}; torch {c['torch']}.",
-             (f"- Model {meta.get('arch')} at {meta.get('image_size')} px, version {meta.get('version')}; payload "
+             f"- Machine: {describe_machine(c)}.",
+             (f"- {model_line(meta)}; payload "
              f"{report['payload']}, the same bytes in every request."),
              (f"- Served: TorchServe with config.properties{' + ' + ', '.join(args.set) if args.set else ''}, "
              f"token auth on, one image per request (raw body); `wrk -t1 -c{{{','.join(map(str, args.concurrency))}}} -d{args.seconds}s` "

@@ -9,11 +9,13 @@ Exit status: 0 done (or nothing to do), 1 refused or failed (the previous defaul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from catsdogs.contract import add_server_args, read_serve_state
 from deploy import registry
 from deploy.archive import ArchiveError
 from deploy.deployer import (
@@ -27,56 +29,31 @@ from deploy.deployer import (
     write_result,
 )
 from deploy.management import Management, ManagementError
-from serving.client import DEFAULT_RUN_DIR, KEY_FILE, STATE_FILE, ServingClient
+from serving.client import client_from_args
 from serving.config import REPO_ROOT
 
 FAILURES = (DeployError, ManagementError, ArchiveError, registry.RegistryError, FileNotFoundError, ValueError)
-
-
-def default_model_name() -> str:
-    from serving.__main__ import default_model_name as from_params
-
-    return from_params()
-
-
-def read_serve_state(run_dir: Path) -> dict:
-    path = Path(run_dir) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def make_client(args) -> ServingClient:
-    kwargs = {"timeout": args.timeout, "model_name": args.model_name}
-    if args.key_file:
-        kwargs["key_file"] = args.key_file
-    if args.management_url or args.inference_url:
-        if not (args.management_url and args.inference_url):
-            raise ValueError("give both --management-url and --inference-url (or neither, to use the run dir)")
-        kwargs.setdefault("key_file", Path(args.run_dir) / KEY_FILE)
-        return ServingClient(args.inference_url, args.management_url, args.metrics_url or "", **kwargs)
-    return ServingClient.from_run_dir(args.run_dir, **kwargs)
+DEFAULTS = DeployOptions()
 
 
 def model_store(args) -> Path | None:
     if args.model_store:
         return Path(args.model_store)
-    store = read_serve_state(args.run_dir).get("model_store")
+    store = (read_serve_state(args.run_dir) or {}).get("model_store")
     return Path(store) if store else None
 
 
 def api_from(args) -> Management:
-    return Management(make_client(args), args.model_name)
+    client = client_from_args(args)
+    return Management(client, client.model_name)
 
 
 def cmd_deploy(args) -> int:
     # an earlier deploy's result must not survive a run that fails before deploy() starts
     write_result(args.result, {"status": "failed", "version": None, "previous": None, "error": "did not start"})
-    options = DeployOptions(workers=args.workers, golden=args.golden, prepared=args.prepared,
-                            synthetic_golden=args.synthetic_golden, golden_cache=args.golden_cache,
-                            golden_per_class=args.golden_per_class, golden_size=args.golden_size,
-                            min_accuracy=args.min_accuracy, margin=args.margin, keep=args.keep,
-                            drain_seconds=args.drain_seconds, drain_timeout=args.drain_timeout,
-                            ready_timeout=args.ready_timeout, tracking_uri=registry.tracking_uri(args.tracking_uri),
-                            require_registry=args.require_registry, result_file=args.result)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DeployOptions) if hasattr(args, f.name)}
+    options = DeployOptions(**{**given, "tracking_uri": registry.tracking_uri(args.tracking_uri),
+                               "result_file": args.result})
     if options.keep < 1:
         raise ValueError(f"--keep must be >= 1, got {options.keep}")
     result = deploy(api_from(args), model_store(args), args.mar, options, log=say)
@@ -96,14 +73,15 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_status(args) -> int:
-    report = status(api_from(args), smoke=not args.no_smoke)
-    champion = registry.champion(registry.tracking_uri(args.tracking_uri), args.model_name)
+    api = api_from(args)
+    report = status(api, smoke=not args.no_smoke)
+    champion = registry.champion(registry.tracking_uri(args.tracking_uri), api.model)
     report["mlflow_champion"] = champion
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"model {report['model']}: default version {report['default']}, "
-              f"MLflow {args.model_name}@champion = {champion or '(unset or no registry)'}")
+              f"MLflow {api.model}@{registry.CHAMPION} = {champion or '(unset or no registry)'}")
         for v in report["versions"]:
             states = ", ".join(f"{w['id']}:{w['status']}" for w in v["workers"]) or "no workers"
             health = f"  health: {v['health']} ({v['smoke_ms']} ms)" if "health" in v else ""
@@ -124,26 +102,13 @@ def say(line: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("server")
-    where.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
-                       help="run dir of `python -m serving start`: serve.json gives URLs, key file and model store "
-                            "(default .serve, env CATSDOGS_SERVE_DIR)")
-    where.add_argument("--management-url", default=env("CATSDOGS_MANAGEMENT_URL"),
-                       help="management API base URL instead of serve.json (env CATSDOGS_MANAGEMENT_URL)")
-    where.add_argument("--inference-url", default=env("CATSDOGS_INFERENCE_URL"),
-                       help="inference API base URL (env CATSDOGS_INFERENCE_URL)")
-    where.add_argument("--metrics-url", default=env("CATSDOGS_METRICS_URL"),
-                       help="metrics API base URL, used to drain old versions (env CATSDOGS_METRICS_URL)")
-    where.add_argument("--key-file", type=Path, default=env("CATSDOGS_KEY_FILE"),
-                       help="TorchServe key_file.json (default <run-dir>/key_file.json, env CATSDOGS_KEY_FILE)")
-    where.add_argument("--model-store", type=Path, default=env("CATSDOGS_MODEL_STORE"),
+    add_server_args(where)
+    where.add_argument("--model-store", type=Path, default=os.environ.get("CATSDOGS_MODEL_STORE"),
                        help="the server's model_store directory (default: serve.json's, env CATSDOGS_MODEL_STORE)")
-    where.add_argument("--model-name", default=default_model_name(), help="model name (params.yaml serve.model_name)")
-    where.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
     where.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, "
-                                              "else sqlite:///mlflow.db)")
+                                              f"else {DEFAULTS.tracking_uri})")
 
     parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,29 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
                                    "golden-set gate on /predictions/<model>/<version>, then set it as default "
                                    "(zero downtime), move MLflow alias `champion`, and prune versions beyond "
                                    "--keep. A failed gate unregisters the candidate and exits 1.")
-    p.add_argument("mar", type=Path, help="the archive, e.g. model-store/catsdogs.mar (make archive)")
+    p.add_argument("mar", type=Path, help="the archive, model-store/<serve.model_name>.mar (make archive)")
     p.add_argument("--workers", type=int, help="workers for the new version (default: as many as the current default)")
     p.add_argument("--golden", type=Path, help="labelled golden image folder (cat/x.jpg, dogs/y.png, cat.1.jpg) "
                                                "instead of the default: --golden-per-class test-split images "
                                                "per class from --prepared")
-    p.add_argument("--prepared", type=Path, default=REPO_ROOT / "data" / "prepared",
+    p.add_argument("--prepared", type=Path, default=REPO_ROOT / DEFAULTS.prepared,
                    help="prepare output the candidate was trained on (its data_hash must match); the golden "
                         "set comes from its test split (default data/prepared)")
     p.add_argument("--synthetic-golden", action="store_true",
                    help="score on a deterministic synthetic cartoon set instead (an archive without its data)")
-    p.add_argument("--golden-cache", type=Path, default=REPO_ROOT / "data" / "golden",
+    p.add_argument("--golden-cache", type=Path, default=REPO_ROOT / DEFAULTS.golden_cache,
                    help="where the synthetic golden set is drawn once and reused")
-    p.add_argument("--golden-per-class", type=int, default=20, help="golden images per class")
-    p.add_argument("--golden-size", type=int, default=160, help="synthetic golden image side in pixels")
-    p.add_argument("--min-accuracy", type=float, default=0.8, help="golden accuracy the candidate must reach")
-    p.add_argument("--margin", type=float, default=0.02,
+    p.add_argument("--golden-per-class", type=int, default=DEFAULTS.golden_per_class, help="golden images per class")
+    p.add_argument("--golden-size", type=int, default=DEFAULTS.golden_size, help="synthetic golden image side in pixels")
+    p.add_argument("--min-accuracy", type=float, default=DEFAULTS.min_accuracy, help="golden accuracy the candidate must reach")
+    p.add_argument("--margin", type=float, default=DEFAULTS.margin,
                    help="the candidate may score at most this much below the current default on the golden set")
-    p.add_argument("--keep", type=int, default=2, help="versions kept registered, the new default included "
+    p.add_argument("--keep", type=int, default=DEFAULTS.keep, help="versions kept registered, the new default included "
                                                       "(2 = previous one stays warm for rollback)")
-    p.add_argument("--drain-seconds", type=float, default=3.0,
+    p.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                    help="an old version is unregistered after receiving no request for this long")
-    p.add_argument("--drain-timeout", type=float, default=60.0, help="unregister anyway after this long")
-    p.add_argument("--ready-timeout", type=float, default=240.0, help="seconds for the new workers to be READY")
+    p.add_argument("--drain-timeout", type=float, default=DEFAULTS.drain_timeout, help="unregister anyway after this long")
+    p.add_argument("--ready-timeout", type=float, default=DEFAULTS.ready_timeout, help="seconds for the new workers to be READY")
     p.add_argument("--require-registry", action="store_true",
                    help="fail (before any change) when the archive's MLflow model version is not in the registry")
     p.add_argument("--result", type=Path,

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from catsdogs import contract
 from deploy import registry
 from deploy.archive import (
     ArchiveError,
@@ -81,7 +82,7 @@ class DeployOptions:
     drain_seconds: float = 3.0
     drain_timeout: float = 60.0
     ready_timeout: float = 240.0
-    tracking_uri: str = registry.DEFAULT_URI
+    tracking_uri: str = contract.DEFAULT_TRACKING_URI
     require_registry: bool = False
     result_file: Path | None = None     # where the outcome is written (write_result); None: nowhere
 
@@ -280,7 +281,7 @@ def _check_same_archive(api: Management, store: Path | None, info: ArchiveInfo) 
         return
     loaded = Path(store) / url
     try:
-        same_version = read_archive(loaded).version == info.version  # e.g. catsdogs.mar rebuilt since start-up
+        same_version = read_archive(loaded).version == info.version  # e.g. the store's .mar rebuilt since start-up
     except ArchiveError:
         return
     if same_version and sha256(loaded) != sha256(info.path):

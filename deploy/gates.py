@@ -17,15 +17,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-RESPONSE_KEYS = {"label", "confidence", "probabilities", "model_version"}
+from catsdogs import contract
+
 GOLDEN_SEED = 2024_11  # not params.yaml synthetic.seed: golden images are never training images
 SMOKE_SEED = 99
 
@@ -58,30 +57,12 @@ class GoldenScore:
 # --- pure checks -----------------------------------------------------------------------------------
 
 def check_prediction(status: int, body, classes: list[str], version: str | None) -> list[str]:
-    """Problems with one prediction response (empty list: it is a valid answer from `version`)."""
+    """Problems with one prediction response (empty list: a valid answer from `version`, contract schema)."""
     if status != 200:
         detail = body.get("message") or body.get("error") if isinstance(body, dict) else str(body)[:200]
         return [f"HTTP {status}: {detail}"]
-    if not isinstance(body, dict):
-        return [f"response is not a JSON object: {str(body)[:200]}"]
-    problems = []
-    if set(body) != RESPONSE_KEYS:
-        problems.append(f"keys {sorted(body)} != {sorted(RESPONSE_KEYS)}")
-        return problems
-    probs = body["probabilities"]
-    if not isinstance(probs, dict) or list(probs) != list(classes):
-        problems.append(f"probabilities classes {list(probs) if isinstance(probs, dict) else probs} != {classes}")
-    elif not all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in probs.values()):
-        problems.append(f"probabilities out of [0, 1]: {probs}")
-    elif not math.isclose(sum(probs.values()), 1.0, abs_tol=1e-3):
-        problems.append(f"probabilities sum to {sum(probs.values()):.4f}, not 1")
-    elif not math.isclose(body["confidence"], max(probs.values()), abs_tol=1e-6):
-        problems.append(f"confidence {body['confidence']} != max probability {max(probs.values())}")
-    if body["label"] not in classes:
-        problems.append(f"label {body['label']!r} not one of {classes}")
-    if version is not None and str(body["model_version"]) != str(version):
-        problems.append(f"answered by version {body['model_version']!r}, expected {version!r}")
-    return problems
+    problem = contract.check_prediction(body, classes, version)
+    return [problem] if problem else []
 
 
 def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accuracy: float,
@@ -110,18 +91,15 @@ def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accu
 def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
     """Labelled images under `folder` (hidden files skipped); raises when a class has no image."""
     # imported here: training.ingest pulls in torch, which `python -m deploy --help` should not wait for
-    from training.ingest import label_from_path
+    from training.ingest import labelled
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"golden set {folder} is not a directory")
     items, unlabelled = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")) or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        label = label_from_path(rel, classes)
-        (items.append(GoldenItem(path, label)) if label else unlabelled.append(rel))
+    for rel, label, _read in labelled(folder, classes):
+        if rel.lower().endswith(contract.IMAGE_SUFFIXES):
+            (items.append(GoldenItem(folder / rel, label)) if label else unlabelled.append(rel))
     missing = [c for c in classes if not any(i.label == c for i in items)]
     if missing:
         raise ValueError(f"golden set {folder} has no images for {missing} (labels come from folder or file "

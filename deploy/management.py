@@ -10,13 +10,13 @@ expired one, so a long deploy never fails on key expiry.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from urllib.parse import quote
 
 import requests
 
+from catsdogs import contract
 from serving.client import ServingClient
 
 
@@ -99,13 +99,10 @@ class Management:
         response = self._call("GET", self._path(version), ok=(200, 404), params={"customized": "true"})
         if response.status_code != 200:
             return {}
-        meta = response.json()[0].get("customizedMetadata") or {}
-        if isinstance(meta, str):  # the handler's describe_handle() JSON, passed through as text or parsed
-            try:
-                meta = json.loads(meta)
-            except ValueError:
-                return {}
-        return meta if isinstance(meta, dict) else {}
+        try:
+            return contract.parse_description(response.json())
+        except contract.ContractError:
+            return {}
 
     def predict(self, version: str, data: bytes, timeout: float = 30.0) -> tuple[int, object]:
         """POST an image to /predictions/<model>/<version>: (status, JSON body or text)."""

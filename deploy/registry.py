@@ -1,6 +1,6 @@
 """MLflow model registry: the `champion` alias follows the version TorchServe serves by default.
 
-The export stage registers each trained model as a new version of `catsdogs` (alias `candidate`) and
+The export stage registers each trained model as a new version of serve.model_name (alias `candidate`) and
 writes registered_model + mlflow_model_version into model-meta.json, which the archive carries.
 After a successful deploy or rollback the alias `champion` is moved to that registry version.
 A registry without that version (an archive trained against another tracking store) gives a warning,
@@ -8,19 +8,14 @@ or an error with --require-registry.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-CHAMPION = "champion"
-DEFAULT_URI = "sqlite:///mlflow.db"
+from catsdogs.contract import CHAMPION_ALIAS as CHAMPION
+from catsdogs.contract import tracking_uri  # noqa: F401 (the CLI's --tracking-uri default)
 
 
 class RegistryError(RuntimeError):
     """The registry lacks the version (only raised when the registry is required)."""
-
-
-def tracking_uri(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def registry_ref(meta: dict) -> tuple[str, str] | None:

@@ -7,7 +7,8 @@ the loopback interface cannot be reached through published ports, so this script
     reachable from outside is decided where the container is published: docker-compose.yml publishes
     on 127.0.0.1 of the host only; the Kubernetes Service exposes only the inference port.
   * gRPC stays on the container's loopback (TS_GRPC_BIND_ADDRESS, default 127.0.0.1): nothing uses it.
-  * model_store -> TS_MODEL_STORE; load_models -> TS_MODELS when set.
+  * model_store -> TS_MODEL_STORE; load_models -> TS_MODELS when set, else <MODEL_NAME>=<MODEL_NAME>.mar
+    (MODEL_NAME: the image's, from params.yaml serve.model_name at build time).
 Then it runs `torchserve --foreground` in TS_RUN_DIR (TorchServe writes key_file.json there; the
 HEALTHCHECK `python -m serving ready --run-dir $TS_RUN_DIR` reads it and serve.json), forwards
 SIGTERM/SIGINT to the Java frontend so it shuts down gracefully, and exits with TorchServe's status.
@@ -17,7 +18,6 @@ TS_BIND_ADDRESS, TS_GRPC_BIND_ADDRESS, TS_MODELS, LOG_LOCATION.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -27,21 +27,19 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from serving.client import KEY_FILE, STATE_FILE
+from catsdogs import contract
+from catsdogs.contract import DEFAULT_URLS, KEY_FILE, PORTS
 from serving.config import ADDRESS_KEYS, base_urls, derive_config, read_properties
 from serving.server import TS_PID_FILE, torchserve_command
-
-DEFAULTS = {"inference_address": "http://127.0.0.1:8080", "management_address": "http://127.0.0.1:8081",
-            "metrics_address": "http://127.0.0.1:8082"}
 
 
 def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str, str]:
     """The address keys of `props` with their host replaced by `bind` (scheme and port kept)."""
     host = f"[{bind}]" if ":" in bind else bind
     out = {}
-    for key in ADDRESS_KEYS.values():
-        parts = urlsplit(props.get(key, DEFAULTS[key]))
-        out[key] = f"{parts.scheme or 'http'}://{host}:{parts.port or urlsplit(DEFAULTS[key]).port}"
+    for api, key in ADDRESS_KEYS.items():
+        parts = urlsplit(props.get(key, DEFAULT_URLS[api]))
+        out[key] = f"{parts.scheme or 'http'}://{host}:{parts.port or PORTS[api]}"
     out["grpc_inference_address"] = out["grpc_management_address"] = grpc_bind
     return out
 
@@ -63,17 +61,18 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
     store = Path(env.get("TS_MODEL_STORE", "/home/model-server/model-store")).resolve()
     if not store.is_dir() or not any(store.glob("*.mar")):
         raise SystemExit(f"entrypoint: model store {store} has no .mar archive; build the image after "
-                         f"`make archive` or mount a store with catsdogs.mar at TS_MODEL_STORE")
+                         f"`make archive` or mount a store with the model's .mar at TS_MODEL_STORE")
     overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
                                env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
     for sub in (run_dir / "tmp", log_dir):
         sub.mkdir(parents=True, exist_ok=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)  # keys of an earlier run would mislead the health check
     shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)
+    name = env.get("MODEL_NAME") or contract.model_name()
     props = derive_config(base, run_dir / "config.properties", model_store=store,
-                          models=env.get("TS_MODELS") or None, extra=overrides)
+                          models=env.get("TS_MODELS") or f"{name}={contract.archive_path(name).name}", extra=overrides)
     state = state_for(props, run_dir, log_dir)
-    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    contract.write_serve_state(run_dir, state)
     return run_dir, props, state
 
 
@@ -87,7 +86,7 @@ def main() -> int:
           f"management {props['management_address']}, metrics {props['metrics_address']})", flush=True)
     proc = subprocess.Popen(cmd, cwd=run_dir, env=env)
     state["pid"] = proc.pid
-    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    contract.write_serve_state(run_dir, state)
 
     def forward(signum, _frame):
         # `torchserve --foreground` is a Python launcher waiting on the Java frontend; the frontend is

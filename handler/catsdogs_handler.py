@@ -28,7 +28,8 @@ from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from model.export import META_FILE, read_metadata
+from catsdogs import contract
+from catsdogs.contract import META_FILE, read_meta
 from model.preprocess import ImageError, decode_image, eval_transform
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 
@@ -52,12 +53,6 @@ STATUS_BY_REASON = {
 }
 PHRASE_BY_STATUS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
                     415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
-
-# Limits used when model-config.yaml has no `handler:` section (kept in step with that file).
-DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-DEFAULT_MAX_IMAGES = 16
-DEFAULT_MAX_REQUEST_IMAGE_BYTES = 8 * 1024 * 1024
 
 # Custom metric names; declared (with their dimensions, in this order) in serving/metrics.yaml,
 # because TorchServe's Prometheus endpoint only exports metrics that the metrics config declares.
@@ -201,18 +196,19 @@ class CatsDogsHandler(BaseHandler):
         reuse_freed_memory()  # before the model's first forward (model/runtime.py)
         super().initialize(context)  # loads the TorchScript file and index_to_name.json
         model_dir = Path(context.system_properties["model_dir"])
-        self.meta = read_metadata(model_dir / META_FILE)
+        self.meta = read_meta(model_dir / META_FILE)
         self.classes = list(self.meta["classes"])
         if self.mapping and [self.mapping[str(i)] for i in range(len(self.mapping))] != self.classes:
             raise RuntimeError(f"{model_dir}: index_to_name.json {self.mapping} disagrees with the class order "
                                f"{self.classes} in {META_FILE}; rebuild the archive from one export")
         self.version = str(self.meta["version"])
         self.transform = eval_transform(self.meta)
+        # limits: model-config.yaml's `handler:` section, else the contract's defaults
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
-        self.max_image_bytes = int(settings.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
-        self.max_image_pixels = int(settings.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
-        self.max_images = int(settings.get("max_images_per_request", DEFAULT_MAX_IMAGES))
-        self.max_request_image_bytes = int(settings.get("max_request_image_bytes", DEFAULT_MAX_REQUEST_IMAGE_BYTES))
+        self.max_image_bytes = int(settings.get("max_image_bytes", contract.MAX_IMAGE_BYTES))
+        self.max_image_pixels = int(settings.get("max_image_pixels", contract.MAX_IMAGE_PIXELS))
+        self.max_images = int(settings.get("max_images_per_request", contract.MAX_IMAGES_PER_REQUEST))
+        self.max_request_image_bytes = int(settings.get("max_request_image_bytes", contract.MAX_REQUEST_IMAGE_BYTES))
         self.draft_size = int(self.meta["resize_size"])  # JPEG DCT-scaled decode down to the resize size
         threads = int(os.environ.get("CATSDOGS_TORCH_THREADS", settings.get("torch_threads", 0)) or 0)
         if threads > 0:
@@ -334,16 +330,13 @@ class CatsDogsHandler(BaseHandler):
             self._count(REJECTED_METRIC, [reason], idx)
             self._log(idx, status=status, error=reason, **inputs, **fields)
             return {**error_body(reason, message), "status": status}, status
-        probs = [float(p) for p in probabilities[info["row"]]]
-        best = max(range(len(probs)), key=probs.__getitem__)
-        label, confidence = self.classes[best], round(probs[best], 6)
+        body = contract.prediction(self.classes, probabilities[info["row"]], self.version)
+        label, confidence = body["label"], body["confidence"]
         self._count(PREDICTIONS_METRIC, [label], idx)
         self._observe(CONFIDENCE_METRIC, confidence, [label], idx)
         self._log(idx, status=200, label=label, confidence=confidence, inference_ms=self._state.get("inference_ms"),
                   **inputs, **fields)
-        return {"label": label, "confidence": confidence,
-                "probabilities": {name: round(p, 6) for name, p in zip(self.classes, probs)},
-                "model_version": self.version}, 200
+        return body, 200
 
     def _is_explain(self):
         # Explanations are not exposed: TorchServe always routes /explanations to the handler, so
@@ -351,9 +344,10 @@ class CatsDogsHandler(BaseHandler):
         return False
 
     def describe_handle(self):
-        """`GET /models/catsdogs?customized=true` -> the model's metadata (version, classes, metrics)."""
-        keys = ("version", "classes", "arch", "image_size", "resize_size", "git_commit", "data_hash",
-                "mlflow_run_id", "mlflow_model_version", "registered_model", "test_metrics", "created_at")
+        """`GET /models/<name>?customized=true` -> the model's metadata (contract.parse_description reads it)."""
+        keys = ("version", "classes", "arch", "pretrained", "image_size", "resize_size", "git_commit", "data_hash",
+                "mlflow_run_id", "mlflow_model_version", "registered_model", "test_metrics", "drift_baseline",
+                "created_at")
         return json.dumps({k: self.meta[k] for k in keys if k in self.meta})
 
     # --- helpers -----------------------------------------------------------------------------------

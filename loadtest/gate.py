@@ -1,25 +1,22 @@
-"""The quality gate: thresholds from loadtest/thresholds.yaml checked against what a run measured.
+"""The quality gate: the thresholds of a mode's Locust config (loadtest/<mode>.conf) against what a run measured.
 
+Every threshold is a locustfile option (--max-p95-ms, --max-accuracy-drop ...; RULES below), set in the
+mode's config file and overridable on the command line; one that is not set is reported, not checked.
 Pure functions; the locustfile calls them when Locust quits and sets Locust's exit code from the result.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import yaml
-
-DEFAULT_THRESHOLDS = Path(__file__).resolve().parent / "thresholds.yaml"
-MODES = ("run", "ramp", "soak", "fault")
-
-# threshold key -> (metric key, "max" | "min" | "true", unit for messages)
+# threshold option -> (metric key, "max" | "min" | "true", unit for messages)
 RULES = {
     "max_error_ratio": ("error_ratio", "max", ""),
     "max_p95_ms": ("p95_ms", "max", " ms"),
     "max_p99_ms": ("p99_ms", "max", " ms"),
     "min_rps": ("rps", "min", " req/s"),
     "min_accuracy": ("accuracy", "min", ""),
+    "max_accuracy_drop": ("accuracy_drop", "max", ""),   # served model's offline test accuracy - live accuracy
     "max_rss_growth_pct": ("rss_growth_pct", "max", " %"),
     "max_worker_restarts": ("worker_restarts", "max", ""),
     "require_recovery": ("recovered", "true", ""),
@@ -41,21 +38,21 @@ class Check:
         return asdict(self)
 
 
-def load_thresholds(path: Path | str, mode: str, overrides: dict | None = None) -> dict:
-    """The `mode` section of the thresholds file, with non-None `overrides` (command-line flags) applied."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"thresholds file {path} not found; pass --thresholds (default {DEFAULT_THRESHOLDS})")
-    sections = yaml.safe_load(path.read_text()) or {}
-    if mode not in sections:
-        raise KeyError(f"{path} has no '{mode}:' section (it has {sorted(sections)}); add one with keys "
-                       f"from {sorted(RULES)}")
-    limits = dict(sections[mode] or {})
-    limits.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(limits) - set(RULES))
-    if unknown:
-        raise KeyError(f"{path} section '{mode}': unknown threshold(s) {unknown}; known: {sorted(RULES)}")
-    return limits
+def add_threshold_options(parser) -> None:
+    """One locustfile option per RULES key (None: not checked)."""
+    for key, (metric, kind, unit) in RULES.items():
+        flag = "--" + key.replace("_", "-")
+        if kind == "true":
+            parser.add_argument(flag, action="store_true", include_in_web_ui=False, help=f"gate: {metric} must be true")
+        else:
+            parser.add_argument(flag, type=float, default=None, include_in_web_ui=False,
+                                help=f"gate: {metric}{unit} must be {'at most' if kind == 'max' else 'at least'} this")
+
+
+def limits_from(options) -> dict:
+    """The thresholds set in the config file / command line (parsed Locust options)."""
+    values = {key: getattr(options, key, None) for key in RULES}
+    return {key: value for key, value in values.items() if value is not None and value is not False}  # 0.0 counts
 
 
 def _number(value) -> bool:

@@ -1,23 +1,23 @@
-"""Locust load test of the catsdogs model served by TorchServe, with its quality gate.
+"""Locust load test of the model served by TorchServe (params.yaml serve.model_name), with its quality gate.
 
-Normally run by `python -m loadtest run|ramp|soak|fault` (which also starts TorchServe, draws charts and
-writes docs), but it is a plain locustfile:
+Each mode is a Locust config file, loadtest/<mode>.conf (users, duration, reports, thresholds), run by
+`python -m loadtest <mode>` (which starts TorchServe when none runs) or directly from the repo root:
 
-    locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --csv reports/loadtest/run/locust \
-        --csv-full-history --run-dir .serve --images data/synthetic --gate run
-    locust -f loadtest/locustfile.py,loadtest/shapes.py ...     # step ramp (StepRampShape)
+    locust --config loadtest/run.conf --run-dir .serve          # -H defaults to serve.json's inference URL
+    locust --config loadtest/ramp.conf -u 12 --step-seconds 10  # any line of the file overridden
 
 Users POST real image bytes to /predictions/<model> (most requests), /predictions/<model>/<version>
-and /ping. Each prediction's JSON is checked (loadtest.schema); when the file's path carries the label
-(cat.12.jpg, cats/x.jpg) the answer is scored, and the accuracy is reported at the end. Requests go
+and /ping. Each prediction's JSON is checked (catsdogs.contract.check_prediction); when the file's path
+carries the label (cat.12.jpg, cats/x.jpg) the answer is scored, and the accuracy is compared with the
+served model's offline test accuracy (its model-meta.json, from describe-model) at the end. Requests go
 through serving.client.ServingClient over Locust's HttpSession, so a refused token (TorchServe 0.12:
 HTTP 400 InvalidKeyException) is refreshed from the run directory's key_file.json and retried exactly
 as every other client of this repo does; the refused attempt is not counted as a request.
-When Locust quits, the `--gate` section of loadtest/thresholds.yaml is checked and Locust's exit code
-(environment.process_exit_code) says whether it passed. With `--monitor-every S` backend workers' RSS
-and PIDs are sampled (soak); with `--kill-after S` one worker is SIGKILLed and its recovery timed (fault).
-Results go next to the --csv files: <prefix>_summary.json (metrics, checks) and <prefix>_workers.csv.
-Run it in one process (no --processes/--master): the gate reads this process's stats.
+When Locust quits, the thresholds (loadtest/gate.py RULES, set in the config file) are checked and Locust's
+exit code (environment.process_exit_code) says whether they passed. With `--monitor-every S` backend
+workers' RSS and PIDs are sampled (soak); with `--kill-after S` one worker is SIGKILLed and its recovery
+timed (fault). Results go next to the --csv files: <prefix>_summary.json (metrics, checks) and
+<prefix>_workers.csv. Run it in one process (no --processes/--master): the gate reads this process's stats.
 """
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `locust -f .../loadtest/locustfile.py` from another directory
     sys.path.insert(0, str(REPO_ROOT))
 
+from catsdogs import contract
+from catsdogs.contract import RUN_DIR, check_prediction, read_serve_state
 from loadtest import gate, workers
 from loadtest.images import load_samples
-from loadtest.schema import Tally, check_prediction
-from serving.client import DEFAULT_RUN_DIR, ServingClient
-from serving.server import read_state
+from loadtest.schema import Tally
+from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")
 # One lock for every ServingClient of this process. Locust users are greenlets in one OS thread, and
@@ -71,7 +72,7 @@ class Run:
     def __init__(self):
         self.samples = []
         self.classes = None
-        self.model_name = "catsdogs"
+        self.model_name = None
         self.version = None
         self.tally = Tally()
         self.schema_errors = 0
@@ -95,23 +96,19 @@ def add_arguments(parser):
                        help="folder (or .zip/.tar) of images to send; labels from cat.1.jpg / cats/x.jpg paths")
     group.add_argument("--max-images", type=int, default=400, include_in_web_ui=False,
                        help="images loaded into memory, spread evenly over the sorted file list")
-    group.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR), include_in_web_ui=False,
+    group.add_argument("--run-dir", default=str(RUN_DIR), include_in_web_ui=False,
                        help="TorchServe run directory: serve.json (URLs), key_file.json (tokens); "
                             "env CATSDOGS_SERVE_DIR, default .serve")
-    group.add_argument("--model-name", default="catsdogs", include_in_web_ui=False, help="served model name")
+    group.add_argument("--model-name", default=None, include_in_web_ui=False,
+                       help="served model name (default params.yaml serve.model_name)")
     group.add_argument("--think-time", type=float, default=0.0, include_in_web_ui=False,
                        help="each user waits uniform(0, this) seconds between requests (0: closed loop)")
-    group.add_argument("--gate", choices=gate.MODES, default="run", include_in_web_ui=False,
-                       help="thresholds.yaml section checked when Locust quits")
-    group.add_argument("--thresholds", default=str(gate.DEFAULT_THRESHOLDS), include_in_web_ui=False,
-                       help="thresholds file")
-    for key, kind in (("max-error-ratio", float), ("max-p95-ms", float), ("min-rps", float),
-                      ("min-accuracy", float)):
-        group.add_argument(f"--{key}", type=kind, default=None, include_in_web_ui=False,
-                           help=f"override thresholds.yaml {key.replace('-', '_')}")
+    group.add_argument("--mode", default="run", include_in_web_ui=False,
+                       help="name of the run in its summary (the config file's: run, ramp, soak, fault)")
+    gate.add_threshold_options(group)
     group.add_argument("--monitor-every", type=float, default=0.0, include_in_web_ui=False,
                        help="sample backend worker PIDs and RSS every S seconds (0: off)")
-    group.add_argument("--rss-warmup", type=float, default=30.0, include_in_web_ui=False,
+    group.add_argument("--rss-warmup", type=float, default=0.0, include_in_web_ui=False,
                        help="RSS growth is measured from the first samples after this many seconds")
     group.add_argument("--kill-after", type=float, default=0.0, include_in_web_ui=False,
                        help="SIGKILL one backend worker this many seconds into the run (0: never)")
@@ -142,14 +139,14 @@ def on_init(environment, **_):
     opts = options(environment)
     if opts is None:  # Environment made by a library user without command-line parsing
         return
-    RUN.model_name = opts.model_name
+    RUN.model_name = opts.model_name = opts.model_name or contract.model_name()
     try:
         RUN.samples = load_samples(opts.images, opts.max_images)
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         sys.exit(2)
     labelled = sum(s.label is not None for s in RUN.samples)
-    state = read_state(Path(opts.run_dir)) or {}
+    state = read_serve_state(opts.run_dir) or {}
     if not environment.host:
         environment.host = state.get("inference_url") or ServingClient.from_run_dir(opts.run_dir).urls["inference"]
     try:
@@ -158,8 +155,7 @@ def on_init(environment, **_):
         response.raise_for_status()
         described = response.json()
         RUN.version = described[0].get("modelVersion")
-        meta = described[0].get("customizedMetadata")
-        RUN.meta = (json.loads(meta) if isinstance(meta, str) else meta) or {}
+        RUN.meta = contract.parse_description(described)
         RUN.classes = RUN.meta.get("classes")
     except Exception as exc:  # noqa: BLE001 - the first prediction's model_version will do
         log.warning("describe-model failed (%s); the version comes from the first prediction", exc)
@@ -193,7 +189,7 @@ def on_request(exception=None, start_time=None, response_time=None, **_):
 
 def monitor(environment, every: float) -> None:
     client = management_client(environment)
-    frontend = (read_state(Path(options(environment).run_dir)) or {}).get("pid")
+    frontend = (read_serve_state(options(environment).run_dir) or {}).get("pid")
     path = output_path(environment, "workers.csv")
     if path:
         path.unlink(missing_ok=True)
@@ -292,8 +288,11 @@ def run_metrics(environment) -> dict:
     """Everything the gate and the reports need, from Locust's stats and this process's tallies."""
     opts = options(environment)
     total = gate.entry_metrics(environment.stats.total)
-    metrics = {**total, "accuracy": RUN.tally.accuracy, "schema_errors": RUN.schema_errors,
-               "token_refreshes": LoadClient.refreshes}
+    offline = (RUN.meta.get("test_metrics") or {}).get("accuracy")
+    live = RUN.tally.accuracy
+    metrics = {**total, "accuracy": live, "offline_accuracy": offline,
+               "accuracy_drop": round(offline - live, 4) if live is not None and offline is not None else None,
+               "schema_errors": RUN.schema_errors, "token_refreshes": LoadClient.refreshes}
     if RUN.worker_rows:
         start, end, growth = workers.rss_growth(workers.total_rss_series(RUN.worker_rows), warmup_s=opts.rss_warmup)
         frontend = workers.total_rss_series(RUN.worker_rows, lambda r: r["worker"] == workers.FRONTEND)
@@ -311,7 +310,7 @@ def run_metrics(environment) -> dict:
                        failures_during_recovery=len(RUN.failures) - before - (after or 0))
     elif opts.kill_after > 0:
         metrics.update(recovered=False, fault_error=RUN.fault.get("error", "the run ended before the kill; "
-                                                                            "use --duration > --kill-after"))
+                                                                            "use -t/--run-time longer than --kill-after"))
     return metrics
 
 
@@ -321,24 +320,17 @@ def on_quitting(environment, **_):
     if isinstance(environment.runner, WorkerRunner) or options(environment) is None:
         return
     opts = options(environment)
-    overrides = {"max_error_ratio": opts.max_error_ratio, "max_p95_ms": opts.max_p95_ms, "min_rps": opts.min_rps,
-                 "min_accuracy": opts.min_accuracy}
-    try:
-        limits = gate.load_thresholds(opts.thresholds, opts.gate, overrides)
-    except (OSError, KeyError) as exc:
-        log.error("quality gate: %s", exc)
-        environment.process_exit_code = 2
-        return
+    limits = gate.limits_from(opts)
     metrics = run_metrics(environment)
     checks = gate.evaluate(metrics, limits)
     ok = gate.passed(checks)
     environment.process_exit_code = 0 if ok else 3
-    summary = {"mode": opts.gate, "passed": ok, "exit_code": environment.process_exit_code, "metrics": metrics,
+    summary = {"mode": opts.mode, "passed": ok, "exit_code": environment.process_exit_code, "metrics": metrics,
                "checks": [c.to_dict() for c in checks], "thresholds": limits,
                "endpoints": [gate.entry_metrics(e) for e in environment.stats.entries.values()],
                "accuracy": RUN.tally.to_dict(), "first_schema_error": RUN.first_schema_error,
                "model_name": RUN.model_name, "model_version": RUN.version,
-               "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes")}, "images": opts.images,
+               "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes", "pretrained")}, "images": opts.images,
                "n_images": len(RUN.samples), "peak_users": RUN.peak_users,
                "n_labelled_images": sum(s.label is not None for s in RUN.samples),
                "fault": {k: v for k, v in RUN.fault.items()}, "pid": os.getpid()}
@@ -350,4 +342,4 @@ def on_quitting(environment, **_):
              RUN.tally.correct, RUN.tally.labelled)
     for check in checks:
         log.info("gate %-28s %s  %s", check.name, "PASS" if check.ok else "FAIL", check.text)
-    log.info("quality gate (%s): %s", opts.gate, "PASSED" if ok else "FAILED")
+    log.info("quality gate (%s): %s", opts.mode, "PASSED" if ok else "FAILED")

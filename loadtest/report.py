@@ -1,4 +1,4 @@
-"""Reports of a load-test run: charts from Locust's CSV history, the console summary, the docs section."""
+"""What Locust's own report lacks: the per-worker RSS chart, the ramp's step table, the docs block."""
 from __future__ import annotations
 
 import csv
@@ -40,47 +40,6 @@ def read_history(path: Path | str) -> list[dict]:
     for row in out:  # Locust writes 0 for every percentile while its current window is still empty
         if row["p50_ms"] == row["p95_ms"] == row["p99_ms"] == 0:
             row["p50_ms"] = row["p95_ms"] = row["p99_ms"] = None
-    return out
-
-
-def plot_history(history: list[dict], out: Path | str, title: str, cpu_timeline: list | None = None) -> Path:
-    """PNG: throughput (req/s, failures/s) with the user count, p50/p95/p99 latency, and (given the
-    contention timeline [(unix time, our cores, other cores)]) the CPU used by this test and by others."""
-    if not history:
-        raise ValueError("no Aggregated rows in the stats history: did any request run?")
-    t = [r["t"] for r in history]
-    if cpu_timeline:
-        fig, (top, bottom, cpu) = plt.subplots(3, 1, figsize=(10, 9), sharex=True, height_ratios=(3, 3, 2))
-        t0 = history[0]["ts"]
-        at = [row[0] - t0 for row in cpu_timeline]
-        cpu.plot(at, [row[1] for row in cpu_timeline], label="this test (Locust + TorchServe)", color="tab:blue")
-        cpu.plot(at, [row[2] for row in cpu_timeline], label="other processes", color="tab:red")
-        cpu.set_ylabel("CPU cores")
-        cpu.legend(loc="upper left", fontsize="small")
-        cpu.grid(alpha=0.3)
-    else:
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    top.plot(t, [r["rps"] for r in history], label="requests/s", color="tab:blue")
-    top.plot(t, [r["fps"] for r in history], label="failures/s", color="tab:red")
-    top.set_ylabel("req/s")
-    users = top.twinx()
-    users.plot(t, [r["users"] for r in history], label="users", color="tab:gray", linestyle="--")
-    users.set_ylabel("users")
-    lines = top.get_legend_handles_labels()[0] + users.get_legend_handles_labels()[0]
-    top.legend(lines, [line.get_label() for line in lines], loc="upper left")
-    for key, color in (("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("p99_ms", "tab:red")):
-        points = [(r["t"], r[key]) for r in history if r[key] is not None]
-        bottom.plot([p[0] for p in points], [p[1] for p in points], label=key.replace("_ms", ""), color=color)
-    bottom.set_ylabel("latency ms (last ~10 s)")
-    (cpu if cpu_timeline else bottom).set_xlabel("seconds")
-    bottom.legend(loc="upper left")
-    top.set_title(title)
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
@@ -137,24 +96,6 @@ def endpoint_table(endpoints: list[dict], total: dict) -> list[str]:
     return lines
 
 
-def console_summary(summary: dict, extra: list[str] | None = None) -> str:
-    """What `python -m loadtest` prints at the end: throughput, percentiles, accuracy, gate verdict."""
-    m = summary["metrics"]
-    acc = summary["accuracy"]
-    lines = [(f"{summary['mode']}: {m['requests']} requests, {m['failures']} failed "
-             f"(error ratio {_fmt(m['error_ratio'], 4)}), {_fmt(m['rps'])} req/s, "
-             f"p50 {_fmt(m['p50_ms'], 0)} ms, p95 {_fmt(m['p95_ms'], 0)} ms, p99 {_fmt(m['p99_ms'], 0)} ms, "
-             f"max {_fmt(m['max_ms'], 0)} ms"),
-             (f"accuracy on labelled images: {_fmt(acc['accuracy'], 3)} ({acc['correct']}/{acc['labelled']}; "
-             f"{acc['unlabelled']} unlabelled); model {summary['model_name']} version {summary['model_version']}; "
-             f"token refreshes {m.get('token_refreshes', 0)}")]
-    lines += endpoint_table(summary["endpoints"], m)
-    lines += extra or []
-    lines += [f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {c['text']}" for c in summary["checks"]]
-    lines.append(f"quality gate ({summary['mode']}): {'PASSED' if summary['passed'] else 'FAILED'}")
-    return "\n".join(lines)
-
-
 def replace_block(text: str, start: str, end: str, block: str) -> str:
     """`text` with the part from `start` to `end` (markers included) replaced by `block`, or `block` appended."""
     if start in text and end in text and text.index(start) < text.index(end):
@@ -171,9 +112,9 @@ def update_docs(path: Path | str, mode: str, lines: list[str]) -> Path:
     path = Path(path)
     text = path.read_text() if path.exists() else "# Performance\n"
     if DOCS_START not in text or DOCS_END not in text:
-        intro = ("Written by `python -m loadtest run|ramp|soak|fault` (`make loadtest`, `loadtest-ramp`, "
-                 "`loadtest-soak`, `loadtest-fault`); each mode replaces its own block. Charts and raw "
-                 "Locust CSV/HTML/JSON are in reports/loadtest/<mode>/ (not committed).")
+        intro = ("Written by `make loadtest-docs` (`python -m loadtest docs <mode>`) from the last "
+                 "`python -m loadtest <mode>` run's reports/loadtest/<mode>/ (Locust's HTML report with its charts, "
+                 "CSV, JSON: not committed); each mode replaces its own block.")
         header = [DOCS_START, "## Load tests (Locust, `python -m loadtest`)", "", intro, "", DOCS_END]
         text = replace_block(text, DOCS_START, DOCS_END, "\n".join(header))
     start, end = mode_markers(mode)

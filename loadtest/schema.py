@@ -1,46 +1,7 @@
-"""What a correct answer from /predictions/catsdogs looks like, and the running accuracy tally."""
+"""The running accuracy tally of a load test (the response schema is catsdogs.contract.check_prediction)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-
-RESPONSE_KEYS = {"label", "confidence", "probabilities", "model_version"}
-
-
-def check_prediction(body, classes: tuple[str, ...] | list[str] | None = None,
-                     version: str | None = None) -> str | None:
-    """None when `body` (parsed JSON) is a well-formed prediction, else what is wrong with it.
-
-    Well formed: exactly the keys {label, confidence, probabilities, model_version}; probabilities maps
-    each class (in `classes` order when given) to a number in [0, 1] summing to 1; label is the most
-    probable class and confidence its probability; model_version is `version` when one is expected.
-    """
-    if not isinstance(body, dict):
-        return f"response is {type(body).__name__}, not a JSON object"
-    if set(body) != RESPONSE_KEYS:
-        return f"keys {sorted(body)} != {sorted(RESPONSE_KEYS)}"
-    probs = body["probabilities"]
-    if not isinstance(probs, dict) or not probs:
-        return "probabilities is not a non-empty object"
-    if classes is not None and list(probs) != list(classes):
-        return f"probability classes {list(probs)} != {list(classes)}"
-    values = list(probs.values())
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
-        return f"probabilities {probs} are not numbers in [0, 1]"
-    if not math.isclose(sum(values), 1.0, abs_tol=1e-3):
-        return f"probabilities sum to {sum(values):.4f}, not 1"
-    if body["label"] not in probs:
-        return f"label {body['label']!r} is not one of {list(probs)}"
-    if not isinstance(body["confidence"], (int, float)) or not math.isclose(body["confidence"], probs[body["label"]],
-                                                                           abs_tol=1e-6):
-        return f"confidence {body['confidence']} != probability of {body['label']!r} {probs[body['label']]}"
-    if probs[body["label"]] < max(values) - 1e-6:
-        return f"label {body['label']!r} is not the most probable class ({probs})"
-    if not isinstance(body["model_version"], str) or not body["model_version"]:
-        return "model_version is empty"
-    if version is not None and body["model_version"] != version:
-        return f"model_version {body['model_version']!r} != requested {version!r}"
-    return None
 
 
 @dataclass

@@ -2,8 +2,7 @@
 # Against the server of `make serve` (.serve/serve.json), another run dir (DEPLOY_RUN_DIR=...), or
 # explicit URLs from the environment (CATSDOGS_MANAGEMENT_URL, CATSDOGS_INFERENCE_URL,
 # CATSDOGS_KEY_FILE, CATSDOGS_MODEL_STORE). See docs/deploy-versions.md.
-MAR ?= model-store/catsdogs.mar
-DEPLOY_RUN_DIR ?= .serve
+DEPLOY_RUN_DIR ?= $(SERVE_DIR)
 DEPLOY_ARGS ?=
 # What the last `make deploy` changed (switched / unchanged / rejected / failed): rollback-if-switched reads it.
 DEPLOY_RESULT ?= reports/deploy-result.json

@@ -9,8 +9,6 @@ DOCKER ?= docker
 IMAGE_NAME ?= catsdogs-serving
 # REGISTRY (host[/namespace]) comes from the environment (Jenkins: withCredentials); empty = local image only.
 IMAGE_REPO = $(if $(REGISTRY),$(REGISTRY)/,)$(IMAGE_NAME)
-MODEL_NAME ?= catsdogs
-MAR ?= model-store/$(MODEL_NAME).mar
 GIT_SHA ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 # The archive's own version (MAR-INF/MANIFEST.json, = model-meta.json "version"); evaluated when used.
 MODEL_VERSION = $(shell $(PY) -c 'import json, zipfile; print(json.loads(zipfile.ZipFile("$(MAR)").read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"])' 2>/dev/null)
@@ -47,10 +45,10 @@ docker-engine:
 	@command -v $(DOCKER) >/dev/null || { echo "docker: the Docker CLI is not installed; image targets need Docker (a Jenkins agent with Docker)" >&2; exit 1; }
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "docker: no Docker engine reachable (\`docker info\` failed): start the Docker daemon or run on an agent with one; \`make ci-stages\` runs everything else without Docker" >&2; exit 1; }
 
-docker-build: docker-engine ## build the serving image from model-store/catsdogs.mar, tagged <git sha> and model-<version>
+docker-build: docker-engine ## build the serving image from $(MAR), tagged <git sha> and model-<version>
 	@test -f $(MAR) || { echo "docker-build: $(MAR) not found: run \`make archive\` first" >&2; exit 1; }
 	@test -n "$(MODEL_VERSION)" || { echo "docker-build: cannot read the model version from $(MAR) (MAR-INF/MANIFEST.json)" >&2; exit 1; }
-	$(DOCKER) build $(DOCKER_PULL) $(DOCKER_BUILD_ARGS) --build-arg GIT_COMMIT=$(GIT_SHA) \
+	$(DOCKER) build $(DOCKER_PULL) $(DOCKER_BUILD_ARGS) --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg MODEL_NAME=$(MODEL_NAME) \
 		--build-arg MODEL_VERSION=$(MODEL_VERSION) -t $(IMAGE_REPO):$(GIT_SHA) -t $(IMAGE_REPO):$(MODEL_TAG) $(DOCKER_BUILD_CONTEXT)
 
 # The image for real on this machine: engine (installed/started when missing), build, run, checks, clean-up.
@@ -73,7 +71,7 @@ docker-push: docker-engine ## push both image tags to $REGISTRY (login with REGI
 
 # PUT <url>/<model>/<version>/<model>-<version>.mar and its .sha256 (Nexus raw, Artifactory, S3 presigned-style
 # HTTP stores). The basic-auth user:password goes to curl on stdin (-K -), never on its command line.
-publish-mar: ## upload model-store/catsdogs.mar + .sha256 to $MAR_REPOSITORY_URL/<model>/<version>/
+publish-mar: ## upload $(MAR) + .sha256 to $MAR_REPOSITORY_URL/<model>/<version>/
 	@test -n "$$MAR_REPOSITORY_URL" || { echo "publish-mar: MAR_REPOSITORY_URL is not set (base URL of the artifact repository, e.g. https://nexus.example.com/repository/models)" >&2; exit 1; }
 	@test -f $(MAR) || { echo "publish-mar: $(MAR) not found: run \`make archive\` first" >&2; exit 1; }
 	@test -n "$(MODEL_VERSION)" || { echo "publish-mar: cannot read the model version from $(MAR) (MAR-INF/MANIFEST.json)" >&2; exit 1; }
@@ -141,7 +139,7 @@ ci-lint: ## Lint: ruff and every validator (Dockerfile, compose, Jenkinsfile, k8
 ci-reproduce: ## Reproduce: dvc pull when the remote has this revision, then make pipeline
 	$(MAKE) reproduce
 
-ci-archive: ## Archive: model-store/catsdogs.mar (up to date after Reproduce: dvc checks it)
+ci-archive: ## Archive: $(MAR) (up to date after Reproduce: dvc checks it)
 	$(MAKE) archive
 
 # The whole suite once (unit, slow, integration): the README's test command. A missing validator fails.

@@ -1,19 +1,21 @@
 # Monitoring (issue 6): Prometheus rules and config checks, live evaluation, drift. See docs/monitoring.md.
-SERVE_DIR ?= .serve
 PROMTOOL ?= promtool
-MONITOR_IMAGES ?= ../shared/data/dogs-vs-cats-10k.tar
+MONITOR_IMAGES ?= $(shell $(PY) -c 'from catsdogs.contract import SHARED_PHOTOS; print(SHARED_PHOTOS)' 2>/dev/null)
 MONITOR_SAMPLE ?= 200
 MONITOR_ARGS ?=
 DRIFT_ARGS ?=
 
-.PHONY: validate-monitoring monitor-evaluate drift feedback-report
+.PHONY: validate-monitoring drift-rules monitor-evaluate drift feedback-report
 
 validate-monitoring: $(STAMP) ## promtool check config/rules + rule unit tests; dashboard PromQL parses and uses exported metrics
 	@command -v $(PROMTOOL) >/dev/null || { echo "promtool not found: apt-get install -y prometheus (Debian/Ubuntu)"; exit 1; }
 	$(PROMTOOL) check config monitoring/prometheus.yml
-	$(PROMTOOL) check rules monitoring/alerts.yml
+	$(PROMTOOL) check rules monitoring/alerts.yml $(wildcard monitoring/generated/*.rules.yml)
 	cd monitoring/tests && $(PROMTOOL) test rules alerts_test.yml
 	$(PY) -m monitoring check-dashboard --promtool $(PROMTOOL)
+
+drift-rules: $(STAMP) ## monitoring/generated/baseline.rules.yml: the drift baseline of artifacts/model (its model-meta.json) for Prometheus
+	$(BIN)/dvc repro baseline-rules
 
 monitor-evaluate: $(STAMP) ## live accuracy on MONITOR_IMAGES (sample MONITOR_SAMPLE) vs offline; exit 1 on a >5 pp drop
 	$(PY) -m monitoring evaluate --images $(MONITOR_IMAGES) --sample $(MONITOR_SAMPLE) --run-dir $(SERVE_DIR) $(MONITOR_ARGS)

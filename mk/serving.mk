@@ -1,13 +1,13 @@
 # Serving (issue 3): build the .mar, run TorchServe in the background, check readiness, benchmark.
-SERVE_DIR ?= .serve
+SERVE_ARGS ?=
 
 .PHONY: mar serve stop ready token benchmark-serving
 
-mar: archive ## alias of `make archive`: model-store/catsdogs.mar (last DVC stage)
+mar: archive ## alias of `make archive`: $(MAR) (last DVC stage)
 
-serve: $(STAMP) ## start TorchServe (config.properties, model-store/) in the background; waits for READY workers
-	@test -f model-store/catsdogs.mar || $(MAKE) archive
-	$(PY) -m serving start --run-dir $(SERVE_DIR)
+serve: $(STAMP) ## start TorchServe serving $(MAR) in the background (SERVE_ARGS: e.g. ports); waits for READY workers
+	@test -f $(MAR) || $(MAKE) archive
+	$(PY) -m serving start --run-dir $(SERVE_DIR) $(SERVE_ARGS)
 
 stop: $(STAMP) ## stop the TorchServe started by `make serve`
 	$(PY) -m serving stop --run-dir $(SERVE_DIR)

@@ -1,15 +1,12 @@
 """TorchScript export with an eager/TorchScript parity check, plus the metadata file every consumer reads."""
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-META_FILE = "model-meta.json"
-INDEX_TO_NAME_FILE = "index_to_name.json"
+from catsdogs.contract import INDEX_TO_NAME_FILE, META_FILE, read_meta, write_meta  # noqa: F401 (re-exported)
 
 
 def to_torchscript(net: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> torch.jit.ScriptModule:
@@ -35,17 +32,6 @@ def check_parity(eager: nn.Module, scripted: torch.jit.ScriptModule, batch: torc
     return diff
 
 
-def write_metadata(meta: dict, out_dir: Path) -> None:
-    """model-meta.json (everything) and index_to_name.json (TorchServe convention) derived from it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    index_to_name = {str(i): name for i, name in enumerate(meta["classes"])}
-    (out_dir / INDEX_TO_NAME_FILE).write_text(json.dumps(index_to_name, indent=2) + "\n")
-
-
-def read_metadata(path: Path) -> dict:
-    meta = json.loads(Path(path).read_text())
-    missing = [k for k in ("classes", "image_size", "resize_size", "mean", "std", "version") if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: model metadata lacks {', '.join(missing)}; re-run `python -m training export`")
-    return meta
+# model-meta.json's schema lives in the contract; these names stay for existing callers.
+write_metadata = write_meta
+read_metadata = read_meta

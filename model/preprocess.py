@@ -2,7 +2,8 @@
 
 Every number (input size, resize size, mean/std) comes from the model metadata
 (`params.yaml` -> `model-meta.json` inside the `.mar`), never from constants here.
-This module travels inside the TorchServe archive, so it imports only torch, torchvision and PIL.
+This module travels inside the TorchServe archive, so it imports only torch, torchvision, PIL and
+the contract (catsdogs/contract.py, also in the archive).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import warnings
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
+
+from catsdogs.contract import MAX_IMAGE_PIXELS
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO")
 
@@ -24,7 +27,7 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def decode_image(data: bytes, *, max_pixels: int = 40_000_000, draft_size: int | None = None,
+def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None,
                  max_bytes: int | None = None) -> Image.Image:
     """Bytes -> RGB PIL image with EXIF orientation applied (first frame of animations).
 

@@ -3,6 +3,7 @@
   evaluate         send a labelled image batch to the live endpoint, compare with the offline test metrics
   feedback         store true labels for served request ids (add / import) and score a time window (report)
   drift            PSI of live predicted labels and confidences (model_log.log) against the test split
+  rules            the model's drift baseline as Prometheus recording rules (make drift-rules)
   check-dashboard  the Grafana dashboard's PromQL parses and uses only metrics TorchServe exports
 See docs/monitoring.md.
 """
@@ -15,13 +16,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
-from serving.client import DEFAULT_RUN_DIR, KEY_FILE, STATE_FILE, ServingClient
+from catsdogs import contract
+from catsdogs.contract import EVAL_DIR, META_FILE, MODEL_DIR, RUN_DIR, add_server_args
+from serving.client import ServingClient, client_from_args
 
 REPORTS = Path("reports/monitoring")
-MODEL_DIR = Path("artifacts/model")
-EVAL_PREDICTIONS = Path("artifacts/eval/predictions.csv")
+EVAL_PREDICTIONS = EVAL_DIR / "predictions.csv"
 
 
 class UsageError(RuntimeError):
@@ -30,32 +30,7 @@ class UsageError(RuntimeError):
 
 # --------------------------------------------------------------------------- shared helpers -----
 
-def default_model_name() -> str:
-    params = Path("params.yaml")
-    if params.is_file():
-        return (yaml.safe_load(params.read_text()).get("serve") or {}).get("model_name", "catsdogs")
-    return "catsdogs"
-
-
-def make_client(args) -> ServingClient:
-    model = args.model or default_model_name()
-    if args.inference_url or args.management_url:
-        if not (args.inference_url and args.management_url):
-            raise UsageError("give both --inference-url and --management-url (or neither, to use --run-dir)")
-        key_file = None if args.no_token else (args.key_file or Path(args.run_dir) / KEY_FILE)
-        return ServingClient(args.inference_url, args.management_url, key_file=key_file, model_name=model,
-                             timeout=args.timeout)
-    kwargs = {"model_name": model, "timeout": args.timeout}
-    if args.no_token:
-        kwargs["key_file"] = None
-    elif args.key_file:
-        kwargs["key_file"] = args.key_file
-    return ServingClient.from_run_dir(args.run_dir, **kwargs)
-
-
 def deployed_metadata(client: ServingClient) -> dict:
-    from monitoring.evaluate import parse_customized
-
     try:
         response = client.request("management", "GET", f"/models/{client.model_name}", params={"customized": "true"})
     except Exception as exc:  # requests errors, missing key file: all mean "cannot reach the server"
@@ -64,26 +39,22 @@ def deployed_metadata(client: ServingClient) -> dict:
     if response.status_code != 200:
         raise UsageError(f"describe-model {client.model_name} answered HTTP {response.status_code}: "
                          f"{response.text.strip()[:300]}")
-    return parse_customized(response.json())
+    return contract.parse_description(response.json())
 
 
 def default_log(run_dir: Path) -> Path:
     """model_log.log of the run directory's TorchServe (serve.json log_dir), else logs/model_log.log."""
-    state = Path(run_dir) / STATE_FILE
-    if state.is_file():
-        log_dir = json.loads(state.read_text()).get("log_dir")
-        if log_dir:
-            return Path(log_dir) / "model_log.log"
-    return Path("logs/model_log.log")
+    state = contract.read_serve_state(run_dir)
+    return Path(state["log_dir"] if state else "logs") / "model_log.log"
 
 
 def load_classes(meta_path: Path | None) -> list[str]:
     if meta_path and Path(meta_path).is_file():
         return list(json.loads(Path(meta_path).read_text())["classes"])
-    params = Path("params.yaml")
-    if params.is_file():
-        return list(yaml.safe_load(params.read_text())["data"]["classes"])
-    raise UsageError(f"no class list: {meta_path} and params.yaml are missing; pass --meta path/to/model-meta.json")
+    try:
+        return list(contract.read_params()["data"]["classes"])
+    except contract.ContractError as exc:
+        raise UsageError(f"no class list: {meta_path} is missing and {exc}; pass --meta path/to/model-meta.json") from exc
 
 
 def stamp() -> str:
@@ -113,7 +84,7 @@ def cmd_evaluate(args) -> int:
     from monitoring import evaluate as ev
     from training import plots
 
-    client = make_client(args)
+    client = client_from_args(args)
     meta = deployed_metadata(client)
     classes = list(meta["classes"])
     offline = meta.get("test_metrics")
@@ -152,7 +123,7 @@ def cmd_evaluate(args) -> int:
         print_metrics("offline", offline)
     print(ev.format_table(comparison))
     if run_id:
-        print(f"MLflow run {run_id} in experiment catsdogs-monitoring"
+        print(f"MLflow run {run_id} in experiment {contract.experiment('monitoring')}"
               + (f", linked to {linked}" if linked else " (the served model version is not in this MLflow store)"))
     print(f"report: {out / 'report.md'}")
     print(("FAIL: " if comparison["failed"] else "ok: ") + comparison["reason"])
@@ -244,14 +215,18 @@ def cmd_drift(args) -> int:
     if args.window:
         start = datetime.now(timezone.utc) - parse_window(args.window)
         records = [r for r in records if r.get("time") and parse_time(r["time"]) > start]
-    if args.baseline and Path(args.baseline).is_file():
+    if args.baseline:
         baseline = drift.baseline_from_predictions(args.baseline, classes)
+    elif meta and meta.get("drift_baseline"):
+        baseline = {**meta["drift_baseline"], "source": f"{args.meta} drift_baseline"}
+    elif EVAL_PREDICTIONS.is_file():
+        baseline = drift.baseline_from_predictions(EVAL_PREDICTIONS, classes)
     elif meta and meta.get("test_metrics"):
         baseline = {"label_shares": drift.predicted_shares_from_metrics(meta["test_metrics"], classes),
                     "n": meta["test_metrics"].get("n"), "source": f"{args.meta} test_metrics"}
     else:
-        raise UsageError(f"no baseline: {args.baseline} is missing and no model-meta.json with test_metrics was "
-                         f"given (--meta); run the evaluate stage (make evaluate) or pass --baseline")
+        raise UsageError(f"no baseline: {args.meta} has no drift_baseline (nor test_metrics) and {EVAL_PREDICTIONS} "
+                         f"is missing; run the pipeline (make pipeline) or pass --baseline predictions.csv")
     scope = f"model version {version}" if version and not args.all_versions else "all versions"
     if len(records) < args.min_samples:
         print(f"drift: only {len(records)} answered predictions for {scope} in {log} (need {args.min_samples}); "
@@ -279,6 +254,18 @@ def cmd_drift(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- rules --------------
+
+def cmd_rules(args) -> int:
+    from monitoring.rules import render
+
+    text = render(contract.read_meta(args.meta), str(args.meta))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"rules: {args.out} (drift baseline of model version {contract.read_meta(args.meta)['version']})")
+    return 0
+
+
 # --------------------------------------------------------------------------- check-dashboard ----
 
 def cmd_check_dashboard(args) -> int:
@@ -296,23 +283,12 @@ def cmd_check_dashboard(args) -> int:
 
 # --------------------------------------------------------------------------- parser -------------
 
-def add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
-                   help="run directory of `python -m serving start` (serve.json: URLs, key file, log dir)")
-    p.add_argument("--inference-url", help="inference base URL instead of the run directory's")
-    p.add_argument("--management-url", help="management base URL (with --inference-url)")
-    p.add_argument("--key-file", type=Path, help="TorchServe key_file.json (default <run-dir>/key_file.json)")
-    p.add_argument("--no-token", action="store_true", help="the server runs without token authorization")
-    p.add_argument("--model", help="model name (default params.yaml serve.model_name)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
-
-
 def add_log_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
-                   help="run directory whose serve.json names the log dir (default .serve)")
+    p.add_argument("--run-dir", type=Path, default=RUN_DIR,
+                   help=f"run directory whose serve.json names the log dir (default {RUN_DIR})")
     p.add_argument("--log", type=Path, help="model_log.log, or a folder of model_log*.log(.gz) "
                                             "(default <log dir of --run-dir>/model_log.log, else logs/model_log.log)")
-    p.add_argument("--meta", type=Path, default=MODEL_DIR / "model-meta.json",
+    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE,
                    help="model-meta.json for the class list (default artifacts/model/model-meta.json)")
 
 
@@ -332,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.add_argument("--out", type=Path, default=REPORTS, help="reports go to OUT/evaluate-<time>/")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
-    add_server_options(p)
+    add_server_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     fb = sub.add_parser("feedback", help="true labels for served requests: add, import, report")
@@ -352,15 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = fsub.add_parser("report", help="metrics of the labelled predictions made in a time window")
     p.add_argument("--window", default="24h", help="how far back: 30m, 24h, 7d ... (default 24h)")
     p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
-    p.add_argument("--meta", type=Path, default=MODEL_DIR / "model-meta.json", help="model-meta.json (class list)")
+    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (class list)")
     p.add_argument("--out", type=Path, help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_feedback_report)
 
     p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
     add_log_options(p)
-    p.add_argument("--baseline", type=Path, default=EVAL_PREDICTIONS,
-                   help="evaluate-stage predictions.csv (default artifacts/eval/predictions.csv); "
-                        "without it the label shares implied by --meta's test_metrics")
+    p.add_argument("--baseline", type=Path,
+                   help="an evaluate-stage predictions.csv (default: --meta's drift_baseline, else "
+                        f"{EVAL_PREDICTIONS}, else the label shares implied by --meta's test_metrics)")
     p.add_argument("--model-version", help="only predictions of this served version (default --meta's version)")
     p.add_argument("--all-versions", action="store_true", help="use predictions of every version in the log")
     p.add_argument("--window", help="only predictions logged in this window (e.g. 24h)")
@@ -369,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-samples", type=int, default=50, help="fewer live predictions: report 'not evaluated'")
     p.add_argument("--out", type=Path, default=REPORTS, help="report JSON goes to OUT/drift-<time>.json")
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("rules", help="Prometheus recording rules with the model's drift baseline (model-meta.json)")
+    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"), help="rules file to write")
+    p.set_defaults(func=cmd_rules)
 
     from monitoring import promql
 

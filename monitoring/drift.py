@@ -4,9 +4,11 @@ Population stability index (PSI) of two distributions over the same bins:
     PSI = sum_i (a_i - e_i) * ln(a_i / e_i)      (e: baseline share, a: live share; empty bins smoothed)
 Common reading: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift.
 
-The baseline is the deployed model's own predictions on its held-out test split:
-`artifacts/eval/predictions.csv` (written by the evaluate stage) when present, else the predicted-label
-shares implied by model-meta.json's test_metrics (binary only, no confidences there).
+The baseline is the deployed model's own predictions on its held-out test split, summarised by the
+export stage into model-meta.json's `drift_baseline` (summarise(): label shares, confidence quantile bins
+and their shares, mean confidence), which the archive, the handler's describe-model answer and the
+generated Prometheus rules (monitoring/rules.py) carry; or the evaluate stage's raw predictions.csv; or,
+for an old model-meta.json, the predicted-label shares implied by its test_metrics (binary only).
 """
 from __future__ import annotations
 
@@ -106,6 +108,17 @@ def baseline_from_predictions(path: Path, classes: Sequence[str]) -> dict:
             "confidences": [max(float(r[c]) for c in columns) for r in rows], "source": str(path)}
 
 
+def summarise(labels: Sequence[str], confidences: Sequence[float], classes: Sequence[str],
+              bins: int = DEFAULT_BINS, source: str = "") -> dict:
+    """model-meta.json's drift_baseline from the test-split predictions (what compare() and the rules need)."""
+    edges = quantile_edges(confidences, bins)
+    return {"n": len(labels), "source": source,
+            "label_shares": dict(zip(classes, _shares(label_counts(labels, classes)))),
+            "mean_confidence": round(float(np.mean(confidences)), 4),
+            "confidence_edges": [round(e, 6) for e in edges],
+            "confidence_shares": _shares(histogram(confidences, edges))}
+
+
 def compare(baseline: dict, live_labels: Sequence[str], live_confidences: Sequence[float],
             classes: Sequence[str], bins: int = DEFAULT_BINS) -> dict:
     """PSI of predicted labels and (when the baseline has them) top-class confidences, with the shares."""
@@ -114,6 +127,8 @@ def compare(baseline: dict, live_labels: Sequence[str], live_confidences: Sequen
     live = label_counts(live_labels, classes)
     if baseline.get("labels"):
         expected: Sequence[float] = label_counts(baseline["labels"], classes)
+    elif isinstance(baseline["label_shares"], dict):
+        expected = [baseline["label_shares"].get(c, 0.0) for c in classes]
     else:
         expected = baseline["label_shares"]
     result = {
@@ -123,11 +138,13 @@ def compare(baseline: dict, live_labels: Sequence[str], live_confidences: Sequen
     }
     if baseline.get("confidences"):
         edges = quantile_edges(baseline["confidences"], bins)
-        result.update(
-            confidence_edges=edges,
-            confidence_psi=psi(histogram(baseline["confidences"], edges), histogram(live_confidences, edges)),
-            mean_confidence={"baseline": float(np.mean(baseline["confidences"])),
-                             "live": float(np.mean(live_confidences))})
+        expected_bins, mean = histogram(baseline["confidences"], edges), float(np.mean(baseline["confidences"]))
+    elif baseline.get("confidence_shares"):  # a summarise()d baseline: its own bins
+        edges, expected_bins, mean = baseline["confidence_edges"], baseline["confidence_shares"], baseline["mean_confidence"]
+    else:
+        return result
+    result.update(confidence_edges=edges, confidence_psi=psi(expected_bins, histogram(live_confidences, edges)),
+                  mean_confidence={"baseline": float(mean), "live": float(np.mean(live_confidences))})
     return result
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from training.ingest import _entries, label_from_path
+from training.ingest import labelled
 from training.metrics import classification_metrics
 
 COMPARED = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
@@ -93,16 +93,6 @@ def probability_rows(responses: Sequence[dict], classes: Sequence[str]) -> np.nd
     return proba / proba.sum(axis=1, keepdims=True)
 
 
-def parse_customized(description: list[dict] | dict) -> dict:
-    """describe-model answer (`GET /models/<name>?customized=true`) -> the model metadata dict."""
-    entry = description[0] if isinstance(description, list) and description else description
-    raw = entry.get("customizedMetadata") if isinstance(entry, dict) else None
-    if raw is None:
-        raise ValueError("the describe-model answer has no customizedMetadata; is the catsdogs handler serving "
-                         "this model (it implements describe_handle)?")
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
-
-
 def _number(value) -> float | None:
     try:
         number = float(value)
@@ -115,11 +105,7 @@ def _number(value) -> float | None:
 
 def list_labelled(source: Path, classes: Sequence[str]) -> list[tuple[str, str]]:
     """(relpath, label) of every file under `source` whose path names a class (nothing is read)."""
-    found = []
-    for relpath, _size, _read in _entries(Path(source)):
-        label = label_from_path(relpath, list(classes))
-        if label is not None:
-            found.append((relpath, label))
+    found = [(relpath, label) for relpath, label, _read in labelled(source, list(classes)) if label is not None]
     if not found:
         raise ValueError(f"{source}: no file names or folders carry a label among {list(classes)} "
                          f"(expected e.g. cat.1.jpg, dogs/x.jpg, PetImages/Cat/1.jpg)")
@@ -130,7 +116,7 @@ def read_samples(source: Path, chosen: Sequence[tuple[str, str]]) -> list[Sample
     """The bytes of the chosen files (one more pass over the folder or archive)."""
     wanted = dict(chosen)
     samples = []
-    for relpath, _size, read in _entries(Path(source)):
+    for relpath, _label, read in labelled(source, []):
         if relpath in wanted:
             samples.append(Sample(relpath, wanted[relpath], read()))
     return samples

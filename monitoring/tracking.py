@@ -1,28 +1,20 @@
-"""MLflow logging of monitoring runs (experiment "catsdogs-monitoring"), linked to the served model version."""
+"""MLflow logging of monitoring runs (experiment "<model name>-monitoring"), linked to the served model version."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from training.tracking import DEFAULT_URI
+from catsdogs import contract
+from training import tracking
 
-EXPERIMENT = "catsdogs-monitoring"
 
-
-def configure(experiment: str = EXPERIMENT) -> str:
-    """Same store as training ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), monitoring experiment."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = Path("mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-        mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
-    return uri
+def configure(experiment: str | None = None) -> str:
+    """Same store as training (contract.tracking_uri()), the monitoring experiment."""
+    return tracking.configure(experiment or contract.experiment("monitoring"))
 
 
 def registered_version(meta: dict):

@@ -5,27 +5,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from serving.client import DEFAULT_RUN_DIR, ServingClient
+from catsdogs import contract
+from catsdogs.contract import MODEL_DIR, MODEL_STORE, RUN_DIR, add_server_args
+from serving.client import client_from_args
 from serving.config import DEFAULT_CONFIG, REPO_ROOT
-
-
-def default_model_name() -> str:
-    params = REPO_ROOT / "params.yaml"
-    if params.is_file():
-        return (yaml.safe_load(params.read_text()).get("serve") or {}).get("model_name", "catsdogs")
-    return "catsdogs"
 
 
 def cmd_archive(args) -> int:
     from serving.archive import build_archive
 
     mar = build_archive(args.model_dir, args.export_path, args.model_name, config_file=args.config_file)
-    from model.export import META_FILE, read_metadata
-
-    version = read_metadata(args.model_dir / META_FILE)["version"]
-    print(f"archive: {mar} ({mar.stat().st_size / 1e6:.1f} MB), model {args.model_name} version {version}")
+    name = mar.stem
+    version = contract.read_meta(args.model_dir)["version"]
+    print(f"archive: {mar} ({mar.stat().st_size / 1e6:.1f} MB), model {name} version {version}")
     return 0
 
 
@@ -41,8 +33,8 @@ def cmd_start(args) -> int:
     except (ServeError, FileNotFoundError, ValueError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 1
-    name = default_model_name()
-    key_cmd = "python -m serving token" + ("" if Path(args.run_dir) == DEFAULT_RUN_DIR else f" --run-dir {args.run_dir}")
+    name = contract.model_name()
+    key_cmd = "python -m serving token" + ("" if Path(args.run_dir) == RUN_DIR else f" --run-dir {args.run_dir}")
     print(f"TorchServe is up (pid {state['pid']}), models: {state['models']}\n"
           f"  inference   {state['inference_url']}/predictions/{name}\n"
           f"  management  {state['management_url']}/models\n"
@@ -66,28 +58,21 @@ def cmd_stop(args) -> int:
 def cmd_ready(args) -> int:
     from serving.server import model_status
 
-    client = make_client(args)
-    ok, why = model_status(client, args.model or default_model_name())
+    client = client_from_args(args)
+    ok, why = model_status(client, client.model_name)
     if not args.quiet:
         print(("ready: " if ok else "not ready: ") + why, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 
 def cmd_token(args) -> int:
-    client = make_client(args)
+    client = client_from_args(args)
     if client.key_file is None or not client.key_file.is_file():
         print(f"token: {client.key_file} not found; is TorchServe running (make serve)?", file=sys.stderr)
         return 1
     key = client.ensure_fresh(args.type, min_valid_s=args.min_valid)
     print(key)
     return 0
-
-
-def make_client(args) -> ServingClient:
-    kwargs = {"timeout": 5.0}
-    if getattr(args, "key_file", None):
-        kwargs["key_file"] = args.key_file
-    return ServingClient.from_run_dir(args.run_dir, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("archive", help="build model-store/<name>.mar with torch-model-archiver",
                        description="Build the TorchServe archive from an export directory (model.pt, "
                                    "model-meta.json, index_to_name.json). Its version is model-meta.json's.")
-    p.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
-    p.add_argument("--export-path", type=Path, default=Path("model-store"), help="where the .mar goes")
-    p.add_argument("--model-name", default=default_model_name(), help="archive/model name (params.yaml serve.model_name)")
+    p.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="export stage output")
+    p.add_argument("--export-path", type=Path, default=MODEL_STORE, help="where the .mar goes")
+    p.add_argument("--model-name", help="archive/model name (default params.yaml serve.model_name)")
     p.add_argument("--config-file", type=Path, default=REPO_ROOT / "handler" / "model-config.yaml",
                    help="model-config.yaml (batch size, delay, workers, timeouts, handler limits)")
     p.set_defaults(func=cmd_archive)
@@ -110,28 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "directory with absolute paths and any overridden ports), wait for /ping "
                                    "and READY workers, print the URLs.")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config.properties")
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
+    p.add_argument("--run-dir", type=Path, default=RUN_DIR, help=run_dir_help)
     p.add_argument("--log-dir", type=Path, default=Path("logs"), help="TorchServe logs (LOG_LOCATION)")
     p.add_argument("--model-store", type=Path, help="override config.properties model_store")
-    p.add_argument("--models", nargs="+", help="override load_models, e.g. catsdogs=catsdogs.mar")
-    p.add_argument("--inference-port", type=int, help="override the inference port (8080)")
-    p.add_argument("--management-port", type=int, help="override the management port (8081)")
-    p.add_argument("--metrics-port", type=int, help="override the metrics port (8082)")
-    p.add_argument("--grpc-inference-port", type=int, help="override the gRPC inference port (7070)")
-    p.add_argument("--grpc-management-port", type=int, help="override the gRPC management port (7071)")
+    p.add_argument("--models", nargs="+", help="load_models (default <serve.model_name>=<serve.model_name>.mar)")
+    for api in contract.PORTS:
+        p.add_argument(f"--{api}-port", type=int, help=f"override config.properties' {api} port")
+    p.add_argument("--grpc-inference-port", type=int, help="override the gRPC inference port")
+    p.add_argument("--grpc-management-port", type=int, help="override the gRPC management port")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for READY workers")
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("stop", help="stop the TorchServe started from --run-dir and wait for it to exit")
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
+    p.add_argument("--run-dir", type=Path, default=RUN_DIR, help=run_dir_help)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing it")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("ready", help="exit 0 if /ping is Healthy and the model has a READY worker, else 1",
                        description="Readiness check for scripts, CI and Docker HEALTHCHECK.")
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
-    p.add_argument("--key-file", type=Path, help="key_file.json (default <run-dir>/key_file.json)")
-    p.add_argument("--model", help="model name (default params.yaml serve.model_name)")
+    add_server_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no output, exit status only")
     p.set_defaults(func=cmd_ready)
 
@@ -139,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the key for the Authorization: Bearer header. Keys expire "
                                    "(token_expiration_min); an expiring key is rotated with the API key first.")
     p.add_argument("--type", choices=("inference", "management"), default="inference")
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=run_dir_help)
-    p.add_argument("--key-file", type=Path, help="key_file.json (default <run-dir>/key_file.json)")
+    add_server_args(p)
     p.add_argument("--min-valid", type=float, default=60.0, help="rotate when the key expires within this many s")
     p.set_defaults(func=cmd_token)
     return parser

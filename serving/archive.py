@@ -4,7 +4,8 @@ The archive holds: the TorchScript file (serializedFile; no model code), the han
 model-config.yaml, and at its root model-meta.json, index_to_name.json and the `model/` package
 (preprocess.py, export.py, runtime.py) so the handler preprocesses exactly as training did.
 torch-model-archiver copies the *contents* of a directory given in --extra-files into the archive
-root, so those files are staged in a temporary mar-extra/ directory first.
+root, so those files are staged in a temporary mar-extra/ directory first. The archive also carries
+catsdogs/contract.py: the handler builds its answers and reads its default limits from it.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from model.export import INDEX_TO_NAME_FILE, META_FILE, read_metadata
+from catsdogs import contract
+from catsdogs.contract import INDEX_TO_NAME_FILE, META_FILE, REPO_ROOT, read_meta
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO_ROOT / "handler" / "catsdogs_handler.py"
 MODEL_CONFIG = REPO_ROOT / "handler" / "model-config.yaml"
-MODEL_PACKAGE_FILES = ("__init__.py", "preprocess.py", "export.py", "runtime.py")
+# package -> files copied into the archive (the handler imports them)
+PACKAGE_FILES = {"model": ("__init__.py", "preprocess.py", "export.py", "runtime.py"),
+                 Path(contract.__file__).parent.name: ("__init__.py", Path(contract.__file__).name)}
 SERIALIZED_FILE = "model.pt"
 
 
@@ -35,14 +38,16 @@ def archiver_command() -> str:
 
 
 def stage_extra_files(model_dir: Path, staging: Path) -> Path:
-    """staging/{model-meta.json, index_to_name.json, model/{__init__,preprocess,export}.py}."""
+    """staging/{model-meta.json, index_to_name.json, model/..., catsdogs/...} (PACKAGE_FILES)."""
     if staging.exists():
         shutil.rmtree(staging)
-    (staging / "model").mkdir(parents=True)
+    staging.mkdir(parents=True)
     for name in (META_FILE, INDEX_TO_NAME_FILE):
         shutil.copy2(model_dir / name, staging / name)
-    for name in MODEL_PACKAGE_FILES:
-        shutil.copy2(REPO_ROOT / "model" / name, staging / "model" / name)
+    for package, names in PACKAGE_FILES.items():
+        (staging / package).mkdir()
+        for name in names:
+            shutil.copy2(REPO_ROOT / package / name, staging / package / name)
     return staging
 
 
@@ -51,13 +56,14 @@ def check_export_dir(model_dir: Path) -> dict:
     if missing:
         raise FileNotFoundError(f"{model_dir} lacks {', '.join(missing)}: run the export stage first "
                                 f"(`make export` or `python -m training export`)")
-    return read_metadata(model_dir / META_FILE)
+    return read_meta(model_dir / META_FILE)
 
 
-def build_archive(model_dir: Path, export_path: Path, model_name: str = "catsdogs", *,
+def build_archive(model_dir: Path, export_path: Path, model_name: str | None = None, *,
                   config_file: Path = MODEL_CONFIG, handler: Path = HANDLER_FILE) -> Path:
     """Run torch-model-archiver; returns the .mar path. The version is model-meta.json's "version"."""
     model_dir, export_path, handler = Path(model_dir), Path(export_path), Path(handler)
+    model_name = model_name or contract.model_name()
     meta = check_export_dir(model_dir)
     export_path.mkdir(parents=True, exist_ok=True)
     # A private temp dir holds the staged extra files and is the archiver's TMPDIR (it assembles the
@@ -81,7 +87,7 @@ def verify_archive(mar: Path, handler_name: str = HANDLER_FILE.name, config_name
     with zipfile.ZipFile(mar) as zf:
         names = zf.namelist()
     needed = [SERIALIZED_FILE, handler_name, META_FILE, INDEX_TO_NAME_FILE, config_name,
-              "MAR-INF/MANIFEST.json", *(f"model/{n}" for n in MODEL_PACKAGE_FILES)]
+              "MAR-INF/MANIFEST.json", *(f"{p}/{n}" for p, names in PACKAGE_FILES.items() for n in names)]
     missing = [n for n in needed if n not in names]
     if missing:
         raise RuntimeError(f"{mar} lacks {', '.join(missing)}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -29,12 +28,11 @@ from pathlib import Path
 
 import requests
 
+from catsdogs import contract
+from catsdogs.contract import DEFAULT_URLS, KEY_FILE, RUN_DIR
 from serving.config import DEFAULT_CONFIG, base_urls, read_properties
 
-DEFAULT_RUN_DIR = Path(os.environ.get("CATSDOGS_SERVE_DIR", ".serve"))
-STATE_FILE = "serve.json"
-KEY_FILE = "key_file.json"
-APIS = ("inference", "management", "metrics")
+APIS = tuple(DEFAULT_URLS)
 
 
 def parse_expiry(text: str | None) -> datetime | None:
@@ -78,14 +76,14 @@ class ServingClient:
     key_file=None means token authorization is off (no Authorization header is sent).
     """
 
-    def __init__(self, inference_url: str = "http://127.0.0.1:8080",
-                 management_url: str = "http://127.0.0.1:8081", metrics_url: str = "http://127.0.0.1:8082",
-                 key_file: Path | str | None = DEFAULT_RUN_DIR / KEY_FILE, model_name: str = "catsdogs",
+    def __init__(self, inference_url: str = DEFAULT_URLS["inference"],
+                 management_url: str = DEFAULT_URLS["management"], metrics_url: str = DEFAULT_URLS["metrics"],
+                 key_file: Path | str | None = RUN_DIR / KEY_FILE, model_name: str | None = None,
                  timeout: float = 30.0, session: requests.Session | None = None):
         self.urls = {"inference": inference_url.rstrip("/"), "management": management_url.rstrip("/"),
-                     "metrics": metrics_url.rstrip("/")}
+                     "metrics": (metrics_url or "").rstrip("/")}
         self.key_file = Path(key_file) if key_file else None
-        self.model_name = model_name
+        self.model_name = model_name or contract.model_name()
         self.timeout = timeout
         self.session = session or requests.Session()
         self._keys: dict[str, str] = {}
@@ -96,11 +94,10 @@ class ServingClient:
     @classmethod
     def from_run_dir(cls, run_dir: Path | str | None = None, **kwargs) -> ServingClient:
         """URLs from `<run_dir>/serve.json` (written by `python -m serving start`), else from config.properties."""
-        run_dir = Path(run_dir) if run_dir else DEFAULT_RUN_DIR
-        state_file = run_dir / STATE_FILE
-        if state_file.is_file():
-            state = json.loads(state_file.read_text())
-            kwargs.setdefault("key_file", state.get("key_file", run_dir / KEY_FILE))
+        run_dir = Path(run_dir) if run_dir else RUN_DIR
+        state = contract.read_serve_state(run_dir)
+        if state:
+            kwargs.setdefault("key_file", state["key_file"])
             return cls(state["inference_url"], state["management_url"], state["metrics_url"], **kwargs)
         kwargs.setdefault("key_file", run_dir / KEY_FILE)
         return cls.from_config(DEFAULT_CONFIG, **kwargs)
@@ -216,3 +213,18 @@ class ServingClient:
         response = self.request("metrics", "GET", "/metrics")
         response.raise_for_status()
         return response.text
+
+
+def client_from_args(args, **overrides) -> ServingClient:
+    """The client for the flags of catsdogs.contract.add_server_args: explicit URLs, else --run-dir's serve.json."""
+    kwargs = {"model_name": args.model_name, "timeout": args.timeout, **overrides}
+    if args.no_token:
+        kwargs["key_file"] = None
+    elif args.key_file:
+        kwargs["key_file"] = args.key_file
+    if args.inference_url or args.management_url:
+        if not (args.inference_url and args.management_url):
+            raise ValueError("give both --inference-url and --management-url (or neither, to use --run-dir)")
+        kwargs.setdefault("key_file", Path(args.run_dir) / KEY_FILE)
+        return ServingClient(args.inference_url, args.management_url, args.metrics_url or "", **kwargs)
+    return ServingClient.from_run_dir(args.run_dir, **kwargs)

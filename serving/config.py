@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from catsdogs.contract import DEFAULT_URLS, LOOPBACK, PORTS, REPO_ROOT
+
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
 ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
@@ -53,25 +54,22 @@ def render_properties(text: str, overrides: dict[str, str]) -> str:
 
 
 def with_port(address: str, port: int) -> str:
-    """http://127.0.0.1:8080 + 9123 -> http://127.0.0.1:9123 (host and scheme kept)."""
+    """An address with its port replaced: http://127.0.0.1:1 + 9123 -> http://127.0.0.1:9123 (host, scheme kept)."""
     parts = urlsplit(address)
     if not parts.scheme or not parts.hostname:
-        raise ValueError(f"cannot set a port on address {address!r}; expected e.g. http://127.0.0.1:8080")
+        raise ValueError(f"cannot set a port on address {address!r}; expected e.g. {DEFAULT_URLS['inference']}")
     return f"{parts.scheme}://{parts.hostname}:{port}"
 
 
 def base_urls(props: dict[str, str]) -> dict[str, str]:
     """API name -> base URL from the *_address keys (TorchServe's defaults when absent)."""
-    defaults = {"inference": "http://127.0.0.1:8080", "management": "http://127.0.0.1:8081",
-                "metrics": "http://127.0.0.1:8082"}
     urls = {}
     for api, key in ADDRESS_KEYS.items():
-        address = props.get(key, defaults[api])
-        parts = urlsplit(address)
-        host = parts.hostname or "127.0.0.1"
+        parts = urlsplit(props.get(key, DEFAULT_URLS[api]))
+        host = parts.hostname or LOOPBACK
         if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        urls[api] = f"{parts.scheme or 'http'}://{host}:{parts.port or urlsplit(defaults[api]).port}"
+            host = LOOPBACK
+        urls[api] = f"{parts.scheme or 'http'}://{host}:{parts.port or PORTS[api]}"
     return urls
 
 
@@ -95,7 +93,7 @@ def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None 
     for api, port in (ports or {}).items():
         if port:
             key = ADDRESS_KEYS[api]
-            overrides[key] = with_port(props.get(key, f"http://127.0.0.1:{port}"), port)
+            overrides[key] = with_port(props.get(key, DEFAULT_URLS[api]), port)
     if grpc_ports:
         overrides["grpc_inference_port"], overrides["grpc_management_port"] = map(str, grpc_ports)
     if models:

@@ -10,7 +10,6 @@ Giving each instance its own TMPDIR is what lets a test instance run next to `ma
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,7 +22,9 @@ from pathlib import Path
 import psutil
 import requests
 
-from serving.client import KEY_FILE, STATE_FILE, ServingClient
+from catsdogs import contract
+from catsdogs.contract import KEY_FILE, SERVE_STATE_FILE, read_serve_state
+from serving.client import ServingClient
 from serving.config import base_urls, derive_config
 
 TS_PID_FILE = ".model_server.pid"  # torchserve writes it to tempfile.gettempdir()
@@ -57,14 +58,9 @@ def instance_env(run_dir: Path, log_dir: Path) -> dict[str, str]:
             "METRICS_LOCATION": str(log_dir)}
 
 
-def read_state(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def running_pid(run_dir: Path) -> int | None:
     """The frontend's pid if this run directory's TorchServe is alive."""
-    state = read_state(run_dir)
+    state = read_serve_state(run_dir)
     if not state or not state.get("pid"):
         return None
     try:
@@ -106,7 +102,8 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
           timeout: float = 180.0, extra: dict[str, str] | None = None) -> dict:
     """Start TorchServe in the background and wait until it is healthy with READY workers.
 
-    Returns the state written to <run_dir>/serve.json.
+    Returns the state written to <run_dir>/serve.json. `models` defaults to the archive named after the
+    model (params.yaml serve.model_name): <name>=<name>.mar.
     """
     run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
     if running_pid(run_dir):
@@ -115,6 +112,9 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     run_config = run_dir / "config.properties"
+    if not models:
+        name = contract.model_name()
+        models = f"{name}={contract.archive_path(name).name}"
     props = derive_config(config, run_config, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
                           models=models, extra=extra)
     store = Path(props["model_store"])
@@ -137,7 +137,7 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
              "metrics_url": urls["metrics"], "key_file": str(run_dir / KEY_FILE), "config": str(run_config),
              "log_dir": str(log_dir), "model_store": str(store), "started_at": time.time(),
              "models": props.get("load_models", "")}
-    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    contract.write_serve_state(run_dir, state)
     names = model_names or [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
                             if m and m not in ("ALL", "all")]
     wait_ready(run_dir, names, timeout, console)
@@ -151,7 +151,7 @@ def wait_ready(run_dir: Path, model_names: list[str], timeout: float, console: P
     while time.monotonic() < deadline:
         if not running_pid(run_dir):
             raise ServeError(f"TorchServe exited during start-up; see {console} and "
-                             f"{Path(read_state(run_dir)['log_dir']) / 'ts_log.log'}:\n{tail(console)}")
+                             f"{Path(read_serve_state(run_dir)['log_dir']) / 'ts_log.log'}:\n{tail(console)}")
         if client.key_file and client.key_file.is_file():
             statuses = [model_status(client, name) for name in model_names] or [(client.ping(), "ping")]
             if all(ok for ok, _ in statuses):
@@ -161,16 +161,16 @@ def wait_ready(run_dir: Path, model_names: list[str], timeout: float, console: P
             why = f"waiting for TorchServe to write {client.key_file}"
         time.sleep(0.5)
     raise ServeError(f"TorchServe not ready after {timeout:.0f} s: {why}. Logs: {console}, "
-                     f"{Path(read_state(run_dir)['log_dir'])}/ts_log.log and model_log.log")
+                     f"{Path(read_serve_state(run_dir)['log_dir'])}/ts_log.log and model_log.log")
 
 
 def stop(run_dir: Path, timeout: float = 60.0) -> bool:
     """Stop the run directory's TorchServe (torchserve --stop, then wait). False if none was running."""
     run_dir = Path(run_dir).resolve()
     pid = running_pid(run_dir)
-    state = read_state(run_dir) or {}
+    state = read_serve_state(run_dir) or {}
     if pid is None:
-        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        (run_dir / SERVE_STATE_FILE).unlink(missing_ok=True)
         return False
     env = instance_env(run_dir, Path(state.get("log_dir", run_dir)))
     # torchserve --stop reads the pid file from TMPDIR and deletes key_file.json in its working directory.
@@ -184,6 +184,6 @@ def stop(run_dir: Path, timeout: float = 60.0) -> bool:
         pass
     except psutil.TimeoutExpired:
         os.kill(pid, signal.SIGKILL)  # the frontend we started ignored SIGTERM for `timeout` seconds
-    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    (run_dir / SERVE_STATE_FILE).unlink(missing_ok=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
     return True

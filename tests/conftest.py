@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from catsdogs.contract import SHARED_PHOTOS
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_TAR = ROOT.parent / "shared" / "data" / "dogs-vs-cats-10k.tar"
+SHARED_TAR = SHARED_PHOTOS  # ../shared/data/dogs-vs-cats-10k.tar, next to the repository
 
 
 def image_bytes(color=(200, 40, 40), size=(64, 48), fmt="JPEG", mode="RGB", **save_kwargs) -> bytes:
@@ -24,10 +26,31 @@ def image_bytes(color=(200, 40, 40), size=(64, 48), fmt="JPEG", mode="RGB", **sa
     return buffer.getvalue()
 
 
-@pytest.fixture
+def check_shared_photos(path: Path) -> str | None:
+    """None when `path` is a readable set of labelled cat and dog photos, else what is wrong with it."""
+    import itertools
+
+    from model.preprocess import ImageError, decode_image
+    from training.ingest import labelled
+
+    try:  # read while iterating: an archive's read() works only while its reader is open
+        found = labelled(path, ["cat", "dog"])
+        decoded = [decode_image(read()) for _relpath, _label, read in itertools.islice((e for e in found if e[1]), 3)]
+        if not decoded:
+            return "no file in it has a cat/dog label in its path"
+    except (OSError, ValueError, ImageError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
 def shared_tar() -> Path:
+    """The real photo set: skip when it is absent, FAIL when it is there but unusable (CI must not skip it)."""
     if not SHARED_TAR.exists():
         pytest.skip(f"{SHARED_TAR} not present (real photos are only on developer/CI machines)")
+    problem = check_shared_photos(SHARED_TAR)
+    if problem:
+        pytest.fail(f"{SHARED_TAR} is present but unusable ({problem}); fix or remove it", pytrace=False)
     return SHARED_TAR
 
 

@@ -8,6 +8,8 @@ gives red ~ +0.8 and blue ~ -0.84 (and the reverse for pure blue).
 """
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -97,3 +99,25 @@ def serve_model_dir(model_dir: Path, work: Path, **start_kwargs) -> dict:
     return start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
                  ports={"inference": inference, "management": management, "metrics": metrics},
                  grpc_ports=(grpc_i, grpc_m), timeout=240, **start_kwargs)
+
+
+def variant(model_dir: Path, out: Path, version: str, mlflow_version: str | None = None,
+            always_cat: bool = False) -> Path:
+    """A copy of the export dir with a new version (and optionally a model that always answers "cat")."""
+    import torch
+    from torch import nn
+
+    shutil.copytree(model_dir, out)
+    meta = json.loads((out / "model-meta.json").read_text())
+    meta["version"] = version
+    if mlflow_version:
+        meta["mlflow_model_version"] = mlflow_version
+    (out / "model-meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if always_cat:
+        class AlwaysCat(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
+                return torch.cat([ones * 4.0, ones * -4.0], dim=1)
+
+        torch.jit.save(torch.jit.script(AlwaysCat()), str(out / "model.pt"))
+    return out

@@ -26,6 +26,7 @@ from deploy.gates import (
     check_prediction,
     gate_decision,
     load_golden,
+    manifest_golden,
     score,
     synthetic_golden,
 )
@@ -37,6 +38,7 @@ from deploy.versions import (
     versions_to_prune,
 )
 from tests.conftest import ROOT
+from tests.serving_helpers import variant
 
 CLASSES = ["cat", "dog"]
 
@@ -477,34 +479,17 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def variant(model_dir: Path, out: Path, version: str, mlflow_version: str | None = None,
-            always_cat: bool = False) -> Path:
-    """A copy of the export dir with a new version (and optionally a model that always answers "cat")."""
-    import torch
-    from torch import nn
-
-    shutil.copytree(model_dir, out)
-    meta = json.loads((out / "model-meta.json").read_text())
-    meta["version"] = version
-    if mlflow_version:
-        meta["mlflow_model_version"] = mlflow_version
-    (out / "model-meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if always_cat:
-        class AlwaysCat(nn.Module):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
-                return torch.cat([ones * 4.0, ones * -4.0], dim=1)
-
-        torch.jit.save(torch.jit.script(AlwaysCat()), str(out / "model.pt"))
-    return out
-
-
-def versions_of(state: dict) -> tuple[str | None, list[str]]:
+def management_api(state: dict):
+    from catsdogs import contract
     from deploy.management import Management
     from serving.client import ServingClient
 
-    api = Management(ServingClient(state["inference_url"], state["management_url"], state["metrics_url"],
-                                   key_file=state["key_file"]), "catsdogs")
+    return Management(ServingClient(state["inference_url"], state["management_url"], state["metrics_url"],
+                                    key_file=state["key_file"]), contract.model_name())
+
+
+def versions_of(state: dict) -> tuple[str | None, list[str]]:
+    api = management_api(state)
     return api.default_version(), sorted(str(d["modelVersion"]) for d in api.versions())
 
 
@@ -539,10 +524,15 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
                   ports={"inference": inference, "management": management, "metrics": metrics},
                   grpc_ports=(grpc_i, grpc_m), timeout=240)
     common = ["--run-dir", str(run), "--tracking-uri", uri]
-    # The session's synthetic model is small and briefly trained: 0.55 is far below what it scores on the
-    # golden set, and above the 0.50 that a constant answer gets on the balanced set.
-    # golden set: 12 test-split images per class of the data the model was trained on (the default source)
-    gates = ["--prepared", str(prepared), "--golden-per-class", "12", "--min-accuracy", "0.55",
+    # golden set: 12 test-split images per class of the data the model was trained on (the default source).
+    # The gate is what the test model itself measures on it (A, the same weights as B), less a small margin:
+    # B must pass it; a constant answer (C) gets 0.5 on the balanced set and must not.
+    api = management_api(state)
+    items, _ = manifest_golden(prepared, CLASSES, 12, meta_a["data_hash"])
+    measured = score(lambda data: api.predict(version_a, data), items, CLASSES, version_a)
+    assert measured.errors == 0 and measured.accuracy >= 0.75, f"the test model is too weak to test a gate: {measured.summary()}"
+    threshold = round(measured.accuracy - 0.1, 3)
+    gates = ["--prepared", str(prepared), "--golden-per-class", "12", "--min-accuracy", str(threshold),
              "--drain-seconds", "1"]
     load = None
     try:
@@ -563,7 +553,7 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
         # 2. C (always "cat") is rejected by the golden gate; B keeps serving, C is gone
         rejected = cli("deploy", str(mar_c), *common, *gates)
         assert rejected.returncode == 1
-        assert "golden gate failed" in rejected.stderr and "0.500 < required 0.550" in rejected.stderr
+        assert "golden gate failed" in rejected.stderr and f"0.500 < required {threshold:.3f}" in rejected.stderr
         assert versions_of(state) == (version_b, sorted([version_a, version_b]))
         assert not (store / store_file_name("catsdogs", version_c)).exists()
         assert registry.champion(uri, "catsdogs") == mlflow_b

@@ -245,8 +245,9 @@ def test_image_has_a_readiness_healthcheck_and_the_serving_files():
     assert len(checks) == 1 and "NONE" not in checks[0]
     assert "serving ready" in checks[0]
     copies = " ".join(args for word, args in DOCKERFILE if word == "COPY")
-    for needed in ("config.properties", "serving/", "model-store/catsdogs.mar", "docker/entrypoint.py"):
+    for needed in ("config.properties", "catsdogs/", "serving/", "model-store/${MODEL_NAME}.mar", "docker/entrypoint.py"):
         assert needed in copies
+    assert "MODEL_NAME" in [a for w, a in DOCKERFILE if w == "ARG"]  # make docker-build passes params.yaml's
     assert next(args for word, args in DOCKERFILE if word == "FROM") == "${BASE_IMAGE}"
     base = next(args for word, args in DOCKERFILE if word == "ARG" and args.startswith("BASE_IMAGE="))
     assert base.split("=", 1)[1].startswith("python:3.11-slim") and ":" in base  # today's public default
@@ -293,7 +294,7 @@ def test_dockerignore_keeps_the_build_context_small():
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert "!model-store/catsdogs.mar" in lines and "!serving/" in lines
+    assert "!model-store/*.mar" in lines and "!serving/" in lines and "!catsdogs/" in lines
 
 
 # --- entry point (docker/entrypoint.py) -------------------------------------------------------------
@@ -319,16 +320,16 @@ def test_entrypoint_derives_the_container_config_from_the_repo_config(tmp_path):
     entry = load_entrypoint()
     store = tmp_path / "store"
     store.mkdir()
-    (store / "catsdogs.mar").write_bytes(b"x")
+    (store / "pets.mar").write_bytes(b"x")
     env = {"TS_CONFIG": str(ROOT / "config.properties"), "TS_RUN_DIR": str(tmp_path / "run"),
-           "TS_MODEL_STORE": str(store), "LOG_LOCATION": str(tmp_path / "logs")}
+           "TS_MODEL_STORE": str(store), "LOG_LOCATION": str(tmp_path / "logs"), "MODEL_NAME": "pets"}
     run_dir, _, state = entry.prepare(env)
     written = parse_properties((run_dir / "config.properties").read_text())
     repo = parse_properties((ROOT / "config.properties").read_text())
     assert written["inference_address"] == "http://0.0.0.0:8080"
     assert written["management_address"] == "http://0.0.0.0:8081"
     assert written["grpc_inference_address"] == written["grpc_management_address"] == "127.0.0.1"
-    assert written["model_store"] == str(store)
+    assert written["model_store"] == str(store) and written["load_models"] == "pets=pets.mar"
     assert written["metrics_config"] == str(ROOT / "serving" / "metrics.yaml")
     changed = {k for k in repo if written.get(k) != repo[k]}
     assert changed == {"inference_address", "management_address", "metrics_address", "model_store",

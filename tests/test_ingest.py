@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from catsdogs.contract import MAX_IMAGE_PIXELS
 from training.ingest import IngestReport, label_from_path, scan
 
 CLASSES = ["cat", "dog"]
-REAL_TAR = Path("/work/shared/data/dogs-vs-cats-10k.tar")
 _counter = itertools.count()
 
 
@@ -250,15 +250,11 @@ def test_report_summary_and_dict():
     assert IngestReport().summary() == "seen 0 files, kept 0, skipped 0"
 
 
-realdata = pytest.mark.skipif(not REAL_TAR.exists(), reason=f"{REAL_TAR} not present")
-
-
 @pytest.mark.realdata
-@realdata
-def test_real_kaggle_sample(tmp_path):
+def test_real_kaggle_sample(tmp_path, shared_tar):
     """Every 50th member of the real tar (200 photos, both classes), copied into a tar in tmp_path."""
     small = tmp_path / "sample.tar"
-    with tarfile.open(REAL_TAR) as source, tarfile.open(small, "w") as out:
+    with tarfile.open(shared_tar) as source, tarfile.open(small, "w") as out:
         for member in itertools.islice((m for m in source if m.isfile()), 0, None, 50):
             out.addfile(member, source.extractfile(member))
     rows, report = run_scan(small, draft_size=110)
@@ -271,15 +267,37 @@ def test_real_kaggle_sample(tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-@realdata
-def test_real_kaggle_tar_read_in_place():
+def test_real_kaggle_tar_read_in_place(shared_tar):
     rows = 0
     labels = Counter()
     report = IngestReport()
-    for _, label, _, _ in scan(REAL_TAR, CLASSES, max_pixels=40_000_000, draft_size=110, report=report):
+    for _, label, _, _ in scan(shared_tar, CLASSES, max_pixels=MAX_IMAGE_PIXELS, draft_size=110, report=report):
         rows += 1
         labels[label] += 1
     assert report.seen == 10_000
     assert rows == report.kept == 10_000 - sum(report.skipped.values())
     assert set(report.skipped) <= {"duplicate", "corrupt"} and sum(report.skipped.values()) < 20
     assert abs(labels["cat"] - labels["dog"]) < 20
+
+
+def test_shared_photos_check_tells_a_usable_set_from_a_broken_one(tmp_path):
+    """The shared_tar fixture fails (does not skip) on what this says is unusable."""
+    from tests.conftest import check_shared_photos, image_bytes
+
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tar:
+        for name in ("cat.1.jpg", "dog.1.jpg"):
+            data = image_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert check_shared_photos(good) is None
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"not a tar at all")
+    assert "ValueError" in check_shared_photos(broken)
+    unlabelled = tmp_path / "photos"
+    unlabelled.mkdir()
+    (unlabelled / "IMG_1.jpg").write_bytes(image_bytes())
+    assert "no file" in check_shared_photos(unlabelled)
+    (unlabelled / "cat.2.jpg").write_bytes(b"garbage")
+    assert check_shared_photos(unlabelled) is not None  # labelled but not an image

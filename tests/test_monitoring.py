@@ -162,13 +162,6 @@ def test_compare_metrics_fails_only_beyond_the_allowed_drop():
     assert not evaluate.compare_metrics({"accuracy": 0.5}, None, 0.05)["failed"]  # nothing to compare with
 
 
-def test_parse_customized_metadata_of_describe_model():
-    meta = {"version": "2.abc", "test_metrics": {"accuracy": 0.9}}
-    assert evaluate.parse_customized([{"modelName": "catsdogs", "customizedMetadata": json.dumps(meta)}]) == meta
-    with pytest.raises(ValueError):
-        evaluate.parse_customized([{"modelName": "catsdogs"}])
-
-
 def test_score_uses_training_metrics_and_counts_refusals():
     samples = [evaluate.Sample("cat.1.jpg", "cat", b""), evaluate.Sample("dog.1.jpg", "dog", b""),
                evaluate.Sample("dog.2.jpg", "dog", b""), evaluate.Sample("dog.3.jpg", "dog", b"")]
@@ -319,7 +312,10 @@ def test_dashboard_is_json_with_targets_that_use_only_exported_metrics():
     assert len(targets) >= 8
     known = promql.exposition_names(promql.METRICS_SNAPSHOT.read_text())
     import yaml
-    known |= promql.recording_rules(yaml.safe_load(promql.ALERTS.read_text()))
+
+    from monitoring.rules import RECORDS
+
+    known |= promql.recording_rules(yaml.safe_load(promql.ALERTS.read_text())) | set(RECORDS)
     assert promql.unknown_metrics(dashboard, known) == {}
     rules = promql.dashboard_rules(dashboard)["groups"][0]["rules"]
     assert len(rules) == len(targets) and all("$" not in r["expr"] for r in rules)
@@ -340,3 +336,40 @@ def test_log4j2_config_is_xml_and_its_predictions_filter_matches_handler_records
     assert not re.match(regex, "catsdogs handler ready: model catsdogs version 1.x")
     loggers = {lg.get("name"): [ref.get("ref") for ref in lg] for lg in root.find("Loggers") if lg.get("name")}
     assert "predictions" in loggers["MODEL_LOG"]
+
+
+def test_a_summarised_baseline_compares_like_the_raw_predictions():
+    rng = np.random.default_rng(3)
+    labels, confidences = list(rng.choice(CLASSES, 1000)), list(rng.beta(8, 1.5, 1000) * 0.5 + 0.5)
+    summary = drift.summarise(labels, confidences, CLASSES, source="test")
+    assert summary["n"] == 1000 and len(summary["confidence_shares"]) == len(summary["confidence_edges"]) + 1
+    live_labels, live_conf = ["dog"] * 800 + ["cat"] * 200, list(rng.uniform(0.5, 0.7, 1000))
+    raw = drift.compare({"labels": labels, "confidences": confidences}, live_labels, live_conf, CLASSES)
+    carried = drift.compare(summary, live_labels, live_conf, CLASSES)
+    assert carried["label_psi"] == pytest.approx(raw["label_psi"], rel=1e-3)
+    assert carried["confidence_psi"] == pytest.approx(raw["confidence_psi"], rel=1e-3)
+    assert drift.drifted(carried, 0.25) == ["label_psi", "confidence_psi"]
+
+
+def test_baseline_rules_come_from_model_meta_and_promtool_accepts_them(tmp_path):
+    import subprocess
+
+    from monitoring import rules
+
+    meta = {"version": "4.abc", "registered_model": "pets", "drift_baseline": drift.summarise(
+        ["dog", "cat", "dog", "dog"], [0.9, 0.8, 0.7, 0.95], CLASSES)}
+    doc = rules.baseline_rules(meta)
+    records = {(r["record"], r["labels"].get("label")): r["expr"] for r in doc["groups"][0]["rules"]}
+    assert records[("catsdogs:baseline:dog_share", None)] == "vector(0.75)"
+    assert records[("catsdogs:baseline:label_share", "cat")] == "vector(0.25)"
+    assert records[("catsdogs:baseline:mean_confidence", None)] == "vector(0.8375)"
+    assert doc["groups"][0]["name"] == "pets-baseline"
+    with pytest.raises(ValueError, match="drift_baseline"):
+        rules.baseline_rules({"version": "1"})
+    path = tmp_path / "baseline.rules.yml"
+    path.write_text(rules.render(meta, "test"))
+    from tests.test_monitoring_tools import require_tool
+
+    promtool = require_tool("promtool")
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

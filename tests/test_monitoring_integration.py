@@ -32,7 +32,6 @@ from monitoring import evaluate, logs, prometheus, promql
 from monitoring.__main__ import main
 from serving.client import ServingClient
 from serving.server import free_ports, stop
-from tests.conftest import SHARED_TAR
 from tests.serving_helpers import serve_model_dir
 from tests.test_monitoring_tools import require_tool
 from training.metrics import classification_metrics
@@ -193,7 +192,11 @@ def test_worker_restart_alert_fires_and_no_worker_answers_503(served, prometheus
 def test_dashboard_expressions_run_on_the_live_prometheus(served, prometheus_url):
     dashboard = promql.load_dashboard()
     live_names = promql.exposition_names(served["client"].metrics())
-    known = live_names | promql.recording_rules(yaml.safe_load(prometheus.ALERTS.read_text()))
+    from monitoring.rules import (
+        RECORDS,  # the model's baseline rules (make drift-rules)
+    )
+
+    known = live_names | promql.recording_rules(yaml.safe_load(prometheus.ALERTS.read_text())) | set(RECORDS)
     assert promql.unknown_metrics(dashboard, known) == {}, sorted(live_names)
     snapshot = promql.exposition_names(promql.METRICS_SNAPSHOT.read_text())
     # the committed snapshot (used by the fast unit test) lists exactly the names TorchServe exports
@@ -299,16 +302,14 @@ def test_evaluate_fails_when_live_accuracy_drops(served, tmp_path, monkeypatch):
 
 
 @pytest.mark.realdata
-def test_evaluate_matches_offline_on_real_photos(served, tmp_path, monkeypatch):
-    if not SHARED_TAR.exists():
-        pytest.skip(f"{SHARED_TAR} not present")
-    code, report = run_evaluate(served, tmp_path, monkeypatch, SHARED_TAR, "--sample", "100", "--seed", "3",
+def test_evaluate_matches_offline_on_real_photos(served, tmp_path, monkeypatch, shared_tar):
+    code, report = run_evaluate(served, tmp_path, monkeypatch, shared_tar, "--sample", "100", "--seed", "3",
                                 "--no-mlflow", "--max-drop", "1")
     live = report["live"]
     classes = served["meta"]["classes"]
     with open(Path(report["dir"]) / "predictions.csv") as fh:
         sent = [(r["path"], r["actual"]) for r in csv.DictReader(fh)]
-    samples = evaluate.read_samples(SHARED_TAR, sent)   # the same 100 files, read again from the tar
+    samples = evaluate.read_samples(shared_tar, sent)   # the same 100 files, read again from the tar
     assert len(samples) == 100 == live["n"] + live["refused"]
     tmp_files, labels = [], []
     for i, sample in enumerate(samples):

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from catsdogs import contract
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "config.properties", ".dvcignore"]
-PROJECT_DIRS = ["model", "training", "handler", "serving"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "config.properties", ".dvcignore", "Makefile"]
+PROJECT_DIRS = ["catsdogs", "model", "training", "handler", "serving", "monitoring", "mk"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -57,14 +58,20 @@ def test_repro_builds_every_artifact_then_is_a_noop(repo):
     meta = json.loads((path / "artifacts/model/model-meta.json").read_text())
     assert meta["classes"] == ["cat", "dog"] and meta["image_size"] == 96 and meta["mlflow_run_id"]
     assert (path / "artifacts/model/model.pt").stat().st_size > 0
-    assert (path / "model-store/catsdogs.mar").exists()
+    assert (path / f"model-store/{meta['registered_model']}.mar").exists()
     metrics = json.loads((path / "artifacts/eval/metrics.json").read_text())
     assert metrics["accuracy"] >= 0.7 and metrics["n"] > 0  # the quality gate let it through
+    baseline = meta["drift_baseline"]  # from this model's own test-split predictions, into the Prometheus rules
+    assert baseline["n"] == metrics["n"] and abs(sum(baseline["label_shares"].values()) - 1) < 1e-3
+    rules = yaml.safe_load((path / "monitoring/generated/baseline.rules.yml").read_text())
+    records = {r["record"]: r for r in rules["groups"][0]["rules"]}
+    assert records["catsdogs:baseline:dog_share"]["expr"] == f"vector({baseline['label_shares']['dog']})"
+    assert records["catsdogs:baseline:mean_confidence"]["labels"]["model_version"] == meta["version"]
     for png in ("confusion_matrix", "roc", "training_curves", "worst_mistakes"):
         assert (path / f"artifacts/eval/plots/{png}.png").exists()
     import mlflow
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    version = client.get_model_version_by_alias("catsdogs", "candidate")
+    version = client.get_model_version_by_alias(meta["registered_model"], contract.CANDIDATE_ALIAS)
     assert version.run_id == meta["mlflow_run_id"] and meta["version"].startswith(f"{version.version}.")
     run_data = client.get_run(meta["mlflow_run_id"]).data
     assert "test_accuracy" in run_data.metrics and run_data.tags["data_hash"] == meta["data_hash"]
@@ -96,3 +103,41 @@ def test_quality_gate_stops_a_broken_model_before_export(repo):
     assert "quality gate failed on the test split" in out and "min_accuracy" in out
     assert "Running stage 'export'" not in out
     assert (path / "artifacts/model/model.pt").read_bytes() == model_before
+
+
+def test_a_new_model_name_in_params_is_what_the_pipeline_builds_and_make_serve_serves(repo):
+    """serve.model_name is the only place the name is written: dvc (templated output), make and serving follow it."""
+    import requests
+
+    from serving.server import free_ports
+
+    path, env = repo
+    run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock"], path, env)  # undo the experiments above
+    run([sys.executable, "-m", "dvc", "checkout", "-f"], path, env)
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["serve"]["model_name"] = "pets"
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    venv = Path(sys.executable).parent.parent
+    make = ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed"]
+    out = run([*make, "pipeline"], path, env)  # (train may rerun: the experiments above left their uncached files)
+    assert "Running stage 'archive'" in out and "archive: model-store/pets.mar" in out, out
+    assert (path / "model-store/pets.mar").is_file()
+    ports = free_ports(5)
+    serve_args = " ".join(f"--{api}-port {port}" for api, port in zip(contract.PORTS, ports)) + \
+        f" --grpc-inference-port {ports[3]} --grpc-management-port {ports[4]}"
+    try:
+        out = run([*make, "serve", f"SERVE_ARGS={serve_args}"], path, env)
+        assert "/predictions/pets" in out, out
+        ready = run([*make, "ready"], path, env)
+        assert "model pets version" in ready
+        state = contract.read_serve_state(path / ".serve")
+        key = json.loads(Path(state["key_file"]).read_text())["inference"]["key"]
+        image = next((path / "data/synthetic").rglob("*.png"), None) or next((path / "data/synthetic").rglob("*.jpg"))
+        answer = requests.post(f"{state['inference_url']}/predictions/pets", data=image.read_bytes(), timeout=60,
+                               headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200 and contract.check_prediction(answer.json(), ["cat", "dog"]) is None
+        old = requests.post(f"{state['inference_url']}/predictions/{contract.model_name()}", data=image.read_bytes(), timeout=60,
+                            headers={"Authorization": f"Bearer {key}"})
+        assert old.status_code == 404, "the old name is still served"
+    finally:
+        subprocess.run([*make, "stop"], cwd=path, env=env, capture_output=True, timeout=120, check=False)

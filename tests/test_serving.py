@@ -15,7 +15,7 @@ from PIL import Image
 
 from serving.client import ServingClient
 from serving.server import stop
-from tests.conftest import SHARED_TAR, image_bytes
+from tests.conftest import image_bytes
 from tests.serving_helpers import held_out_images, serve_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -146,11 +146,9 @@ def test_metrics_endpoint_has_torchserve_and_custom_metrics(served):
 
 
 @pytest.mark.realdata
-def test_real_photos_get_well_formed_answers(served):
-    if not SHARED_TAR.exists():
-        pytest.skip(f"{SHARED_TAR} not present")
+def test_real_photos_get_well_formed_answers(served, shared_tar):
     client, _, _ = served
-    with tarfile.open(SHARED_TAR) as tar:
+    with tarfile.open(shared_tar) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")][:6]
         photos = [tar.extractfile(m).read() for m in members]
     for data in photos:

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from catsdogs.contract import MAX_IMAGE_PIXELS
 from model.runtime import reuse_freed_memory
 from model.weights import WeightsError
 from training.params import ParamsError, load_params
@@ -44,7 +45,7 @@ def cmd_prepare(params: dict, args) -> None:
     prepare(Path(args.source) if args.source else source_path(params), args.out, list(params["data"]["classes"]),
             resize_size=int(params["model"]["resize_size"]), val_ratio=float(cfg["val_ratio"]),
             test_ratio=float(cfg["test_ratio"]), seed=int(cfg["seed"]),
-            max_pixels=int(params["data"].get("max_image_pixels", 40_000_000)))
+            max_pixels=int(params["data"].get("max_image_pixels", MAX_IMAGE_PIXELS)))
 
 
 def cmd_train(params: dict, args) -> None:

@@ -52,7 +52,7 @@ def download_petimages(dest: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     try:
-        request = urllib.request.Request(PETIMAGES_URL, headers={"User-Agent": "catsdogs"})
+        request = urllib.request.Request(PETIMAGES_URL, headers={"User-Agent": "catsdogs-download"})
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(part, "wb") as out, \
                 tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
                      desc=PETIMAGES_FILE) as bar:

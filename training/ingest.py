@@ -103,7 +103,7 @@ def scan(path: Path, classes: list[str], *, max_pixels: int, draft_size: int | N
     """
     path = Path(path)
     kept_hashes: set[str] = set()
-    for relpath, size, read in _entries(path):
+    for relpath, size, read in entries(path):
         report.seen += 1
         label = label_from_path(relpath, classes)
         if label is None:
@@ -147,7 +147,18 @@ def scan(path: Path, classes: list[str], *, max_pixels: int, draft_size: int | N
 Entry = tuple[str, int, Callable[[], bytes]]
 
 
-def _entries(path: Path) -> Iterator[Entry]:
+def labelled(path: Path | str, classes: list[str]) -> Iterator[tuple[str, str | None, Callable[[], bytes]]]:
+    """(relpath, label or None, read() -> bytes) of every file under a folder or in an archive, in relpath order.
+
+    The one labelled-image reader of the project: the label comes from the path as label_from_path reads it;
+    callers (deploy golden sets, load tests, live evaluation) decide what to do with unlabelled files.
+    """
+    for relpath, _size, read in entries(Path(path)):
+        yield relpath, label_from_path(relpath, list(classes)), read
+
+
+def entries(path: Path) -> Iterator[Entry]:
+    """(relpath, size in bytes, read() -> bytes) of every non-hidden file of a folder or archive, sorted."""
     if not path.exists():
         raise FileNotFoundError(f"data path {path} does not exist: set data.path in params.yaml to a folder or "
                                 f"a {ARCHIVES} archive of cat and dog images, or use data.source: synthetic")

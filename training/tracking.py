@@ -2,27 +2,25 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import mlflow
 
-EXPERIMENT = "catsdogs"
-REGISTERED_MODEL = "catsdogs"
-DEFAULT_URI = "sqlite:///mlflow.db"
+from catsdogs import contract
 
 
-def configure() -> str:
-    """Point MLflow at $MLFLOW_TRACKING_URI, else a local SQLite store (no server needed)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def configure(experiment: str | None = None) -> str:
+    """Point MLflow at contract.tracking_uri() (a local SQLite store by default) and the model's experiment."""
+    uri = contract.tracking_uri()
+    experiment = experiment or contract.experiment()
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    if mlflow.get_experiment_by_name(experiment) is None:
         location = None
         if uri.startswith("sqlite:"):  # keep artifacts beside the SQLite file, not in the CWD of whoever ran first
             location = Path("mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-    mlflow.set_experiment(EXPERIMENT)
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
     return uri
 
 

@@ -1,0 +1,1 @@
+"""Facts shared by every stage of the project: see catsdogs/contract.py."""
