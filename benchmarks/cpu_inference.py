@@ -126,12 +126,17 @@ def main(argv=None) -> int:
               "others_cores": watcher.result()["others_cores"], "model_dir": str(args.model_dir),
               "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
               "rounds": args.rounds, "seconds": args.seconds, "rows": rows}
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/cpu-inference.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not args.no_docs:
-        args.report.write_text(render(report))
-        print(f"wrote {args.report}")
+    save(report, Path("reports/cpu-inference.json"), None if args.no_docs else args.report, render)
     return 0
+
+
+def save(report: dict, json_path: Path, doc: Path | None, render) -> None:
+    """The measurements as JSON (reports/) and, unless doc is None, rendered into doc."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if doc is not None:
+        doc.write_text(render(report))
+        print(f"wrote {doc}")
 
 
 if __name__ == "__main__":

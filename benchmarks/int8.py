@@ -12,7 +12,6 @@ docs/int8.md (and reports/int8.json) with the conditions detected. Nothing is as
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cpu_inference import images_per_s
+from benchmarks.cpu_inference import images_per_s, save
 from benchmarks.serving import conditions
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
@@ -126,11 +125,7 @@ def main(argv=None) -> int:
               "calibration_images": len(calibration), "quantize_s": quantize_s, "threads": args.threads,
               "backend": torch.backends.quantized.engine, "accuracy": accuracy, "speed": speed,
               "profiles": profiles}
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/int8.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not args.no_docs:
-        args.report.write_text(render(report))
-        print(f"wrote {args.report}")
+    save(report, Path("reports/int8.json"), None if args.no_docs else args.report, render)
     return 0
 
 
