@@ -28,6 +28,7 @@ import yaml
 
 from model.export import META_FILE, read_metadata
 from model.preprocess import decode_image, eval_transform
+from model.runtime import channels_last, for_cpu_inference
 from monitoring import evaluate, logs, prometheus, promql
 from monitoring.__main__ import main
 from serving.client import ServingClient
@@ -229,14 +230,15 @@ def test_logs_hold_one_record_per_request_in_both_files(served):
 # --------------------------------------------------------------------------- evaluate -----------
 
 def offline_predictions(model_dir: Path, files: list[Path]) -> np.ndarray:
-    """The served TorchScript model run in-process on the same files, preprocessed like the handler."""
+    """The served TorchScript model run in-process on the same files, preprocessed, run (channels_last + freeze,
+    handler.optimize) and rounded (6 decimals, the response schema) like the handler."""
     meta = read_metadata(model_dir / META_FILE)
     transform = eval_transform(meta)
-    model = torch.jit.load(str(model_dir / "model.pt")).eval()
     batch = torch.stack([transform(decode_image(f.read_bytes(), draft_size=int(meta["resize_size"])))
                          for f in files])
+    model = for_cpu_inference(torch.jit.load(str(model_dir / "model.pt")).eval(), batch[:2])
     with torch.inference_mode():
-        return torch.softmax(model(batch).float(), dim=1).numpy()
+        return np.round(torch.softmax(model(channels_last(batch)).float(), dim=1).numpy(), 6)
 
 
 def run_evaluate(served, tmp_path, monkeypatch, images: Path, *extra: str) -> tuple[int, dict]:
