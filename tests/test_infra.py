@@ -527,8 +527,9 @@ def test_compose_file_parses_and_its_normalized_ports_stay_on_loopback(tmp_path)
     normalized = json.loads(result.stdout)
     assert exposed_ports(normalized) == []
     check = normalized["services"]["torchserve"]["healthcheck"]["test"]
-    # `$$` reaches the container's shell as `$`: the image's MODEL_NAME, not a name typed into the compose file
-    assert check[:2] == ["CMD", "sh"] and "python -m serving ready" in check[-1] and '"$MODEL_NAME"' in check[-1]
+    # `$$MODEL_NAME` (compose's escape, kept by `config`) reaches the container's shell as `$MODEL_NAME`: the
+    # image's name, not one typed into the compose file (tests/docker_image_check.py runs it)
+    assert check[:2] == ["CMD", "sh"] and "python -m serving ready" in check[-1] and '$MODEL_NAME"' in check[-1]
     no_password = run([compose, "-f", "docker-compose.yml", "config", "--quiet"],
                       env={k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"})
     assert no_password.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in no_password.stderr
