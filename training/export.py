@@ -60,14 +60,15 @@ def calibration_batches(prepared_dir: Path, meta: dict, n: int, batch_size: int 
         yield torch.stack([transform(img) for img in load_uint8(paths, progress=False)])
 
 
-def quantized(net, scripted, prepared_dir: Path, meta: dict, cfg: dict) -> tuple:
-    """(int8 TorchScript, its record for model-meta.json) or QuantizationGateError."""
+def quantized(net, fp32_acc: float, prepared_dir: Path, meta: dict, cfg: dict) -> tuple:
+    """(int8 TorchScript, its record for model-meta.json) or QuantizationGateError; `fp32_acc` is the float
+    model's test accuracy measured by the evaluate stage (metrics.json), not measured again here."""
     from model.quantize import quantize_static
 
     size = int(meta["image_size"])
     int8 = quantize_static(net, calibration_batches(prepared_dir, meta, int(cfg.get("calibration_images", 256))),
                            torch.rand(2, 3, size, size))
-    fp32_acc, int8_acc = accuracy(scripted, prepared_dir, meta), accuracy(int8, prepared_dir, meta)
+    int8_acc = accuracy(int8, prepared_dir, meta)
     record = {"method": "int8 static (FX, x86)", "fp32_test_accuracy": round(fp32_acc, 5),
               "int8_test_accuracy": round(int8_acc, 5), "calibration_images": int(cfg.get("calibration_images", 256))}
     limit = float(cfg.get("max_accuracy_drop", 0.005))
@@ -87,7 +88,8 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, o
     meta = dict(meta)
     scripted = to_torchscript(net, example_batch(prepared_dir, meta))
     if options.get("quantize", "none") == "int8":
-        scripted, meta["quantized"] = quantized(net, scripted, prepared_dir, meta, options)
+        fp32_acc = float(json.loads((eval_dir / "metrics.json").read_text())["accuracy"])
+        scripted, meta["quantized"] = quantized(net, fp32_acc, prepared_dir, meta, options)
     elif options.get("quantize", "none") != "none":
         raise ValueError(f"params.yaml export.quantize: {options['quantize']!r}; use none or int8")
     out_dir.mkdir(parents=True, exist_ok=True)
