@@ -19,18 +19,21 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import yaml
 
 from benchmarks.conditions import describe_machine, machine, model_line
-from catsdogs.contract import MODEL_DIR, SHARED_PHOTOS
+from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS
 from handler.catsdogs_handler import optimize_for_serving
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
@@ -106,11 +109,16 @@ def in_process(model_dir: Path, data: bytes, batch_size: int, threads: int, seco
             **percentiles_ms(times)}
 
 
-def run_wrk(url: str, token: str, body: Path, connections: int, seconds: int) -> dict:
-    """One wrk run (one client thread); requests/s, latency percentiles and failures from the Lua summary."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 60,
-                         env={**os.environ, "WRK_BODY": str(body), "WRK_TOKEN": token}).stdout
+def wrk_command(url: str, connections: int, seconds: int) -> list[str]:
+    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+
+
+def wrk_env(token: str, body: Path) -> dict:
+    return {**os.environ, "WRK_BODY": str(body), "WRK_TOKEN": token}
+
+
+def parse_wrk(out: str, connections: int) -> dict:
+    """wrk's WRK_RESULT line -> requests/s, latency percentiles, failures and requests slower than 1 s."""
     line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no WRK_RESULT line:\n{out}")
@@ -118,7 +126,16 @@ def run_wrk(url: str, token: str, body: Path, connections: int, seconds: int) ->
     failed = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return {"concurrency": connections, "requests": r["requests"], "failed": failed,
             "requests_per_s": round(r["requests"] / (r["duration_us"] / 1e6), 1),
-            **{f"p{q}_ms": round(r[f"p{q}_us"] / 1000, 1) for q in (50, 95, 99)}}
+            **{f"p{q}_ms": round(r[f"p{q}_us"] / 1000, 1) for q in (50, 95, 99)},
+            "max_ms": round(r["max_us"] / 1000, 1), "over_1s": r["over_1s"],
+            "errors": {k: r[k] for k in ("connect", "read", "write", "status", "timeout")}}
+
+
+def run_wrk(url: str, token: str, body: Path, connections: int, seconds: int) -> dict:
+    """One wrk run (one client thread, benchmarks/wrk_post_image.lua)."""
+    out = subprocess.run(wrk_command(url, connections, seconds), check=True, capture_output=True, text=True,
+                         timeout=seconds + 60, env=wrk_env(token, body)).stdout
+    return parse_wrk(out, connections)
 
 
 def parse_config(text: str) -> dict:
@@ -136,8 +153,10 @@ def handler_settings(overrides: dict) -> dict:
     return {**(yaml.safe_load(MODEL_CONFIG.read_text()).get("handler") or {}), **overrides}
 
 
-def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, concurrencies: list[int],
-               seconds: int, work: Path) -> list[dict]:
+@contextmanager
+def served(model_dir: Path, cfg: dict, props: dict, handler: dict, work: Path):
+    """TorchServe on free loopback ports serving a .mar of `model_dir` built with the W:T:B:D configuration `cfg`;
+    yields (serve.json state, prediction URL, inference key, model store)."""
     model_config = yaml.safe_load(MODEL_CONFIG.read_text())
     model_config.update(minWorkers=cfg["workers"], maxWorkers=cfg["workers"], batchSize=cfg["batch_size"],
                         maxBatchDelay=cfg["max_batch_delay"])
@@ -145,16 +164,23 @@ def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: di
     config_file = work / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(model_config))
     build_archive(model_dir, work / "store", config_file=config_file)
-    body = work / "payload.jpg"
-    body.write_bytes(data)
     ports = free_ports(5)
     state = start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
                   ports=dict(zip(("inference", "management", "metrics"), ports[:3])),
                   grpc_ports=(ports[3], ports[4]), timeout=240, extra=props or None)
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        url, token = f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference")
-        run_wrk(url, token, body, 4, 3)  # warm-up
+        yield state, f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference"), work / "store"
+    finally:
+        stop(work / "run")
+
+
+def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, concurrencies: list[int],
+               seconds: int, warmup: int, work: Path) -> list[dict]:
+    body = work / "payload.jpg"
+    body.write_bytes(data)
+    with served(model_dir, cfg, props, handler, work) as (state, url, token, _):
+        run_wrk(url, token, body, 4, warmup)  # the frontend's JIT and the worker's first batches
         rows = []
         for c in concurrencies:
             watcher = CpuWatcher(roots=[state["pid"]], every=1.0)
@@ -164,8 +190,53 @@ def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: di
             rows.append({**cfg, **row, "ours_cores": cpu["ours_cores"], "others_cores": cpu["others_cores"],
                          "busiest_others": cpu["busiest_others"]})
         return rows
-    finally:
-        stop(work / "run")
+
+
+def second_version(model_dir: Path, work: Path) -> Path:
+    """A .mar of the same weights under another version (`<version>.swap`): what a deploy registers."""
+    copy = work / "candidate-model"
+    shutil.copytree(model_dir, copy)
+    meta = json.loads((copy / "model-meta.json").read_text())
+    meta["version"] = f"{meta['version']}.swap"
+    (copy / "model-meta.json").write_text(json.dumps(meta, indent=2))
+    config_file = work / "model-config.yaml"  # written by served() with the same configuration
+    return build_archive(copy, work / "candidate", config_file=config_file)
+
+
+def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, connections: int, steady: int,
+             warmup: int, work: Path) -> dict:
+    """Steady load, then the same load across `python -m deploy deploy` of a second version and `rollback`.
+
+    The deploy and rollback are the real CLI (gates included) in subprocesses, against a throwaway MLflow URI
+    so no registry alias moves. wrk runs until the rollback has returned and 3 more seconds have passed."""
+    body = work / "payload.jpg"
+    body.write_bytes(data)
+    with served(model_dir, cfg, props, handler, work) as (_, url, token, store):
+        candidate = second_version(model_dir, work)
+        run_wrk(url, token, body, connections, warmup)
+        steady_row = run_wrk(url, token, body, connections, steady)
+        where = ["--run-dir", str(work / "run"), "--model-store", str(store),
+                 "--tracking-uri", f"sqlite:///{work / 'no-registry.db'}"]
+        golden = [] if (REPO_ROOT / "data/prepared/manifest.csv").is_file() else ["--synthetic-golden"]
+        load = subprocess.Popen(wrk_command(url, connections, 900), stdout=subprocess.PIPE, text=True,
+                                env=wrk_env(token, body))
+        steps = {}
+        try:
+            time.sleep(3)
+            for name, cmd in (("deploy", ["deploy", str(candidate), *golden]), ("rollback", ["rollback"])):
+                began = time.monotonic()
+                done = subprocess.run([sys.executable, "-m", "deploy", *cmd, *where], check=False, capture_output=True,
+                                      text=True, cwd=REPO_ROOT, timeout=600)
+                steps[name] = {"seconds": round(time.monotonic() - began, 1), "exit": done.returncode}
+                if done.returncode != 0:
+                    raise RuntimeError(f"python -m deploy {name} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+                time.sleep(3)
+        finally:
+            load.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+            out, _ = load.communicate(timeout=60)
+        swap_row = parse_wrk(out, connections)
+    return {"connections": connections, "steady": steady_row, "swap": swap_row, "steps": steps,
+            "p99_ratio": round(swap_row["p99_ms"] / steady_row["p99_ms"], 2)}
 
 
 def main(argv=None) -> int:

@@ -437,7 +437,7 @@ def scale(api: Management, version: str | None, min_workers: int, max_workers: i
         raise DeployError(f"model {api.model} is not registered")
     maximum = max(min_workers, max_workers if max_workers is not None else min_workers)
     log(api.scale(version, min_workers, maximum, timeout=timeout))
-    description = api.describe(version) or {}
+    description = api.wait_ready(version, timeout) if min_workers > 0 else api.describe(version) or {}
     ready, wanted = ready_workers(description)
     log(f"version {version}: min {description.get('minWorkers')} max {description.get('maxWorkers')}, "
         f"{ready} READY worker(s)")

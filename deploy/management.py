@@ -3,10 +3,14 @@
 ServingClient adds the management/inference key and re-reads or rotates it when TorchServe refuses an
 expired one, so a long deploy never fails on key expiry.
   GET    /models/<m>               the default version        GET /models/<m>/all   every version
-  POST   /models?url=<file>.mar&model_name=<m>&initial_workers=N&synchronous=true   register
+  POST   /models?url=<file>.mar&model_name=<m>&initial_workers=N&synchronous=false  register
   PUT    /models/<m>/<v>/set-default                           switch the default atomically
-  PUT    /models/<m>/<v>?min_worker=N&max_worker=M&synchronous=true                 scale
+  PUT    /models/<m>/<v>?min_worker=N&max_worker=M&synchronous=false                scale
   DELETE /models/<m>/<v>                                       unregister (stops its workers)
+Register and scale are asynchronous, followed by polling describe-model (wait_ready): TorchServe 0.12 answers a
+synchronous call on one of the frontend's netty event-loop threads, which inference connections share, and that
+thread waits there until the workers have loaded, so every client connection on it stalled for the whole load
+(measured: requests of a load test stuck for over 10 s during a deploy, benchmarks/serving.py).
 """
 from __future__ import annotations
 
@@ -126,20 +130,28 @@ class Management:
     # --- changing -------------------------------------------------------------------------------------
 
     def register(self, file_name: str, workers: int, timeout: float) -> str:
-        response = self._call("POST", "/models", timeout=timeout, params={
-            "url": file_name, "model_name": self.model, "initial_workers": workers, "synchronous": "true"})
+        """Start registering `file_name` with `workers` workers; wait_ready() tells when they serve."""
+        response = self._call("POST", "/models", ok=(200, 202), timeout=timeout, params={
+            "url": file_name, "model_name": self.model, "initial_workers": workers, "synchronous": "false"})
         return _answer(response)
 
     def wait_ready(self, version: str, timeout: float) -> dict:
         """Poll until every wanted worker of `version` is READY; returns its description."""
         deadline = time.monotonic() + timeout
         last = "not described yet"
+        first_pid: dict[str, int] = {}  # worker id -> the first process seen loading it
         while time.monotonic() < deadline:
             description = self.describe(version)
             if description is not None:
                 ready, wanted = ready_workers(description)
                 if ready >= max(wanted, 1):
                     return description
+                for worker in description.get("workers") or []:
+                    pid = int(worker.get("pid") or -1)
+                    if pid > 0 and first_pid.setdefault(str(worker.get("id")), pid) != pid:
+                        raise ManagementError(f"version {version}: the process loading worker {worker.get('id')} "
+                                              f"died and TorchServe restarted it (pid {first_pid[str(worker.get('id'))]}"
+                                              f" -> {pid}): the model fails to load; see TorchServe's model_log.log")
                 states = [w.get("status") for w in description.get("workers") or []]
                 last = f"{ready}/{max(wanted, 1)} workers READY ({', '.join(states) or 'no workers'})"
             time.sleep(0.5)
@@ -147,8 +159,9 @@ class Management:
                               f"model_log.log")
 
     def scale(self, version: str, min_workers: int, max_workers: int, timeout: float) -> str:
+        """Ask for min/max workers; the workers start or stop in the background (wait_ready)."""
         response = self._call("PUT", self._path(version), ok=(200, 202, 206), timeout=timeout, params={
-            "min_worker": min_workers, "max_worker": max_workers, "synchronous": "true"})
+            "min_worker": min_workers, "max_worker": max_workers, "synchronous": "false"})
         return _answer(response)
 
     def set_default(self, version: str) -> str:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from catsdogs import contract
 from catsdogs.contract import DEFAULT_URLS, KEY_FILE, PORTS
 from serving.config import ADDRESS_KEYS, base_urls, derive_config, read_properties
-from serving.server import TS_PID_FILE, torchserve_command
+from serving.server import TS_PID_FILE, WORKER_ENV, torchserve_command
 
 
 def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str, str]:
@@ -78,7 +78,7 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
 
 def main() -> int:
     run_dir, props, state = prepare(dict(os.environ))
-    env = {**os.environ, "TMPDIR": str(run_dir / "tmp"), "TEMP": str(run_dir / "tmp"),
+    env = {**WORKER_ENV, **os.environ, "TMPDIR": str(run_dir / "tmp"), "TEMP": str(run_dir / "tmp"),
            "LOG_LOCATION": state["log_dir"], "METRICS_LOCATION": state["log_dir"]}
     cmd = [torchserve_command(), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
            "--model-store", props["model_store"]]

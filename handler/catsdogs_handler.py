@@ -28,10 +28,16 @@ from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+import model.preprocess as preprocess_module
 from catsdogs import contract
 from catsdogs.contract import META_FILE, read_meta
 from model.preprocess import ImageError, decode_image, eval_transform
-from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
+from model.runtime import (
+    channels_last,
+    for_cpu_inference,
+    lowered_priority,
+    reuse_freed_memory,
+)
 
 logger = logging.getLogger(__name__)
 prediction_log = logging.getLogger("catsdogs.predictions")
@@ -177,11 +183,13 @@ def optimize_for_serving(model: torch.jit.ScriptModule, example: torch.Tensor) -
                            "set handler.optimize: false in model-config.yaml") from exc
 
 
-def warm_up(model, image_size: int, batch_sizes) -> None:
-    """One forward at every batch size the worker will see, so no request pays TorchScript's first runs."""
+def warm_up(model, image_size: int, batch_sizes, runs: int = 3) -> None:
+    """`runs` forwards at every batch size the worker will see, so no request pays TorchScript's profiling runs
+    and graph optimization (the profiling executor optimizes a shape's graph only after its first runs)."""
     with torch.inference_mode():
         for n in batch_sizes:
-            model(channels_last(torch.zeros(n, 3, image_size, image_size)))
+            for _ in range(runs):
+                model(channels_last(torch.zeros(n, 3, image_size, image_size)))
 
 
 def error_body(reason: str, message: str) -> dict:
@@ -194,6 +202,18 @@ class CatsDogsHandler(BaseHandler):
 
     def initialize(self, context):
         reuse_freed_memory()  # before the model's first forward (model/runtime.py)
+        # limits and settings: model-config.yaml's `handler:` section, else the contract's defaults
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        # Load, optimize and warm up at low CPU priority, so that a version being registered next to a serving
+        # one (deploy) takes only the CPU the serving workers leave; back to normal priority before serving.
+        with lowered_priority(int(settings.get("load_nice", 0))) as lowered:
+            self._load(context, settings)
+        logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, torch threads %d, "
+                    "optimized %s, loaded at low priority %s, preprocessing from %s", self.model_name, self.version,
+                    self.classes, self.meta["image_size"], torch.get_num_threads(), self.optimized, lowered,
+                    preprocess_module.__file__)
+
+    def _load(self, context, settings: dict) -> None:
         super().initialize(context)  # loads the TorchScript file and index_to_name.json
         model_dir = Path(context.system_properties["model_dir"])
         self.meta = read_meta(model_dir / META_FILE)
@@ -203,8 +223,6 @@ class CatsDogsHandler(BaseHandler):
                                f"{self.classes} in {META_FILE}; rebuild the archive from one export")
         self.version = str(self.meta["version"])
         self.transform = eval_transform(self.meta)
-        # limits: model-config.yaml's `handler:` section, else the contract's defaults
-        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         self.max_image_bytes = int(settings.get("max_image_bytes", contract.MAX_IMAGE_BYTES))
         self.max_image_pixels = int(settings.get("max_image_pixels", contract.MAX_IMAGE_PIXELS))
         self.max_images = int(settings.get("max_images_per_request", contract.MAX_IMAGES_PER_REQUEST))
@@ -222,11 +240,6 @@ class CatsDogsHandler(BaseHandler):
             self.model = optimize_for_serving(self.model, torch.rand(2, 3, size, size, device=self.device))
         batch_size = int((getattr(context, "model_yaml_config", None) or {}).get("batchSize", 1))
         warm_up(self.model, size, range(1, batch_size + 1))
-        import model.preprocess as preprocess_module
-        logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, torch threads %d, "
-                    "optimized %s, preprocessing from %s", self.model_name, self.version, self.classes,
-                    self.meta["image_size"], torch.get_num_threads(), self.optimized,
-                    preprocess_module.__file__)
 
     # --- BaseHandler hooks -------------------------------------------------------------------------
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import resource
 import warnings
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -66,3 +69,42 @@ def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """A 4-D NCHW batch in channels_last memory format (same shape and values)."""
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc (not Linux): the calling thread only
+        return [0]
+
+
+def can_restore_priority(nice: int) -> bool:
+    """Whether this process may go back to `nice` after raising it: root, or RLIMIT_NICE allows it (Linux:
+    an unprivileged process may lower its nice value down to 20 - RLIMIT_NICE, and the default limit is 0)."""
+    if os.geteuid() == 0:
+        return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - soft <= nice
+
+
+@contextmanager
+def lowered_priority(nice: int):
+    """Every thread of this process at CPU priority `nice` (0..19, higher = lower priority) inside the block, and
+    back to what it was afterwards, threads started inside (OpenMP's) included.
+
+    For work that must not slow down the processes already serving on the same cores: a TorchServe worker loads,
+    freezes and warms up its model this way while another version's workers answer requests (a version swap).
+    Does nothing when `nice` is 0 or the process could not go back (see can_restore_priority): a worker must never
+    stay at low priority for its serving life. Yields whether the priority was lowered."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice <= base or not can_restore_priority(base):
+        yield False
+        return
+    for tid in _threads():
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    try:
+        yield True
+    finally:
+        for tid in _threads():
+            with suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.setpriority(os.PRIO_PROCESS, tid, base)

@@ -51,10 +51,18 @@ def torchserve_command() -> str:
     return str(local) if local.exists() else "torchserve"
 
 
+# Environment TorchServe passes on to its Python workers. GOMP_SPINCOUNT: how long an OpenMP thread that ran out of
+# work spins before it sleeps (libgomp's default spins long). Idle-spinning threads of one worker take the cores
+# from the frontend and from a version loading beside it; shorter spinning measured faster at concurrency 1 and 16
+# and kept version swaps from stalling the serving worker (benchmarks/serving.py, docs/performance.md).
+# A value already in the environment wins.
+WORKER_ENV = {"GOMP_SPINCOUNT": "10000"}
+
+
 def instance_env(run_dir: Path, log_dir: Path) -> dict[str, str]:
     tmp = run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(log_dir),
+    return {**WORKER_ENV, **os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(log_dir),
             "METRICS_LOCATION": str(log_dir)}
 
 

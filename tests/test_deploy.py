@@ -30,7 +30,12 @@ from deploy.gates import (
     score,
     synthetic_golden,
 )
-from deploy.management import inference_count, pending_requests
+from deploy.management import (
+    Management,
+    ManagementError,
+    inference_count,
+    pending_requests,
+)
 from deploy.versions import (
     append_history,
     read_history,
@@ -317,6 +322,37 @@ def make_registry(path: Path, versions: int, name: str = "catsdogs") -> str:
     for _ in range(versions):
         client.create_model_version(name, source=str(path.parent), run_id=None)
     return uri
+
+
+class DescribedManagement(Management):
+    """Management whose describe-model answers come from a list (one per poll), no server."""
+
+    def __init__(self, answers):
+        super().__init__(client=None, model_name="m")
+        self.answers = list(answers)
+
+    def describe(self, version):
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def described(*workers, min_workers=1):
+    return {"minWorkers": min_workers, "workers": [{"id": "9001", "status": s, "pid": pid} for pid, s in workers]}
+
+
+def test_wait_ready_returns_once_the_workers_serve(monkeypatch):
+    monkeypatch.setattr("deploy.management.time.sleep", lambda s: None)
+    api = DescribedManagement([None, described((-1, "UNLOADING")), described((41, "UNLOADING")),
+                               described((41, "READY"))])
+    assert api.wait_ready("2", timeout=30)["workers"][0]["status"] == "READY"
+
+
+def test_wait_ready_fails_fast_when_the_loading_worker_keeps_dying(monkeypatch):
+    """An asynchronous registration of a model that cannot load: TorchServe restarts the worker process forever."""
+    monkeypatch.setattr("deploy.management.time.sleep", lambda s: None)
+    api = DescribedManagement([described((41, "UNLOADING")), described((41, "UNLOADING")),
+                               described((57, "UNLOADING"))])
+    with pytest.raises(ManagementError, match="died and TorchServe restarted it.*41 -> 57"):
+        api.wait_ready("2", timeout=30)
 
 
 @pytest.mark.slow

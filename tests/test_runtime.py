@@ -1,13 +1,20 @@
 """model/runtime.py: the CPU inference form (channels_last + freeze) answers as the exported model does."""
 from __future__ import annotations
 
+import os
 import sys
+import threading
 
 import pytest
 import torch
 from torch import nn
 
-from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
+from model.runtime import (
+    channels_last,
+    for_cpu_inference,
+    lowered_priority,
+    reuse_freed_memory,
+)
 
 
 def small_net() -> nn.Module:
@@ -51,3 +58,55 @@ def test_channels_last_keeps_shape_and_values():
 def test_malloc_settings_are_accepted_by_glibc():
     assert reuse_freed_memory(False) is True
     assert reuse_freed_memory() is True
+
+
+def priorities() -> dict[int, int]:
+    return {int(tid): os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")}
+
+
+def run_in_thread(fn):
+    """Run fn in a fresh thread (its own nice value on Linux) and return its result."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_lowered_priority_covers_threads_started_inside_and_is_undone():
+    def body():
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        started = threading.Event()
+        stop = threading.Event()
+        with lowered_priority(19) as lowered:
+            inside = priorities()
+            helper = threading.Thread(target=lambda: (started.set(), stop.wait()))  # like an OpenMP thread
+            helper.start()
+            started.wait()
+            helper_inside = os.getpriority(os.PRIO_PROCESS, helper.native_id)
+        after = priorities()
+        stop.set()
+        helper.join()
+        return base, lowered, inside, helper_inside, after, helper.native_id
+
+    base, lowered, inside, helper_inside, after, helper_tid = run_in_thread(body)
+    assert lowered is True
+    assert set(inside.values()) == {19}
+    assert helper_inside == 19
+    assert after[helper_tid] == base and set(after.values()) == {base}
+
+
+def test_lowered_priority_does_nothing_when_it_could_not_be_undone(monkeypatch):
+    from model import runtime
+
+    monkeypatch.setattr(runtime, "can_restore_priority", lambda nice: False)
+
+    def body():
+        with lowered_priority(19) as lowered:
+            return lowered, os.getpriority(os.PRIO_PROCESS, 0)
+
+    lowered, inside = run_in_thread(body)
+    assert lowered is False and inside == run_in_thread(lambda: os.getpriority(os.PRIO_PROCESS, 0))
+    with lowered_priority(0) as lowered:
+        assert lowered is False
