@@ -1,16 +1,20 @@
-"""Benchmark: the served model (real TorchServe, loaded by `wrk`) against the same model in one Python process.
+"""Benchmark: the served model (real TorchServe, loaded by `wrk`) against the same model in one Python process,
+and a version swap under load.
 
 In-process: the repo's decode + eval transform + TorchScript forward on one JPEG, in a loop for a fixed
 time, at batch 1 (latency per image) and batch 8 (throughput). Served: a .mar built from the export
 directory with handler/model-config.yaml (or the W:T:B:D variants given), TorchServe started with the
 repo's config.properties on free loopback ports (plus any --set overrides), and `wrk` (a C load generator,
 Debian package `wrk`; benchmarks/wrk_post_image.lua) posting the same JPEG at concurrency 1, 4 and 16.
+In-process and served runs alternate for --rounds rounds against one server; the tables give the medians.
+Swap: under steady wrk load, `python -m deploy deploy` of a second version (same weights, gates included) and
+`python -m deploy rollback`; failed requests, requests over 1 s and p99 against the steady p99.
 The conditions (CPU model and flags, GPU, other processes' CPU during every run, from psutil) are
-detected and written next to the numbers. Nothing is asserted: it prints the table and writes it into
-docs/performance.md between markers (the rest of that file is kept) and reports/serving-benchmark.json.
+detected and written next to the numbers. Nothing is asserted: it prints the numbers and writes the tables
+into docs/performance.md between markers (the rest of that file is kept) and reports/serving-benchmark.json.
 
     python -m benchmarks.serving                                  # artifacts/model, committed configuration
-    python -m benchmarks.serving --configs 2:1:8:10 2:1:8:1 --set netty_client_threads=1 --no-docs
+    python -m benchmarks.serving --configs 2:1:8:10 1:0:8:1 --set netty_client_threads=1 --no-docs --no-swap
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -175,21 +180,39 @@ def served(model_dir: Path, cfg: dict, props: dict, handler: dict, work: Path):
         stop(work / "run")
 
 
-def run_served(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, concurrencies: list[int],
-               seconds: int, warmup: int, work: Path) -> list[dict]:
+def measure(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, args, work: Path) -> tuple[list, list]:
+    """`args.rounds` rounds against one TorchServe, each: the in-process runs (the server idle), then wrk at every
+    concurrency. Interleaving puts both sides under the same machine conditions, which drift on a shared host."""
     body = work / "payload.jpg"
     body.write_bytes(data)
+    cores = os.cpu_count() or 1
+    inproc, rows = [], []
     with served(model_dir, cfg, props, handler, work) as (state, url, token, _):
-        run_wrk(url, token, body, 4, warmup)  # the frontend's JIT and the worker's first batches
-        rows = []
-        for c in concurrencies:
-            watcher = CpuWatcher(roots=[state["pid"]], every=1.0)
+        run_wrk(url, token, body, 4, args.warmup)  # the frontend's JIT compiler, the worker's first batches
+        for round_ in range(args.rounds):
+            watcher = CpuWatcher(every=1.0)
             watcher.start()
-            row = run_wrk(url, token, body, c, seconds)
-            cpu = watcher.result()
-            rows.append({**cfg, **row, "ours_cores": cpu["ours_cores"], "others_cores": cpu["others_cores"],
-                         "busiest_others": cpu["busiest_others"]})
-        return rows
+            runs = [in_process(model_dir, data, b, t, min(args.seconds, 6), opt)
+                    for opt in (False, True) for t, b in sorted({(cores, 1), (1, 1), (cores, 8)})]
+            others = watcher.result()["others_cores"]
+            inproc += [{**run, "round": round_, "others_cores": others} for run in runs]
+            for c in args.concurrency:
+                watcher = CpuWatcher(roots=[state["pid"]], every=1.0)
+                watcher.start()
+                row = run_wrk(url, token, body, c, args.seconds)
+                cpu = watcher.result()
+                rows.append({**cfg, **row, "round": round_, "ours_cores": cpu["ours_cores"],
+                             "others_cores": cpu["others_cores"], "busiest_others": cpu["busiest_others"]})
+    return inproc, rows
+
+
+def medians(rows: list[dict], keys: tuple, fields: tuple) -> list[dict]:
+    """One row per distinct `keys`, each of `fields` the median over the rounds, plus the number of rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return [{**dict(zip(keys, key)), **{f: round(statistics.median(r[f] for r in group), 2) for f in fields},
+             "rounds": len(group)} for key, group in groups.items()]
 
 
 def second_version(model_dir: Path, work: Path) -> Path:
@@ -246,6 +269,11 @@ def main(argv=None) -> int:
                         help="real-photo .tar whose first JPEG is the payload (default: %(default)s; "
                              "a synthetic JPEG when absent)")
     parser.add_argument("--seconds", type=int, default=15, help="wrk duration per concurrency level")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="in-process and served runs alternate this many times; tables give the medians")
+    parser.add_argument("--warmup", type=int, default=15, help="seconds of wrk load before measuring a server")
+    parser.add_argument("--swap-connections", type=int, default=8, help="wrk connections during the version swap")
+    parser.add_argument("--no-swap", action="store_true", help="skip the deploy + rollback under load")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--configs", nargs="+", metavar="W:T:B:D",
                         help="workers:torch-threads:batch-size:max-batch-delay-ms (default: handler/model-config.yaml)")
@@ -257,6 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
     reuse_freed_memory()  # as the handler does (model/runtime.py)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)  # TorchScript kept
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: install the Debian package (apt-get install -y wrk)")
 
@@ -265,31 +294,29 @@ def main(argv=None) -> int:
     handler = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.handler)}
     optimized = bool(handler_settings(handler).get("optimize", False))
     configs = [parse_config(c) for c in args.configs] if args.configs else [committed_config()]
-    cores = os.cpu_count() or 1
     print(f"payload: {described}; model {args.model_dir}")
-    watcher = CpuWatcher(every=1.0)
-    watcher.start()
-    baseline = [in_process(args.model_dir, data, b, t, min(args.seconds, 6), opt)
-                for opt in (False, True) for t, b in sorted({(cores, 1), (1, 1), (cores, 8)})]
-    baseline_cpu = watcher.result()
-    for row in baseline:
-        print(f"in-process optimized {row['optimized']} threads {row['threads']} batch {row['batch_size']:>2}: "
-              f"{row['images_per_s']} images/s, "
-              f"p50 {row['p50_ms']} ms per forward")
-    results = []
+    inproc_runs, served_runs = [], []
     for cfg in configs:
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-            rows = run_served(args.model_dir, data, cfg, props, handler, args.concurrency, args.seconds, Path(tmp))
-        for row in rows:
-            print(f"served W{cfg['workers']} T{cfg['threads']} B{cfg['batch_size']} D{cfg['max_batch_delay']} "
-                  f"c={row['concurrency']:>2}: {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, "
-                  f"p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms, failed {row['failed']}, "
-                  f"other processes {row['others_cores']} cores")
-            results.append(row)
+            runs, rows = measure(args.model_dir, data, cfg, props, handler, args, Path(tmp))
+        inproc_runs += runs
+        served_runs += rows
+        for row in runs + rows:
+            print(json.dumps(row))
+    baseline = medians(inproc_runs, ("optimized", "threads", "batch_size"),
+                       ("images_per_s", "p50_ms", "p95_ms", "p99_ms", "others_cores"))
+    results = medians(served_runs, ("workers", "threads", "batch_size", "max_batch_delay", "concurrency"),
+                      ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "failed", "others_cores"))
+    swap = None
+    if not args.no_swap:
+        with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
+            swap = run_swap(args.model_dir, data, configs[0], props, handler, args.swap_connections, args.seconds,
+                            args.warmup, Path(tmp))
+        print(json.dumps(swap))
     report = {"conditions": conditions(), "payload": described, "set": props, "handler": handler,
-              "served_optimized": optimized, "in_process": baseline,
-              "in_process_others_cores": baseline_cpu["others_cores"], "served": results,
-              "verdict": verdict(baseline, results)}
+              "served_optimized": optimized, "rounds": args.rounds, "in_process": baseline, "served": results,
+              "in_process_runs": inproc_runs, "served_runs": served_runs, "swap": swap,
+              "verdict": verdict(baseline, results, inproc_runs, served_runs, swap)}
     print(json.dumps(report["verdict"]))
     meta = read_metadata(args.model_dir / "model-meta.json")
     if not args.no_docs:
@@ -299,8 +326,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def verdict(baseline: list[dict], results: list[dict]) -> dict:
-    """The issue's two targets, per served configuration (c=1 p50 gap; c=16 throughput vs best in-process)."""
+def targets(baseline: list[dict], results: list[dict]) -> dict:
+    """The issue's two load targets, per served configuration: concurrency-1 p50 minus the best in-process
+    single-image p50, and concurrency-16 throughput as a percentage of the best in-process images/s."""
     single = min(r["p50_ms"] for r in baseline if r["batch_size"] == 1)
     best = max(r["images_per_s"] for r in baseline)
     out = {"in_process_single_p50_ms": single, "in_process_best_images_per_s": best, "configs": []}
@@ -313,6 +341,19 @@ def verdict(baseline: list[dict], results: list[dict]) -> dict:
         if 16 in rows:
             entry["c16_pct_of_best"] = round(100 * rows[16]["requests_per_s"] / best, 1)
         out["configs"].append(entry)
+    return out
+
+
+def verdict(baseline: list[dict], results: list[dict], inproc_runs: list[dict], served_runs: list[dict],
+            swap: dict | None) -> dict:
+    """targets() on the medians and on every round alone; the swap's failures, slow requests and p99 ratio."""
+    rounds = sorted({r["round"] for r in served_runs})
+    out = {**targets(baseline, results),
+           "per_round": [targets([r for r in inproc_runs if r["round"] == i],
+                                 [r for r in served_runs if r["round"] == i]) for i in rounds]}
+    if swap:
+        out["swap"] = {"failed": swap["swap"]["failed"], "over_1s": swap["swap"]["over_1s"],
+                       "p99_ratio": swap["p99_ratio"]}
     return out
 
 
@@ -332,11 +373,15 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
              (f"- {model_line(meta)}; payload "
              f"{report['payload']}, the same bytes in every request."),
              (f"- Served: TorchServe with config.properties{' + ' + ', '.join(args.set) if args.set else ''}, "
-             f"token auth on, one image per request (raw body); `wrk -t1 -c{{{','.join(map(str, args.concurrency))}}} -d{args.seconds}s` "
-             "(benchmarks/wrk_post_image.lua) on the same machine after a 3 s warm-up. Failed = wrk's "
-             "connect/read/write/timeout errors + non-2xx answers."),
+             f"token auth on, one image per request (raw body); `wrk -t1 -c{{{','.join(map(str, args.concurrency))}}} "
+             f"-d{args.seconds}s` (benchmarks/wrk_post_image.lua) on the same machine after {args.warmup} s of load. "
+             "Failed = wrk's connect/read/write/timeout errors + non-2xx answers."),
+             (f"- {args.rounds} rounds against one server, each the in-process runs (server idle) then the served runs; "
+              "the tables give the median over the rounds (other processes' CPU included), the targets below also "
+              "each round's own."),
              (f"- Other processes' CPU (psutil, everything outside this benchmark, TorchServe and wrk): "
-             f"{report['in_process_others_cores']} cores during the in-process runs, per served run in the table."),
+             f"{max(r['others_cores'] for r in report['in_process'])} cores at most during the in-process runs "
+             "(median of a configuration's rounds), per served run in the table."),
              (f"- Served model optimized at load (handler optimize: channels_last + torch.jit.freeze): "
              f"{report['served_optimized']}."),
              "", ("In-process (decode + eval transform + TorchScript forward, one Python process; latency per forward; "
@@ -348,16 +393,33 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
     lines += ["", "Served:", "",
               ("| workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed "
               "| others' cores |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['threads']} | {r['batch_size']} | {r['max_batch_delay']} | {r['concurrency']} | "
+    cores = c.get("cores") or os.cpu_count()
+    lines += [f"| {r['workers']} | {r['threads'] or f'all ({cores})'} | {r['batch_size']} | {r['max_batch_delay']} | {r['concurrency']} | "
               f"{r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['failed']} | "
               f"{r['others_cores']} |" for r in report["served"]]
     v = report["verdict"]
     lines += ["", (f"Targets (issue 10), against the best in-process rows above (optimized or not): single-image p50 "
                    f"{v['in_process_single_p50_ms']} ms, best {v['in_process_best_images_per_s']} images/s.")]
     for entry in v["configs"]:
-        lines.append(f"- {entry['config']}: concurrency-1 p50 gap {entry.get('c1_gap_ms', 'n/a')} ms (target <= 3), "
-                     f"concurrency-16 throughput {entry.get('c16_pct_of_best', 'n/a')} % of best in-process "
-                     "(target >= 100)")
+        per_round = [e for r in v["per_round"] for e in r["configs"] if e["config"] == entry["config"]]
+        lines.append(f"- {entry['config']}: concurrency-1 p50 gap {entry.get('c1_gap_ms', 'n/a')} ms (target <= 3; "
+                     f"rounds: {', '.join(str(e.get('c1_gap_ms', 'n/a')) for e in per_round)}), concurrency-16 "
+                     f"throughput {entry.get('c16_pct_of_best', 'n/a')} % of best in-process (target >= 100; rounds: "
+                     f"{', '.join(str(e.get('c16_pct_of_best', 'n/a')) for e in per_round)})")
+    swap = report["swap"]
+    if swap:
+        steps = ", ".join(f"{name} {step['seconds']} s" for name, step in swap["steps"].items())
+        lines += ["", (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
+                       f"as committed; wrk -c{swap['connections']} posting the payload throughout; "
+                       f"`python -m deploy deploy` of a second version of the same weights, gates included, then "
+                       f"`python -m deploy rollback`; {steps}):"), "",
+                  "| window | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms | over 1 s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in (("steady (before)", swap["steady"]), ("deploy + rollback", swap["swap"])):
+            lines.append(f"| {name} | {r['requests']} | {r['failed']} | {r['requests_per_s']} | {r['p50_ms']} | "
+                         f"{r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['over_1s']} |")
+        lines += ["", (f"- Swap targets: failed {v['swap']['failed']} (target 0), over 1 s {v['swap']['over_1s']} "
+                       f"(target 0), p99 {v['swap']['p99_ratio']}x the steady p99 (target <= 2).")]
     lines += ["", END]
     block = "\n".join(lines)
     text = path.read_text() if path.exists() else "# Performance\n\n"

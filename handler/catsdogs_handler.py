@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -214,7 +215,9 @@ class CatsDogsHandler(BaseHandler):
                     preprocess_module.__file__)
 
     def _load(self, context, settings: dict) -> None:
-        super().initialize(context)  # loads the TorchScript file and index_to_name.json
+        with warnings.catch_warnings():  # TorchServe 0.12 serves TorchScript: torch 2.14's deprecation notice is noise
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
+            super().initialize(context)  # loads the TorchScript file and index_to_name.json
         model_dir = Path(context.system_properties["model_dir"])
         self.meta = read_meta(model_dir / META_FILE)
         self.classes = list(self.meta["classes"])

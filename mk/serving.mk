@@ -18,7 +18,7 @@ ready: $(STAMP) ## exit 0 when /ping is Healthy and the model has READY workers
 token: $(STAMP) ## print the inference key for `Authorization: Bearer ...`
 	@$(PY) -m serving token --run-dir $(SERVE_DIR)
 
-benchmark-serving: $(STAMP) ## wrk against TorchServe vs in-process, concurrency 1/4/16; writes docs/performance.md section
+benchmark-serving: $(STAMP) ## wrk: TorchServe vs in-process at concurrency 1/4/16, and a deploy + rollback under load; writes docs/performance.md section
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk (Debian package)"; exit 1; }
 	@case '$(BENCH_ARGS)' in *--model-dir*) ;; *) test -f artifacts/model/model.pt || $(MAKE) pipeline;; esac
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
