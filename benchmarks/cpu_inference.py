@@ -42,7 +42,9 @@ def variants(model_file: Path, size: int) -> dict:
                 "channels_last": (for_cpu_inference(load(), example), channels_last)}
 
 
-def images_per_s(module, x: torch.Tensor, seconds: float) -> float:
+def images_per_s(module, x: torch.Tensor, seconds: float, reuse: bool | None = None) -> float:
+    if reuse is not None:
+        reuse_freed_memory(reuse)
     with torch.inference_mode():
         began, n = time.perf_counter(), 0
         while time.perf_counter() - began < seconds:
@@ -51,9 +53,16 @@ def images_per_s(module, x: torch.Tensor, seconds: float) -> float:
         return n / (time.perf_counter() - began)
 
 
-def one_round(module, x: torch.Tensor, reuse: bool, seconds: float) -> float:
-    reuse_freed_memory(reuse)
-    return images_per_s(module, x, seconds)
+def interleaved(runs: dict, rounds: int, seconds: float) -> dict[object, list[float]]:
+    """key -> images/s of each round; runs (key -> (module, input[, reuse])) alternate round by round, so that a
+    slow spell of the machine hits all of them alike, after a 0.3 s warm-up each (TorchScript profiling, allocator)."""
+    for module, x, *_ in runs.values():
+        images_per_s(module, x, 0.3)
+    samples = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, (module, x, *reuse) in runs.items():
+            samples[key].append(images_per_s(module, x, seconds, *reuse))
+    return samples
 
 
 def measure(model_file: Path, size: int, batches: list[int], threads: list[int], rounds: int,
@@ -64,12 +73,8 @@ def measure(model_file: Path, size: int, batches: list[int], threads: list[int],
         torch.set_num_threads(t)
         for b in batches:
             inputs = {name: convert(torch.rand(b, 3, size, size)) for name, (_, convert) in models.items()}
-            for name, (module, _) in models.items():  # warm-up: TorchScript profiling runs, allocator
-                images_per_s(module, inputs[name], 0.3)
-            samples = {(name, reuse): [] for name in models for reuse in (False, True)}
-            for _ in range(rounds):
-                for (name, reuse), values in samples.items():
-                    values.append(one_round(models[name][0], inputs[name], reuse, seconds))
+            samples = interleaved({(name, reuse): (module, inputs[name], reuse) for name, (module, _) in models.items()
+                                   for reuse in (False, True)}, rounds, seconds)
             base = statistics.median(samples["exported", False])
             for (name, reuse), values in samples.items():
                 name = f"{name}, malloc {'reuse' if reuse else 'default'}"

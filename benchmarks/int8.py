@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cpu_inference import images_per_s, save
+from benchmarks.cpu_inference import interleaved, save
 from benchmarks.serving import conditions
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
@@ -103,13 +103,7 @@ def main(argv=None) -> int:
     speed = []
     for b in args.batches:
         x = torch.rand(b, 3, size, size)
-        runs = {"fp32": (fp32, channels_last(x)), "int8": (int8, x)}
-        for model, inp in runs.values():
-            images_per_s(model, inp, 0.3)
-        samples = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for k, (model, inp) in runs.items():
-                samples[k].append(images_per_s(model, inp, args.seconds))
+        samples = interleaved({"fp32": (fp32, channels_last(x)), "int8": (int8, x)}, args.rounds, args.seconds)
         row = {"batch_size": b, **{f"{k}_images_per_s": round(statistics.median(v), 1) for k, v in samples.items()}}
         row["speedup"] = round(row["int8_images_per_s"] / row["fp32_images_per_s"], 2)
         speed.append(row)

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import yaml
 
+from benchmarks.conditions import machine
+from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
 from model.runtime import reuse_freed_memory
@@ -67,28 +67,6 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
             "threads": torch.get_num_threads()}
 
 
-class OtherLoad:
-    """CPU time that other processes used while the benchmark ran, in cores (0 = a quiet machine)."""
-
-    def __enter__(self):
-        self.t0, self.sys0, self.own0 = time.time(), self._busy(), self._own()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.time() - self.t0
-        self.cores = round(max(0.0, (self._busy() - self.sys0) - (self._own() - self.own0)) / wall, 2)
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-
-    @staticmethod
-    def _own() -> float:
-        t = psutil.Process().cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-
-
 def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
     """The exported model served by TorchServe with the committed handler/model-config.yaml, loaded by wrk
     posting `data` at concurrency 1 and 16 (req/s, p50/p99, failures, other processes' CPU)."""
@@ -102,16 +80,8 @@ def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
 
 
 def conditions() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": psutil.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    m = machine()
+    return {"cpu": m["cpu"], "logical_cpus": m["cores"], "torch_threads": torch.get_num_threads(), "gpu": m["gpu"],
             "network": "not used (weights from installed packages or none)"}
 
 
@@ -158,7 +128,7 @@ def main(argv=None) -> int:
     from training.train import train
 
     timings = {}
-    with OtherLoad() as load:
+    with CpuWatcher(every=1.0) as load:
         t0 = time.time()
         prepare(args.data, work / "prepared", list(params["data"]["classes"]),
                 resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
@@ -179,7 +149,7 @@ def main(argv=None) -> int:
     result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
               "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
               **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
-              "model_version": meta["version"], "conditions": {**conditions(), "other_processes_cores": load.cores},
+              "model_version": meta["version"], "conditions": {**conditions(), "other_processes_cores": load.summary["others_cores"]},
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if serve:
         result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
@@ -199,12 +169,12 @@ def remeasure(args, serve: bool) -> int:
         raise SystemExit(f"{work / 'benchmark.json'} not found: run without --serve-only first")
     result = json.loads((work / "benchmark.json").read_text())
     images = test_images(work)
-    with OtherLoad() as load:
+    with CpuWatcher(every=1.0) as load:
         result["latency"] = single_image_latency(work / "model", images)
         if serve:
             result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
     result["serving_measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    result["conditions"]["serving_other_processes_cores"] = load.cores
+    result["conditions"]["serving_other_processes_cores"] = load.summary["others_cores"]
     return record(args, work, result)
 
 

@@ -86,6 +86,13 @@ class CpuWatcher(threading.Thread):
             self.timeline.append((round(time.time(), 2), round(mine / interval, 3), round(other / interval, 3)))
         self.wall_s = time.monotonic() - self.started
 
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.summary = self.result()
+
     def result(self) -> dict:
         """Stop sampling; average cores used by this run and by other processes (with the busiest names)."""
         self._halt.set()

@@ -70,13 +70,9 @@ def read_rows(path: Path) -> list[dict]:
                  "rss_mb": float(r["rss_mb"]) if r["rss_mb"] else None} for r in csv.DictReader(handle)]
 
 
-def backend_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["worker"] != FRONTEND]
-
-
 def restarts(rows: list[dict]) -> int:
     """Worker PIDs that appeared after the first sample: each is a restarted (or added) backend worker."""
-    rows = backend_rows(rows)
+    rows = [r for r in rows if r["worker"] != FRONTEND]
     if not rows:
         return 0
     first_time = min(r["elapsed_s"] for r in rows)

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,10 +165,7 @@ def score(samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[
 
 
 def _count(values) -> dict:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def write_predictions(path: Path, samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[str]) -> None:

@@ -17,26 +17,20 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
 EVENT = "prediction"
-# "2026-11-25T13:12:04,211", "2026-11-25 13:12:04.211", optional "Z" / "+01:00" / "+0100"
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?")
+# "2026-11-25T13:12:04,211", "2026-11-25 13:12:04.211", optional "Z" / "+01:00" / "+0100" (datetime.fromisoformat)
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
 
 
 def parse_timestamp(text: str, tz: tzinfo | None = timezone.utc) -> datetime | None:
     """The log4j timestamp at the start of `text` as an aware datetime (None when there is none)."""
     match = _TIMESTAMP.match(text.strip())
-    if not match:
-        return None
-    day, clock, fraction, offset = match.groups()
-    stamp = datetime.fromisoformat(f"{day}T{clock}.{(fraction or '0').ljust(6, '0')}")
-    if offset:
-        offset = "+00:00" if offset == "Z" else offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
-        return stamp.replace(tzinfo=datetime.fromisoformat(f"2000-01-01T00:00:00{offset}").tzinfo)
-    return stamp.replace(tzinfo=tz)
+    stamp = datetime.fromisoformat(match.group(0)) if match else None
+    return stamp.replace(tzinfo=tz) if stamp and stamp.tzinfo is None else stamp
 
 
 def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
@@ -59,13 +53,6 @@ def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
     return record
 
 
-def open_log(path: Path):
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 def log_files(path: Path) -> list[Path]:
     """A file as is; a folder -> its model_log*.log(.gz) files, rotated ones first (oldest name first)."""
     path = Path(path)
@@ -80,21 +67,15 @@ def log_files(path: Path) -> list[Path]:
                             f"`python -m serving start`); pass that file or folder with --log")
 
 
-def iter_records(lines: Iterable[str], tz: tzinfo | None = timezone.utc) -> Iterator[dict]:
-    for line in lines:
-        record = parse_line(line, tz)
-        if record is not None:
-            yield record
-
-
 def read_records(paths: Path | Iterable[Path], tz: tzinfo | None = timezone.utc) -> list[dict]:
     """Every prediction record in the given log files/folders, in file order."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     records: list[dict] = []
     for path in paths:
         for file in log_files(Path(path)):
-            with open_log(file) as handle:
-                records.extend(iter_records(handle, tz))
+            opener = gzip.open if file.suffix == ".gz" else open
+            with opener(file, "rt", encoding="utf-8", errors="replace") as handle:
+                records.extend(filter(None, (parse_line(line, tz) for line in handle)))
     return records
 
 
