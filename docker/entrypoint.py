@@ -19,18 +19,16 @@ TS_BIND_ADDRESS, TS_GRPC_BIND_ADDRESS, TS_MODELS, LOG_LOCATION.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from catsdogs import contract
-from catsdogs.contract import DEFAULT_URLS, KEY_FILE, PORTS
-from serving.config import ADDRESS_KEYS, base_urls, derive_config, read_properties
-from serving.server import TS_PID_FILE, torchserve_command
+from catsdogs.contract import DEFAULT_URLS, PORTS
+from serving import server
+from serving.config import ADDRESS_KEYS, read_properties
 
 
 def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str, str]:
@@ -44,43 +42,30 @@ def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str
     return out
 
 
-def state_for(props: dict[str, str], run_dir: Path, log_dir: Path) -> dict:
-    """serve.json for serving.client.ServingClient.from_run_dir (0.0.0.0 is reached on 127.0.0.1)."""
-    urls = base_urls(props)
-    return {"pid": None, "inference_url": urls["inference"], "management_url": urls["management"],
-            "metrics_url": urls["metrics"], "key_file": str(run_dir / KEY_FILE),
-            "config": str(run_dir / "config.properties"), "log_dir": str(log_dir),
-            "model_store": props["model_store"], "started_at": time.time(), "models": props.get("load_models", "")}
-
-
 def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
     """Write the run's config.properties and serve.json; returns (run dir, properties, state)."""
     base = Path(env.get("TS_CONFIG", "/app/config.properties"))
     run_dir = Path(env.get("TS_RUN_DIR", "/home/model-server/run")).resolve()
     log_dir = Path(env.get("LOG_LOCATION", run_dir / "logs")).resolve()
     store = Path(env.get("TS_MODEL_STORE", "/home/model-server/model-store")).resolve()
-    if not store.is_dir() or not any(store.glob("*.mar")):
-        raise SystemExit(f"entrypoint: model store {store} has no .mar archive; build the image after "
-                         f"`make archive` or mount a store with the model's .mar at TS_MODEL_STORE")
     overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
                                env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
-    for sub in (run_dir / "tmp", log_dir):
-        sub.mkdir(parents=True, exist_ok=True)
-    (run_dir / KEY_FILE).unlink(missing_ok=True)  # keys of an earlier run would mislead the health check
-    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)
-    name = env.get("MODEL_NAME") or contract.model_name()
-    props = derive_config(base, run_dir / "config.properties", model_store=store,
-                          models=env.get("TS_MODELS") or f"{name}={contract.archive_path(name).name}", extra=overrides)
-    state = state_for(props, run_dir, log_dir)
+    name = env.get("MODEL_NAME")  # the image's (it carries no params.yaml)
+    models = env.get("TS_MODELS") or (f"{name}={contract.archive_path(name).name}" if name
+                                      else server.default_models())
+    try:
+        props = server.prepare_run(base, run_dir, log_dir, model_store=store, models=models, extra=overrides)
+    except server.ServeError as exc:
+        raise SystemExit(f"entrypoint: {exc}") from exc
+    state = server.serve_state(props, run_dir, log_dir, None)
     contract.write_serve_state(run_dir, state)
     return run_dir, props, state
 
 
 def main() -> int:
     run_dir, props, state = prepare(dict(os.environ))
-    env = {**os.environ, "TMPDIR": str(run_dir / "tmp"), "TEMP": str(run_dir / "tmp"),
-           "LOG_LOCATION": state["log_dir"], "METRICS_LOCATION": state["log_dir"]}
-    cmd = [torchserve_command(), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
+    env = server.instance_env(run_dir, Path(state["log_dir"]))
+    cmd = [server.torchserve_command(), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
            "--model-store", props["model_store"]]
     print(f"entrypoint: {' '.join(cmd)} (cwd {run_dir}; inference {props['inference_address']}, "
           f"management {props['management_address']}, metrics {props['metrics_address']})", flush=True)
@@ -91,7 +76,7 @@ def main() -> int:
     def forward(signum, _frame):
         # `torchserve --foreground` is a Python launcher waiting on the Java frontend; the frontend is
         # what must get the signal to stop its workers cleanly. Its pid is in TMPDIR/.model_server.pid.
-        pid_file = run_dir / "tmp" / TS_PID_FILE
+        pid_file = run_dir / "tmp" / server.TS_PID_FILE
         try:
             os.kill(int(pid_file.read_text().strip()), signum)
         except (OSError, ValueError):

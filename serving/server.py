@@ -96,6 +96,34 @@ def tail(path: Path, lines: int = 30) -> str:
         return f"(no {path})"
 
 
+def default_models() -> str:
+    """load_models for the model of params.yaml serve.model_name: <name>=<name>.mar."""
+    name = contract.model_name()
+    return f"{name}={contract.archive_path(name).name}"
+
+
+def prepare_run(config: Path, run_dir: Path, log_dir: Path, **derive) -> dict[str, str]:
+    """The run directory's config.properties (serving.config.derive_config) and a clean tmp/; its properties."""
+    for folder in (run_dir / "tmp", log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    props = derive_config(config, run_dir / "config.properties", **derive)
+    store = Path(props["model_store"])
+    if not store.is_dir() or not any(store.glob("*.mar")):
+        raise ServeError(f"model store {store} has no .mar archive; build one with `make archive` "
+                         f"(python -m serving archive), or point the model store at a folder holding one")
+    (run_dir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would mislead clients
+    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)  # archives unpacked by earlier runs
+    return props
+
+
+def serve_state(props: dict[str, str], run_dir: Path, log_dir: Path, pid: int | None) -> dict:
+    """serve.json of a run: what `stop`, `ready`, `token` and serving.client read (0.0.0.0 -> 127.0.0.1)."""
+    urls = base_urls(props)
+    return {"pid": pid, **{f"{api}_url": url for api, url in urls.items()}, "key_file": str(run_dir / KEY_FILE),
+            "config": str(run_dir / "config.properties"), "log_dir": str(log_dir),
+            "model_store": props["model_store"], "started_at": time.time(), "models": props.get("load_models", "")}
+
+
 def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | None = None,
           models: str | None = None, ports: dict[str, int | None] | None = None,
           grpc_ports: tuple[int, int] | None = None, model_names: list[str] | None = None,
@@ -109,34 +137,18 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
     if running_pid(run_dir):
         raise ServeError(f"TorchServe from {run_dir} is already running (pid {running_pid(run_dir)}); "
                          f"`python -m serving stop --run-dir {run_dir}` first")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    run_config = run_dir / "config.properties"
-    if not models:
-        name = contract.model_name()
-        models = f"{name}={contract.archive_path(name).name}"
-    props = derive_config(config, run_config, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
-                          models=models, extra=extra)
-    store = Path(props["model_store"])
-    if not store.is_dir() or not any(store.glob("*.mar")):
-        raise ServeError(f"model store {store} has no .mar archive; build one with `make mar` "
-                         f"(python -m serving archive)")
-    (run_dir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would mislead clients
-    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)  # archives unpacked by earlier runs
+    props = prepare_run(config, run_dir, log_dir, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
+                        models=models or default_models(), extra=extra)
     env = instance_env(run_dir, log_dir)
-    cmd = [torchserve_command(), "--start", "--ncs", "--ts-config", str(run_config), "--model-store", str(store)]
+    cmd = [torchserve_command(), "--start", "--ncs", "--ts-config", str(run_dir / "config.properties"),
+           "--model-store", props["model_store"]]
     console = log_dir / "torchserve.console.log"
     with open(console, "ab") as out:
         launched = subprocess.run(cmd, check=False, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60)
     pid_file = run_dir / "tmp" / TS_PID_FILE
     if launched.returncode != 0 or not pid_file.is_file():
         raise ServeError(f"`{' '.join(cmd)}` failed (exit {launched.returncode}); see {console}:\n{tail(console)}")
-    pid = int(pid_file.read_text().strip())
-    urls = base_urls(props)
-    state = {"pid": pid, "inference_url": urls["inference"], "management_url": urls["management"],
-             "metrics_url": urls["metrics"], "key_file": str(run_dir / KEY_FILE), "config": str(run_config),
-             "log_dir": str(log_dir), "model_store": str(store), "started_at": time.time(),
-             "models": props.get("load_models", "")}
+    state = serve_state(props, run_dir, log_dir, int(pid_file.read_text().strip()))
     contract.write_serve_state(run_dir, state)
     names = model_names or [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
                             if m and m not in ("ALL", "all")]
