@@ -1,17 +1,13 @@
-"""Benchmark: how the exported TorchScript model runs fastest on this CPU, layouts compared in one run.
+"""Benchmark: which form of the exported TorchScript model (artifacts/model/model.pt) runs fastest on this CPU.
 
-Variants of the same model file (artifacts/model/model.pt by default), each fed random batches:
-  exported          - torch.jit.load as is, NCHW inputs
-  optimize          - torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
-  channels_last     - model.runtime.for_cpu_inference: channels_last weights + freeze, channels_last inputs
-each with glibc malloc at its initial settings (`malloc default`: blocks above 128 KiB mmapped and unmapped
-on free) and with model.runtime.reuse_freed_memory (`malloc reuse`), at every batch size and torch thread
-count asked for. Rounds are interleaved (variant A, B, C, A, B, C, ...)
-so that a slow spell of the machine hits all of them alike; the table gives the median images/s over the
-rounds and each variant's ratio to `exported`. Other processes' CPU during the run is recorded. Nothing is
-asserted: it prints the table and writes it to docs/cpu-inference.md (and reports/cpu-inference.json).
+Variants, fed random batches at every batch size and torch thread count asked for, each with glibc malloc as
+is (`malloc default`) and with model.runtime.reuse_freed_memory (`malloc reuse`):
+  exported       torch.jit.load as is, NCHW inputs
+  optimize       torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
+  channels_last  model.runtime.for_cpu_inference: channels_last weights + freeze, channels_last inputs
+Rounds are interleaved; the table (docs/cpu-inference.md, reports/cpu-inference.json) gives the median images/s
+and the ratio to `exported`, with other processes' CPU. Nothing is asserted.
 
-    python -m benchmarks.cpu_inference                               # artifacts/model, batches 1 4 8, threads 1 2
     python -m benchmarks.cpu_inference --model-dir build/bench-real/pretrained/model --batches 1 8 64
 """
 from __future__ import annotations

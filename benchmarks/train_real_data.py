@@ -1,10 +1,9 @@
 """Benchmark: a training recipe on a real photo set (e.g. ../shared/data/dogs-vs-cats-10k.tar).
 
-Runs prepare -> train -> evaluate -> export in a separate work folder (the repo's own artifacts are not
-touched), times each stage, measures the exported model's CPU latency and throughput in-process and served
-by a real TorchServe under `wrk` (benchmarks/serving.py; skipped with --no-serve or when wrk is missing),
-records the run in benchmarks/results/train_real_data.json (one entry per --label, replaced when re-run) and rewrites
-docs/training-benchmark.md from all recorded runs. Nothing is asserted: it prints numbers and writes them down.
+prepare -> train -> evaluate -> export in a work folder (the repo's artifacts untouched), each stage timed; the
+exported model's CPU latency in-process and, unless --no-serve or wrk is missing, served by TorchServe under
+`wrk` (benchmarks/serving.py). Each --label is one entry of benchmarks/results/train_real_data.json, from which
+docs/training-benchmark.md is rewritten. Nothing is asserted.
 
     python -m benchmarks.train_real_data --data ../shared/data/dogs-vs-cats-10k.tar            # params.yaml
     python -m benchmarks.train_real_data --data ... --preset scratch --label scratch            # a preset

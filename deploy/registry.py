@@ -1,10 +1,8 @@
 """MLflow model registry: the `champion` alias follows the version TorchServe serves by default.
 
-The export stage registers each trained model as a new version of serve.model_name (alias `candidate`) and
-writes registered_model + mlflow_model_version into model-meta.json, which the archive carries.
-After a successful deploy or rollback the alias `champion` is moved to that registry version.
-A registry without that version (an archive trained against another tracking store) gives a warning,
-or an error with --require-registry.
+The export stage registers each model (alias `candidate`) and writes registered_model + mlflow_model_version
+into model-meta.json, which the archive carries. A registry without that version gives a warning, or an
+error with --require-registry.
 """
 from __future__ import annotations
 

@@ -1,20 +1,12 @@
 """Container entry point: TorchServe in the foreground, configured from the repo's config.properties.
 
-The image keeps the reviewed config.properties (every API on 127.0.0.1) unchanged. Inside a container
-the loopback interface cannot be reached through published ports, so this script writes
-<TS_RUN_DIR>/config.properties with serving.config.derive_config, changing only:
-  * the host of inference/management/metrics_address -> TS_BIND_ADDRESS (default 0.0.0.0). What is
-    reachable from outside is decided where the container is published: docker-compose.yml publishes
-    on 127.0.0.1 of the host only; the Kubernetes Service exposes only the inference port.
-  * gRPC stays on the container's loopback (TS_GRPC_BIND_ADDRESS, default 127.0.0.1): nothing uses it.
-  * model_store -> TS_MODEL_STORE; load_models -> TS_MODELS when set, else <MODEL_NAME>=<MODEL_NAME>.mar
-    (MODEL_NAME: the image's, from params.yaml serve.model_name at build time).
-Then it runs `torchserve --foreground` in TS_RUN_DIR (TorchServe writes key_file.json there; the
-HEALTHCHECK `python -m serving ready --run-dir $TS_RUN_DIR` reads it and serve.json), forwards
-SIGTERM/SIGINT to the Java frontend so it shuts down gracefully, and exits with TorchServe's status.
-
-Environment: TS_CONFIG (base config, default /app/config.properties), TS_RUN_DIR, TS_MODEL_STORE,
-TS_BIND_ADDRESS, TS_GRPC_BIND_ADDRESS, TS_MODELS, LOG_LOCATION.
+It derives <TS_RUN_DIR>/config.properties (serving.server.prepare_run) changing only: the inference/management/
+metrics hosts -> TS_BIND_ADDRESS (default 0.0.0.0: the loopback cannot be published; docker-compose.yml
+publishes on the host's 127.0.0.1), gRPC -> TS_GRPC_BIND_ADDRESS (default 127.0.0.1), model_store ->
+TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar. It writes serve.json (the
+HEALTHCHECK `python -m serving ready --run-dir $TS_RUN_DIR` reads it and key_file.json), runs
+`torchserve --foreground`, forwards SIGTERM/SIGINT to the Java frontend and exits with TorchServe's status.
+Also read: TS_CONFIG (default /app/config.properties), LOG_LOCATION.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The quality gate: the thresholds of a mode's Locust config (loadtest/<mode>.conf) against what a run measured.
 
-Every threshold is a locustfile option (--max-p95-ms, --max-accuracy-drop ...; RULES below), set in the
-mode's config file and overridable on the command line; one that is not set is reported, not checked.
-Pure functions; the locustfile calls them when Locust quits and sets Locust's exit code from the result.
+Every threshold is a locustfile option (RULES below), set in the config file or on the command line; one that
+is not set is reported, not checked. The locustfile calls these when Locust quits and sets its exit code.
 """
 from __future__ import annotations
 

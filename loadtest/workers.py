@@ -1,7 +1,6 @@
 """TorchServe backend workers under load: RSS and PID samples (soak), killing one and timing recovery (fault).
 
-Worker PIDs and states come from the management API (describe model); memory from psutil. The row
-helpers are pure so the soak/fault numbers can be tested on hand-made samples.
+PIDs and states from the management API, memory from psutil; the row helpers are pure (tested on made-up rows).
 """
 from __future__ import annotations
 

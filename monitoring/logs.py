@@ -1,16 +1,9 @@
-"""Prediction records from TorchServe's model_log.log (one JSON line per answered or rejected request).
+"""Prediction records from TorchServe's model_log.log: the handler's one JSON line per answered or rejected request.
 
-The handler (handler/catsdogs_handler.py `_log`) writes `json.dumps(record)` on the Python logger
-"catsdogs.predictions". The worker's Python logging prints the bare message to stdout, the TorchServe
-frontend reads that stream and logs each line on its MODEL_LOG logger, whose log4j2 pattern
-(`%d{ISO8601} [%-5p] %t %c - %m%n`, TorchServe's default) prefixes it:
-
+The frontend prefixes each line with its MODEL_LOG log4j2 pattern (`%d{ISO8601} [%-5p] %t %c - %m%n`):
     2026-11-25T13:12:04,211 [INFO ] W-9000-catsdogs_1.0-stdout MODEL_LOG - {"batch_size": 1, ...}
-
-`parse_line` accepts that prefix, none at all (monitoring/log4j2.xml's JSON-only file) and timestamps
-with a dot or comma before the milliseconds and an optional UTC offset. A timestamp without an offset
-is TorchServe's local time (the JVM's time zone, UTC in the containers); pass `tz` to say otherwise.
-Rotated files (model_log.<date>.log.gz) are read transparently.
+or not at all (monitoring/log4j2.xml's JSON-only file). A timestamp without an offset is TorchServe's local
+time (UTC in the containers; pass `tz` otherwise). Rotated model_log.<date>.log.gz files are read too.
 """
 from __future__ import annotations
 
@@ -34,10 +27,7 @@ def parse_timestamp(text: str, tz: tzinfo | None = timezone.utc) -> datetime | N
 
 
 def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
-    """One log line -> the prediction record (plus "time", an ISO string, when the line has a timestamp).
-
-    Lines that are not the handler's JSON records (TorchServe's own messages, tracebacks, metrics) give None.
-    """
+    """One log line -> the prediction record, with "time" (ISO) when the line has one; None for any other line."""
     start = line.find('{"')
     if start < 0:
         return None
@@ -90,11 +80,7 @@ def by_request_id(records: Iterable[dict]) -> dict[str, dict]:
 
 
 def probabilities(record: dict, classes: list[str]) -> list[float]:
-    """Class probabilities of an answered record.
-
-    The log keeps the top label and its confidence; with two classes that is the whole distribution.
-    With more, the remaining mass is spread evenly (an approximation, used only for log loss).
-    """
+    """Class probabilities of an answered record: its confidence, the rest spread evenly (exact for two classes)."""
     label, confidence = record["label"], float(record["confidence"])
     if label not in classes:
         raise ValueError(f"record {record.get('request_id')}: label {label!r} is not one of {classes}")

@@ -1,11 +1,8 @@
 """Build model-store/<name>.mar with torch-model-archiver from an export directory.
 
-The archive holds: the TorchScript file (serializedFile; no model code), the handler, the handler's
-model-config.yaml, and at its root model-meta.json, index_to_name.json and the `model/` package
-(preprocess.py, export.py, runtime.py) so the handler preprocesses exactly as training did.
-torch-model-archiver copies the *contents* of a directory given in --extra-files into the archive
-root, so those files are staged in a temporary mar-extra/ directory first. The archive also carries
-catsdogs/contract.py: the handler builds its answers and reads its default limits from it.
+The archive holds the TorchScript file, the handler and its model-config.yaml, and at its root model-meta.json,
+index_to_name.json and the packages the handler imports (PACKAGE_FILES: model/ preprocessing, the contract),
+so it preprocesses exactly as training did. --extra-files copies a directory's contents, hence the staging.
 """
 from __future__ import annotations
 

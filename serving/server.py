@@ -1,12 +1,9 @@
 """Start, stop and health-check a TorchServe instance for this repo.
 
-One instance lives in one run directory (default `.serve/`):
-  config.properties  the repo config with absolute paths and the chosen ports (derived, never edited by hand)
-  key_file.json      TorchServe's token keys (written by TorchServe into its working directory)
-  serve.json         pid, URLs, log dir: what `stop`, `ready`, `token` and serving.client read
-  tmp/               TMPDIR/TEMP of the instance: torchserve's pid file, worker sockets, unpacked archives
-Giving each instance its own TMPDIR is what lets a test instance run next to `make serve`:
-`torchserve` keeps its pid file and worker sockets in the temp directory.
+One instance lives in one run directory (default `.serve/`): its derived config.properties, TorchServe's
+key_file.json, serve.json (pid, URLs, log dir: what `stop`, `ready`, `token` and serving.client read) and tmp/,
+the instance's TMPDIR, where torchserve keeps its pid file and worker sockets; so a test instance can run
+next to `make serve`.
 """
 from __future__ import annotations
 
@@ -128,11 +125,7 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
           models: str | None = None, ports: dict[str, int | None] | None = None,
           grpc_ports: tuple[int, int] | None = None, model_names: list[str] | None = None,
           timeout: float = 180.0, extra: dict[str, str] | None = None) -> dict:
-    """Start TorchServe in the background and wait until it is healthy with READY workers.
-
-    Returns the state written to <run_dir>/serve.json. `models` defaults to the archive named after the
-    model (params.yaml serve.model_name): <name>=<name>.mar.
-    """
+    """Start TorchServe in the background, wait for READY workers; returns the serve.json state."""
     run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
     if running_pid(run_dir):
         raise ServeError(f"TorchServe from {run_dir} is already running (pid {running_pid(run_dir)}); "
