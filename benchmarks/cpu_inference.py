@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.serving import conditions
+from benchmarks.conditions import measured, measured_line, model_line
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
@@ -84,15 +84,12 @@ def measure(model_file: Path, size: int, batches: list[int], threads: list[int],
 
 
 def render(report: dict) -> str:
-    c, m = report["conditions"], report["model"]
     lines = ["# CPU inference: which form of the exported model runs fastest", "",
              ("Written by `python -m benchmarks.cpu_inference`; every number below was measured by it in one run, "
              "variants interleaved round by round."), "",
-             (f"- Measured {report['measured_at']}: {c['cpu']}, {c['cores']} logical CPUs, flags "
-             f"{', '.join(c['flags']) or 'none of the listed'}, {c['gpu']}, torch {c['torch']}; other processes "
-             f"used {report['others_cores']} cores on average during the run."),
-             (f"- Model: {m['arch']} at {m['image_size']} px, weights {m['pretrained']} ({report['model_dir']}), "
-             f"{report['rounds']} rounds of {report['seconds']} s per variant and setting."), "",
+             measured_line(report),
+             (f"- {model_line(report['model'])} ({report['model_dir']}), {report['rounds']} rounds of "
+              f"{report['seconds']} s per variant and setting."), "",
              "| torch threads | batch | variant | images/s (median) | vs exported, malloc default | rounds min-max |",
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -119,13 +116,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
     meta = read_metadata(args.model_dir / "model-meta.json")
-    watcher = CpuWatcher(every=1.0)
-    watcher.start()
-    rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
-                   args.seconds)
-    report = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions(),
-              "others_cores": watcher.result()["others_cores"], "model_dir": str(args.model_dir),
-              "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
+    with CpuWatcher(every=1.0) as watcher:
+        rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
+                       args.seconds)
+    report = {**measured(watcher.summary["others_cores"], meta), "model_dir": str(args.model_dir),
               "rounds": args.rounds, "seconds": args.seconds, "rows": rows}
     save(report, Path("reports/cpu-inference.json"), None if args.no_docs else args.report, render)
     return 0
