@@ -6,7 +6,7 @@ is not set is reported, not checked. The locustfile calls these when Locust quit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # threshold option -> (metric key, "max" | "min" | "true", unit for messages)
 RULES = {
@@ -32,9 +32,6 @@ class Check:
     limit: object
     ok: bool
     text: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def add_threshold_options(parser) -> None:

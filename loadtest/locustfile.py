@@ -18,9 +18,11 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import gevent
@@ -71,7 +73,6 @@ class Run:
         self.first_schema_error = None
         self.failures = []            # (start, end) unix times of failed requests
         self.started = None
-        self.monitor_rows = 0
         self.worker_rows = []
         self.fault = {}
         self.peak_users = 0
@@ -138,9 +139,8 @@ def on_init(environment, **_):
         log.error("%s", exc)
         sys.exit(2)
     labelled = sum(s.label is not None for s in RUN.samples)
-    state = read_serve_state(opts.run_dir) or {}
-    if not environment.host:
-        environment.host = state.get("inference_url") or ServingClient.from_run_dir(opts.run_dir).urls["inference"]
+    if not environment.host:  # serve.json's URL, else config.properties'
+        environment.host = ServingClient.from_run_dir(opts.run_dir).urls["inference"]
     try:
         response = management_client(environment).request("management", "GET",
                                                            f"/models/{RUN.model_name}?customized=true")
@@ -206,7 +206,7 @@ def inject_fault(environment, after: float, timeout: float) -> None:
         return
     victim = before[0]
     sample = RUN.samples[0].data
-    workers.kill_worker(victim)
+    os.kill(victim, signal.SIGKILL)  # what an OOM kill or a segfault looks like to TorchServe
     killed_at = time.time()
     RUN.fault = {"killed_pid": victim, "pids_before": before, "killed_at": killed_at,
                  "killed_at_s": round(killed_at - RUN.started, 2), "recovered": False}
@@ -260,10 +260,7 @@ class CatsDogsUser(HttpUser):
 
     @task(1)
     def predict_version(self):
-        if RUN.version is None:  # not known yet: describe failed and no prediction came back so far
-            self._predict(None)
-        else:
-            self._predict(RUN.version)
+        self._predict(RUN.version)  # the default version's URL while the version is not known yet
 
     @task(1)
     def ping(self):
@@ -318,7 +315,7 @@ def on_quitting(environment, **_):
     ok = gate.passed(checks)
     environment.process_exit_code = 0 if ok else 3
     summary = {"mode": opts.mode, "passed": ok, "exit_code": environment.process_exit_code, "metrics": metrics,
-               "checks": [c.to_dict() for c in checks], "thresholds": limits,
+               "checks": [asdict(c) for c in checks], "thresholds": limits,
                "endpoints": [gate.entry_metrics(e) for e in environment.stats.entries.values()],
                "accuracy": RUN.tally.to_dict(), "first_schema_error": RUN.first_schema_error,
                "model_name": RUN.model_name, "model_version": RUN.version,

@@ -5,8 +5,6 @@ PIDs and states from the management API, memory from psutil; the row helpers are
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -99,11 +97,6 @@ def rss_growth(series: list[tuple[float, float]], warmup_s: float = 30.0,
     window = max(1, min(window, len(after) // 2))
     start, end = statistics.median(after[:window]), statistics.median(after[-window:])
     return round(start, 1), round(end, 1), (round((end - start) / start * 100, 2) if start else None)
-
-
-def kill_worker(pid: int) -> None:
-    """SIGKILL one backend worker (what an OOM kill or a segfault looks like to TorchServe)."""
-    os.kill(int(pid), signal.SIGKILL)
 
 
 def wait_recovered(client, before_pids: list[int], probe: Callable[[], bool], timeout: float = 120.0,
