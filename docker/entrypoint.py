@@ -15,21 +15,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from catsdogs import contract
-from catsdogs.contract import DEFAULT_URLS, PORTS
 from serving import server
-from serving.config import ADDRESS_KEYS, read_properties
+from serving.config import ADDRESS_KEYS, address, read_properties
 
 
 def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str, str]:
     """The address keys of `props` with their host replaced by `bind` (scheme and port kept)."""
-    host = f"[{bind}]" if ":" in bind else bind
-    out = {}
-    for api, key in ADDRESS_KEYS.items():
-        parts = urlsplit(props.get(key, DEFAULT_URLS[api]))
-        out[key] = f"{parts.scheme or 'http'}://{host}:{parts.port or PORTS[api]}"
+    out = {key: address(props, api, host=bind) for api, key in ADDRESS_KEYS.items()}
     out["grpc_inference_address"] = out["grpc_management_address"] = grpc_bind
     return out
 
