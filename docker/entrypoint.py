@@ -51,7 +51,7 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
 def main() -> int:
     run_dir, props, state = prepare(dict(os.environ))
     env = server.instance_env(run_dir, Path(state["log_dir"]))
-    cmd = [server.torchserve_command(), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
+    cmd = [server.tool("torchserve"), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
            "--model-store", props["model_store"]]
     print(f"entrypoint: {' '.join(cmd)} (cwd {run_dir}; inference {props['inference_address']}, "
           f"management {props['management_address']}, metrics {props['metrics_address']})", flush=True)

@@ -58,14 +58,10 @@ def load_classes(meta_path: Path | None) -> list[str]:
         raise UsageError(f"no class list: {meta_path} is missing and {exc}; pass --meta path/to/model-meta.json") from exc
 
 
-def stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
 def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
     """folder/<prefix>-<UTC time><suffix>, with -2, -3 ... appended when that name is taken."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = f"{prefix}-{stamp()}"
+    base = f"{prefix}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     path, n = folder / f"{base}{suffix}", 1
     while path.exists():
         n += 1

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import requests
 
 from catsdogs import contract
 from catsdogs.contract import KEY_FILE, SERVE_STATE_FILE, read_serve_state
+from serving.archive import tool
 from serving.client import ServingClient
 from serving.config import base_urls, derive_config
 
@@ -41,11 +41,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def torchserve_command() -> str:
-    local = Path(sys.executable).parent / "torchserve"
-    return str(local) if local.exists() else "torchserve"
 
 
 def instance_env(run_dir: Path, log_dir: Path) -> dict[str, str]:
@@ -133,7 +128,7 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
     props = prepare_run(config, run_dir, log_dir, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
                         models=models or default_models(), extra=extra)
     env = instance_env(run_dir, log_dir)
-    cmd = [torchserve_command(), "--start", "--ncs", "--ts-config", str(run_dir / "config.properties"),
+    cmd = [tool("torchserve"), "--start", "--ncs", "--ts-config", str(run_dir / "config.properties"),
            "--model-store", props["model_store"]]
     console = log_dir / "torchserve.console.log"
     with open(console, "ab") as out:
@@ -179,7 +174,7 @@ def stop(run_dir: Path, timeout: float = 60.0) -> bool:
         return False
     env = instance_env(run_dir, Path(state.get("log_dir", run_dir)))
     # torchserve --stop reads the pid file from TMPDIR and deletes key_file.json in its working directory.
-    subprocess.run([torchserve_command(), "--stop"], check=False, cwd=run_dir, env=env, capture_output=True, timeout=60)
+    subprocess.run([tool("torchserve"), "--stop"], check=False, cwd=run_dir, env=env, capture_output=True, timeout=60)
     try:
         proc = psutil.Process(pid)
         children = proc.children(recursive=True)
