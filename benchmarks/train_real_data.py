@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from benchmarks.conditions import machine
+from benchmarks.cpu_inference import images_per_s
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
@@ -54,11 +55,7 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
                 full.append((t2 - t0) * 1000)
         batch = torch.stack([transform(decode_image(image_bytes[i % len(image_bytes)])) for i in range(8)])
         net(batch)
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 5:
-            net(batch)
-            n += len(batch)
-        batch8 = n / (time.perf_counter() - t0)
+        batch8 = images_per_s(net, batch, 5.0)
     pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1]
     return {"forward_p50_ms": round(statistics.median(forward), 2), "forward_p95_ms": round(pct(forward, 95), 2),
             "end_to_end_p50_ms": round(statistics.median(full), 2), "end_to_end_p95_ms": round(pct(full, 95), 2),
