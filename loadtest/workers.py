@@ -35,20 +35,17 @@ def worker_states(described: list[dict]) -> list[dict]:
             for version in described for w in version.get("workers", [])]
 
 
-def sample(client, started: float, frontend_pid: int | None = None, now: float | None = None) -> list[dict]:
-    """One row per worker (and the Java frontend) with its RSS; [] when the management API does not answer."""
-    now = time.time() if now is None else now
+def sample(client, started: float, frontend_pid: int | None = None) -> list[dict]:
+    """One row per worker (and the Java frontend) with its RSS; no worker rows when the management API is silent."""
+    now = time.time()
     try:
         states = worker_states(client.describe())
     except Exception:  # noqa: BLE001 - a worker restart can make describe fail briefly; the gap is the data
         states = []
-    rows = [{"time": round(now, 2), "elapsed_s": round(now - started, 2), **s, "rss_mb": rss_mb(s["pid"])}
-            for s in states]
     if frontend_pid:
-        rows.append({"time": round(now, 2), "elapsed_s": round(now - started, 2), "worker": FRONTEND,
-                     "pid": frontend_pid, "status": "UP" if rss_mb(frontend_pid) else "GONE",
-                     "rss_mb": rss_mb(frontend_pid)})
-    return rows
+        states.append({"worker": FRONTEND, "pid": frontend_pid, "status": "UP" if rss_mb(frontend_pid) else "GONE"})
+    return [{"time": round(now, 2), "elapsed_s": round(now - started, 2), **s, "rss_mb": rss_mb(s["pid"])}
+            for s in states]
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:

@@ -12,7 +12,6 @@ import fcntl
 import json
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -109,21 +108,12 @@ class ServingClient:
             self._keys[api] = read_key_file(self.key_file)[api]["key"]
         return self._keys[api]
 
-    @contextmanager
-    def _file_lock(self):
-        """Exclusive lock across processes (advisory flock on the key file itself)."""
-        with open(self.key_file, "rb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def refresh_key(self, api: str, stale: str | None = None) -> str | None:
         """A working key for `api`: the key file's if it changed since `stale`, else a freshly rotated one."""
         if self.key_file is None or not self.key_file.is_file():
             return None
-        with self._lock, self._file_lock():
+        with self._lock, open(self.key_file, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # across processes; released when the file is closed
             keys = read_key_file(self.key_file)
             current = keys[api]["key"]
             if current == stale or (stale is None and seconds_left(keys, api) <= 0):
