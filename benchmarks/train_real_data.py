@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
               "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
               **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
-              "model_version": meta["version"], "conditions": {**conditions(), "other_processes_cores": load.summary["others_cores"]},
+              "model_version": meta["version"],
+              "conditions": {**conditions(), "other_processes_cores": load.summary["others_cores"]},
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if serve:
         result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)

@@ -118,8 +118,8 @@ def serve_state(props: dict[str, str], run_dir: Path, log_dir: Path, pid: int | 
 
 def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | None = None,
           models: str | None = None, ports: dict[str, int | None] | None = None,
-          grpc_ports: tuple[int, int] | None = None, model_names: list[str] | None = None,
-          timeout: float = 180.0, extra: dict[str, str] | None = None) -> dict:
+          grpc_ports: tuple[int, int] | None = None, timeout: float = 180.0,
+          extra: dict[str, str] | None = None) -> dict:
     """Start TorchServe in the background, wait for READY workers; returns the serve.json state."""
     run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
     if running_pid(run_dir):
@@ -138,8 +138,8 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
         raise ServeError(f"`{' '.join(cmd)}` failed (exit {launched.returncode}); see {console}:\n{tail(console)}")
     state = serve_state(props, run_dir, log_dir, int(pid_file.read_text().strip()))
     contract.write_serve_state(run_dir, state)
-    names = model_names or [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
-                            if m and m not in ("ALL", "all")]
+    names = [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
+             if m and m not in ("ALL", "all")]
     wait_ready(run_dir, names, timeout, console)
     return state
 
