@@ -34,14 +34,14 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
     run_dir = Path(env.get("TS_RUN_DIR", "/home/model-server/run")).resolve()
     log_dir = Path(env.get("LOG_LOCATION", run_dir / "logs")).resolve()
     store = Path(env.get("TS_MODEL_STORE", "/home/model-server/model-store")).resolve()
-    overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
-                               env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
     name = env.get("MODEL_NAME")  # the image's (it carries no params.yaml)
     models = env.get("TS_MODELS") or (f"{name}={contract.archive_path(name).name}" if name
                                       else server.default_models())
     try:
+        overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
+                                   env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
         props = server.prepare_run(base, run_dir, log_dir, model_store=store, models=models, extra=overrides)
-    except server.ServeError as exc:
+    except (server.ServeError, FileNotFoundError) as exc:
         raise SystemExit(f"entrypoint: {exc}") from exc
     state = server.serve_state(props, run_dir, log_dir, None)
     contract.write_serve_state(run_dir, state)
