@@ -49,7 +49,11 @@ def plot_workers(rows: list[dict], out: Path | str, title: str, events: dict[str
     if not rows:
         raise ValueError("no worker samples to plot")
     fig, (ax, front) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(2, 1))
-    for (worker, pid), points in _by_process(rows).items():
+    series: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (worker, pid) -> (seconds, RSS MB)
+    for r in rows:
+        if r["rss_mb"] is not None:
+            series.setdefault((r["worker"], r["pid"]), []).append((r["elapsed_s"], r["rss_mb"]))
+    for (worker, pid), points in series.items():
         target = front if worker == workers.FRONTEND else ax
         target.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"{worker} pid {pid}")
     ax.set_ylabel("backend worker RSS MB")
@@ -69,14 +73,6 @@ def plot_workers(rows: list[dict], out: Path | str, title: str, events: dict[str
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def _by_process(rows: list[dict]) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    series: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for r in rows:
-        if r["rss_mb"] is not None:
-            series.setdefault((r["worker"], r["pid"]), []).append((r["elapsed_s"], r["rss_mb"]))
-    return series
 
 
 def _fmt(value, digits: int = 1) -> str:
