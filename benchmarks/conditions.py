@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -34,6 +35,18 @@ def model_line(meta: dict) -> str:
              else "random initialisation" if str(weights) == "none" else f"pretrained weights ({weights})")
     return (f"Model {meta.get('arch', '?')} at {meta.get('image_size', '?')} px, {start}, version "
             f"{meta.get('version', '?')}")
+
+
+def measured(others_cores: float, meta: dict) -> dict:
+    """The fields every benchmark report records: when, on what machine, beside how much other load, which model."""
+    return {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": machine(),
+            "others_cores": others_cores,
+            "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")}}
+
+
+def measured_line(report: dict) -> str:
+    return (f"- Measured {report['measured_at']}: {describe_machine(report['conditions'])}; other processes used "
+            f"{report['others_cores']} cores on average during the run.")
 
 
 def describe_machine(m: dict) -> str:

@@ -1,17 +1,13 @@
-"""Benchmark: how the exported TorchScript model runs fastest on this CPU, layouts compared in one run.
+"""Benchmark: which form of the exported TorchScript model (artifacts/model/model.pt) runs fastest on this CPU.
 
-Variants of the same model file (artifacts/model/model.pt by default), each fed random batches:
-  exported          - torch.jit.load as is, NCHW inputs
-  optimize          - torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
-  channels_last     - model.runtime.for_cpu_inference: channels_last weights + freeze, channels_last inputs
-each with glibc malloc at its initial settings (`malloc default`: blocks above 128 KiB mmapped and unmapped
-on free) and with model.runtime.reuse_freed_memory (`malloc reuse`), at every batch size and torch thread
-count asked for. Rounds are interleaved (variant A, B, C, A, B, C, ...)
-so that a slow spell of the machine hits all of them alike; the table gives the median images/s over the
-rounds and each variant's ratio to `exported`. Other processes' CPU during the run is recorded. Nothing is
-asserted: it prints the table and writes it to docs/cpu-inference.md (and reports/cpu-inference.json).
+Variants, fed random batches at every batch size and torch thread count asked for, each with glibc malloc as
+is (`malloc default`) and with model.runtime.reuse_freed_memory (`malloc reuse`):
+  exported       torch.jit.load as is, NCHW inputs
+  optimize       torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
+  channels_last  model.runtime.for_cpu_inference: channels_last weights + freeze, channels_last inputs
+Rounds are interleaved; the table (docs/cpu-inference.md, reports/cpu-inference.json) gives the median images/s
+and the ratio to `exported`, with other processes' CPU. Nothing is asserted.
 
-    python -m benchmarks.cpu_inference                               # artifacts/model, batches 1 4 8, threads 1 2
     python -m benchmarks.cpu_inference --model-dir build/bench-real/pretrained/model --batches 1 8 64
 """
 from __future__ import annotations
@@ -25,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.serving import conditions
+from benchmarks.conditions import measured, measured_line, model_line
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
@@ -42,7 +38,9 @@ def variants(model_file: Path, size: int) -> dict:
                 "channels_last": (for_cpu_inference(load(), example), channels_last)}
 
 
-def images_per_s(module, x: torch.Tensor, seconds: float) -> float:
+def images_per_s(module, x: torch.Tensor, seconds: float, reuse: bool | None = None) -> float:
+    if reuse is not None:
+        reuse_freed_memory(reuse)
     with torch.inference_mode():
         began, n = time.perf_counter(), 0
         while time.perf_counter() - began < seconds:
@@ -51,9 +49,16 @@ def images_per_s(module, x: torch.Tensor, seconds: float) -> float:
         return n / (time.perf_counter() - began)
 
 
-def one_round(module, x: torch.Tensor, reuse: bool, seconds: float) -> float:
-    reuse_freed_memory(reuse)
-    return images_per_s(module, x, seconds)
+def interleaved(runs: dict, rounds: int, seconds: float) -> dict[object, list[float]]:
+    """key -> images/s of each round; runs (key -> (module, input[, reuse])) alternate round by round, so that a
+    slow spell of the machine hits all of them alike, after a 0.3 s warm-up each (TorchScript profiling, allocator)."""
+    for module, x, *_ in runs.values():
+        images_per_s(module, x, 0.3)
+    samples = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, (module, x, *reuse) in runs.items():
+            samples[key].append(images_per_s(module, x, seconds, *reuse))
+    return samples
 
 
 def measure(model_file: Path, size: int, batches: list[int], threads: list[int], rounds: int,
@@ -64,12 +69,8 @@ def measure(model_file: Path, size: int, batches: list[int], threads: list[int],
         torch.set_num_threads(t)
         for b in batches:
             inputs = {name: convert(torch.rand(b, 3, size, size)) for name, (_, convert) in models.items()}
-            for name, (module, _) in models.items():  # warm-up: TorchScript profiling runs, allocator
-                images_per_s(module, inputs[name], 0.3)
-            samples = {(name, reuse): [] for name in models for reuse in (False, True)}
-            for _ in range(rounds):
-                for (name, reuse), values in samples.items():
-                    values.append(one_round(models[name][0], inputs[name], reuse, seconds))
+            samples = interleaved({(name, reuse): (module, inputs[name], reuse) for name, (module, _) in models.items()
+                                   for reuse in (False, True)}, rounds, seconds)
             base = statistics.median(samples["exported", False])
             for (name, reuse), values in samples.items():
                 name = f"{name}, malloc {'reuse' if reuse else 'default'}"
@@ -83,15 +84,12 @@ def measure(model_file: Path, size: int, batches: list[int], threads: list[int],
 
 
 def render(report: dict) -> str:
-    c, m = report["conditions"], report["model"]
     lines = ["# CPU inference: which form of the exported model runs fastest", "",
              ("Written by `python -m benchmarks.cpu_inference`; every number below was measured by it in one run, "
              "variants interleaved round by round."), "",
-             (f"- Measured {report['measured_at']}: {c['cpu']}, {c['cores']} logical CPUs, flags "
-             f"{', '.join(c['flags']) or 'none of the listed'}, {c['gpu']}, torch {c['torch']}; other processes "
-             f"used {report['others_cores']} cores on average during the run."),
-             (f"- Model: {m['arch']} at {m['image_size']} px, weights {m['pretrained']} ({report['model_dir']}), "
-             f"{report['rounds']} rounds of {report['seconds']} s per variant and setting."), "",
+             measured_line(report),
+             (f"- {model_line(report['model'])} ({report['model_dir']}), {report['rounds']} rounds of "
+              f"{report['seconds']} s per variant and setting."), "",
              "| torch threads | batch | variant | images/s (median) | vs exported, malloc default | rounds min-max |",
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -118,13 +116,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
     meta = read_metadata(args.model_dir / "model-meta.json")
-    watcher = CpuWatcher(every=1.0)
-    watcher.start()
-    rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
-                   args.seconds)
-    report = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions(),
-              "others_cores": watcher.result()["others_cores"], "model_dir": str(args.model_dir),
-              "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
+    with CpuWatcher(every=1.0) as watcher:
+        rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
+                       args.seconds)
+    report = {**measured(watcher.summary["others_cores"], meta), "model_dir": str(args.model_dir),
               "rounds": args.rounds, "seconds": args.seconds, "rows": rows}
     save(report, Path("reports/cpu-inference.json"), None if args.no_docs else args.report, render)
     return 0

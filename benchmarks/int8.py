@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cpu_inference import images_per_s, save
-from benchmarks.serving import conditions
+from benchmarks.conditions import measured, measured_line, model_line
+from benchmarks.cpu_inference import interleaved, save
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.quantize import preprocessed_batches, quantize_static
@@ -103,13 +103,7 @@ def main(argv=None) -> int:
     speed = []
     for b in args.batches:
         x = torch.rand(b, 3, size, size)
-        runs = {"fp32": (fp32, channels_last(x)), "int8": (int8, x)}
-        for model, inp in runs.values():
-            images_per_s(model, inp, 0.3)
-        samples = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for k, (model, inp) in runs.items():
-                samples[k].append(images_per_s(model, inp, args.seconds))
+        samples = interleaved({"fp32": (fp32, channels_last(x)), "int8": (int8, x)}, args.rounds, args.seconds)
         row = {"batch_size": b, **{f"{k}_images_per_s": round(statistics.median(v), 1) for k, v in samples.items()}}
         row["speedup"] = round(row["int8_images_per_s"] / row["fp32_images_per_s"], 2)
         speed.append(row)
@@ -119,9 +113,7 @@ def main(argv=None) -> int:
     profiles = {"fp32": top_ops(fp32, channels_last(x)), "int8": top_ops(int8, x)}
     for k, ops in profiles.items():
         print(k, "batch 4:", "; ".join(f"{o['op']} {o['share']:.0%}" for o in ops), flush=True)
-    report = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions(),
-              "others_cores": watcher.result()["others_cores"], "run": str(args.run),
-              "model": {k: meta.get(k) for k in ("arch", "image_size", "pretrained", "version")},
+    report = {**measured(watcher.result()["others_cores"], meta), "run": str(args.run),
               "calibration_images": len(calibration), "quantize_s": quantize_s, "threads": args.threads,
               "backend": torch.backends.quantized.engine, "accuracy": accuracy, "speed": speed,
               "profiles": profiles}
@@ -130,14 +122,12 @@ def main(argv=None) -> int:
 
 
 def render(r: dict) -> str:
-    c, m, a = r["conditions"], r["model"], r["accuracy"]
+    a = r["accuracy"]
     lines = ["# int8: post-training static quantization against the served float model", "",
              "Written by `python -m benchmarks.int8`; every number below was measured by it in one run.", "",
-             (f"- Measured {r['measured_at']}: {c['cpu']}, {c['cores']} logical CPUs, CPU flags present of those "
-              f"checked: {', '.join(c['flags']) or 'none'}; {c['gpu']}; torch {c['torch']}, quantized backend "
-              f"{r['backend']}; other processes used {r['others_cores']} cores on average."),
-             (f"- Model: {m['arch']} at {m['image_size']} px, weights {m['pretrained']}, version {m['version']} "
-              f"({r['run']}); calibrated on {r['calibration_images']} training images in {r['quantize_s']} s."), "",
+             measured_line(r) + f" Quantized backend {r['backend']}.",
+             (f"- {model_line(r['model'])} ({r['run']}); calibrated on {r['calibration_images']} training images "
+              f"in {r['quantize_s']} s."), "",
              "| test split | fp32 (served form) | int8 | drop | top-1 agreement |", "|---|---|---|---|---|",
              f"| {a['n']} images | {a['fp32']:.4f} | {a['int8']:.4f} | {a['drop_pp']} pp | {a['agreement']:.4f} |",
              "", f"| batch | fp32 images/s | int8 images/s | int8 / fp32 | ({r['threads']} torch thread(s)) |",

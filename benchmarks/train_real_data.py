@@ -1,10 +1,9 @@
 """Benchmark: a training recipe on a real photo set (e.g. ../shared/data/dogs-vs-cats-10k.tar).
 
-Runs prepare -> train -> evaluate -> export in a separate work folder (the repo's own artifacts are not
-touched), times each stage, measures the exported model's CPU latency and throughput in-process and served
-by a real TorchServe under `wrk` (benchmarks/serving.py; skipped with --no-serve or when wrk is missing),
-records the run in benchmarks/results/train_real_data.json (one entry per --label, replaced when re-run) and rewrites
-docs/training-benchmark.md from all recorded runs. Nothing is asserted: it prints numbers and writes them down.
+prepare -> train -> evaluate -> export in a work folder (the repo's artifacts untouched), each stage timed; the
+exported model's CPU latency in-process and, unless --no-serve or wrk is missing, served by TorchServe under
+`wrk` (benchmarks/serving.py). Each --label is one entry of benchmarks/results/train_real_data.json, from which
+docs/training-benchmark.md is rewritten. Nothing is asserted.
 
     python -m benchmarks.train_real_data --data ../shared/data/dogs-vs-cats-10k.tar            # params.yaml
     python -m benchmarks.train_real_data --data ... --preset scratch --label scratch            # a preset
@@ -15,17 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import yaml
 
+from benchmarks.conditions import machine
+from benchmarks.cpu_inference import images_per_s
+from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_transform
 from model.runtime import reuse_freed_memory
@@ -55,38 +55,12 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
                 full.append((t2 - t0) * 1000)
         batch = torch.stack([transform(decode_image(image_bytes[i % len(image_bytes)])) for i in range(8)])
         net(batch)
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 5:
-            net(batch)
-            n += len(batch)
-        batch8 = n / (time.perf_counter() - t0)
+        batch8 = images_per_s(net, batch, 5.0)
     pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1]
     return {"forward_p50_ms": round(statistics.median(forward), 2), "forward_p95_ms": round(pct(forward, 95), 2),
             "end_to_end_p50_ms": round(statistics.median(full), 2), "end_to_end_p95_ms": round(pct(full, 95), 2),
             "batch1_img_s": round(1000 / statistics.median(full), 1), "batch8_forward_img_s": round(batch8, 1),
             "threads": torch.get_num_threads()}
-
-
-class OtherLoad:
-    """CPU time that other processes used while the benchmark ran, in cores (0 = a quiet machine)."""
-
-    def __enter__(self):
-        self.t0, self.sys0, self.own0 = time.time(), self._busy(), self._own()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.time() - self.t0
-        self.cores = round(max(0.0, (self._busy() - self.sys0) - (self._own() - self.own0)) / wall, 2)
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-
-    @staticmethod
-    def _own() -> float:
-        t = psutil.Process().cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
 
 
 def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
@@ -102,16 +76,8 @@ def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
 
 
 def conditions() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": psutil.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    m = machine()
+    return {"cpu": m["cpu"], "logical_cpus": m["cores"], "torch_threads": torch.get_num_threads(), "gpu": m["gpu"],
             "network": "not used (weights from installed packages or none)"}
 
 
@@ -158,7 +124,7 @@ def main(argv=None) -> int:
     from training.train import train
 
     timings = {}
-    with OtherLoad() as load:
+    with CpuWatcher(every=1.0) as load:
         t0 = time.time()
         prepare(args.data, work / "prepared", list(params["data"]["classes"]),
                 resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
@@ -179,7 +145,8 @@ def main(argv=None) -> int:
     result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
               "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
               **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
-              "model_version": meta["version"], "conditions": {**conditions(), "other_processes_cores": load.cores},
+              "model_version": meta["version"],
+              "conditions": {**conditions(), "other_processes_cores": load.summary["others_cores"]},
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if serve:
         result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
@@ -199,12 +166,12 @@ def remeasure(args, serve: bool) -> int:
         raise SystemExit(f"{work / 'benchmark.json'} not found: run without --serve-only first")
     result = json.loads((work / "benchmark.json").read_text())
     images = test_images(work)
-    with OtherLoad() as load:
+    with CpuWatcher(every=1.0) as load:
         result["latency"] = single_image_latency(work / "model", images)
         if serve:
             result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
     result["serving_measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    result["conditions"]["serving_other_processes_cores"] = load.cores
+    result["conditions"]["serving_other_processes_cores"] = load.summary["others_cores"]
     return record(args, work, result)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -37,9 +38,7 @@ DEFAULTS = DeployOptions()
 
 
 def model_store(args) -> Path | None:
-    if args.model_store:
-        return Path(args.model_store)
-    store = (read_serve_state(args.run_dir) or {}).get("model_store")
+    store = args.model_store or (read_serve_state(args.run_dir) or {}).get("model_store")
     return Path(store) if store else None
 
 
@@ -52,8 +51,7 @@ def cmd_deploy(args) -> int:
     # an earlier deploy's result must not survive a run that fails before deploy() starts
     write_result(args.result, {"status": "failed", "version": None, "previous": None, "error": "did not start"})
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DeployOptions) if hasattr(args, f.name)}
-    options = DeployOptions(**{**given, "tracking_uri": registry.tracking_uri(args.tracking_uri),
-                               "result_file": args.result})
+    options = DeployOptions(**{**given, "tracking_uri": args.tracking_uri, "result_file": args.result})
     if options.keep < 1:
         raise ValueError(f"--keep must be >= 1, got {options.keep}")
     result = deploy(api_from(args), model_store(args), args.mar, options, log=say)
@@ -63,19 +61,15 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    if args.if_switched:
-        rollback_switched(api_from(args), model_store(args), args.if_switched, registry.tracking_uri(args.tracking_uri),
-                          args.require_registry, log=say)
-        return 0
-    rollback(api_from(args), model_store(args), args.to, registry.tracking_uri(args.tracking_uri),
-             args.require_registry, log=say)
+    back, target = (rollback_switched, args.if_switched) if args.if_switched else (rollback, args.to)
+    back(api_from(args), model_store(args), target, args.tracking_uri, args.require_registry, log=say)
     return 0
 
 
 def cmd_status(args) -> int:
     api = api_from(args)
     report = status(api, smoke=not args.no_smoke)
-    champion = registry.champion(registry.tracking_uri(args.tracking_uri), api.model)
+    champion = registry.champion(args.tracking_uri, api.model)
     report["mlflow_champion"] = champion
     if args.json:
         print(json.dumps(report, indent=2))
@@ -97,8 +91,7 @@ def cmd_scale(args) -> int:
     return 0
 
 
-def say(line: str) -> None:
-    print(line, flush=True)
+say = functools.partial(print, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.tracking_uri = registry.tracking_uri(args.tracking_uri)  # --tracking-uri, $MLFLOW_TRACKING_URI, default
     try:
         return args.func(args)
     except FAILURES as exc:

@@ -15,8 +15,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from catsdogs.contract import META_FILE
+
 MANIFEST = "MAR-INF/MANIFEST.json"
-META_FILE = "model-meta.json"  # model.export.META_FILE (not imported: it pulls in torch, slow for --help)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -50,11 +51,6 @@ def read_archive(path: Path | str) -> ArchiveInfo:
             meta = json.loads(zf.read(META_FILE)) if META_FILE in names else {}
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"{path} is not a .mar (zip) archive: {exc}") from exc
-    return archive_info(path, manifest, meta)
-
-
-def archive_info(path: Path, manifest: dict, meta: dict) -> ArchiveInfo:
-    """ArchiveInfo from the parsed manifest and metadata (pure; raises ArchiveError on contradictions)."""
     model = manifest.get("model") or {}
     version = model.get("modelVersion")
     name = model.get("modelName")
@@ -73,11 +69,8 @@ def store_file_name(model_name: str, version: str) -> str:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def place_in_store(mar: Path, store: Path, file_name: str) -> tuple[Path, bool]:

@@ -1,16 +1,11 @@
 """Release gates for a candidate version: a smoke test and a golden-set accuracy check.
 
-Smoke test: one image to the candidate's own URL (/predictions/<model>/<version>) must come back 200
-with the handler's schema {"label", "confidence", "probabilities", "model_version"}, the archive's
-classes and the candidate's version.
-Golden set: by default drawn from the test split of the prepare manifest the candidate was trained on
-(data/prepared: the archive's model-meta.json data_hash must equal the manifest's), the first N images of
-each class by content hash, identified by a hash of that list; on the default synthetic data these are
-cartoons, on real photos real photos. Or a labelled image folder (labels from sub-folder or file names, as
-training.ingest reads them: cat/x.jpg, dogs/y.png, cat.12.jpg), or on request a deterministic synthetic
-set drawn by training.synthetic with its own seed (not the training images), cached on disk. The candidate must
-reach `min_accuracy` and must not score below the current default version on the same set minus
-`margin`; any failed golden request fails the gate.
+Smoke: one image to /predictions/<model>/<version> answers 200 with the contract's prediction schema, the
+archive's classes and the candidate's version. Golden set: by default the first N test-split images per class
+(by content hash) of the prepare output the candidate was trained on (data_hash must match); or a labelled
+folder (training.ingest labels: cat/x.jpg, cat.12.jpg); or a cached synthetic set with its own seed. The
+candidate must reach `min_accuracy`, must not score below the current default minus `margin`, and no golden
+request may fail.
 """
 from __future__ import annotations
 
@@ -109,12 +104,8 @@ def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
 
 def manifest_golden(prepared: Path, classes: list[str], per_class: int,
                     data_hash: str | None) -> tuple[list[GoldenItem], dict]:
-    """(items, record): per_class test-split images of each class of the prepare output `prepared`.
-
-    Only for a candidate trained on that data (`data_hash` from its model-meta.json). The pick is the
-    first per_class rows of each class by sha256, so the same manifest always gives the same set; the
-    record names it by content hash (sha256 over the picked "<image sha256> <label>" lines).
-    """
+    """(items, record): the first per_class test-split rows of each class by sha256 (the same manifest always
+    gives the same set), for a candidate trained on that data; the record names the set by a content hash."""
     from training.prepare import read_manifest, read_stats
 
     prepared = Path(prepared)

@@ -1,10 +1,8 @@
 """MLflow model registry: the `champion` alias follows the version TorchServe serves by default.
 
-The export stage registers each trained model as a new version of serve.model_name (alias `candidate`) and
-writes registered_model + mlflow_model_version into model-meta.json, which the archive carries.
-After a successful deploy or rollback the alias `champion` is moved to that registry version.
-A registry without that version (an archive trained against another tracking store) gives a warning,
-or an error with --require-registry.
+The export stage registers each model (alias `candidate`) and writes registered_model + mlflow_model_version
+into model-meta.json, which the archive carries. A registry without that version gives a warning, or an
+error with --require-registry.
 """
 from __future__ import annotations
 
@@ -32,27 +30,26 @@ def _sqlite_missing(uri: str) -> Path | None:
     return None if path.exists() else path
 
 
-def find_version(uri: str, meta: dict) -> tuple[tuple[str, str] | None, str | None]:
-    """((name, version), None) when the registry has the archive's version, else (ref or None, why not)."""
-    ref = registry_ref(meta)
-    if ref is None:
-        return None, "model-meta.json has no registered_model/mlflow_model_version"
-    missing = _sqlite_missing(uri)
-    if missing is not None:
-        return ref, f"no MLflow store at {missing} (MLFLOW_TRACKING_URI={uri})"
+def _client(uri: str):
     from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def check(uri: str, meta: dict, required: bool = False) -> str | None:
+    """None when the registry has the archive's version; else why not, as a warning (RegistryError if required)."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(*ref)
-    except MlflowException as exc:
-        return ref, f"{ref[0]} version {ref[1]} not in the registry at {uri}: {exc.message.splitlines()[0]}"
-    return ref, None
-
-
-def check(uri: str, meta: dict, required: bool) -> str | None:
-    """None when the version is registered; the reason as a warning otherwise (RegistryError if required)."""
-    _, why = find_version(uri, meta)
+    ref, why = registry_ref(meta), None
+    if ref is None:
+        why = "model-meta.json has no registered_model/mlflow_model_version"
+    elif _sqlite_missing(uri) is not None:
+        why = f"no MLflow store at {_sqlite_missing(uri)} (MLFLOW_TRACKING_URI={uri})"
+    else:
+        try:
+            _client(uri).get_model_version(*ref)
+        except MlflowException as exc:
+            why = f"{ref[0]} version {ref[1]} not in the registry at {uri}: {exc.message.splitlines()[0]}"
     if why and required:
         raise RegistryError(f"{why}; pass the tracking store that registered it with --tracking-uri / "
                             f"MLFLOW_TRACKING_URI, or drop --require-registry")
@@ -61,26 +58,21 @@ def check(uri: str, meta: dict, required: bool) -> str | None:
 
 def move_champion(uri: str, meta: dict, required: bool = False) -> str:
     """Point alias `champion` at the archive's registry version; returns a one-line report."""
-    ref, why = find_version(uri, meta)
+    why = check(uri, meta, required)
     if why:
-        if required:
-            raise RegistryError(why)
         return f"warning: champion alias not moved: {why}"
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.set_registered_model_alias(ref[0], CHAMPION, ref[1])
-    return f"MLflow: {ref[0]}@{CHAMPION} -> version {ref[1]} ({uri})"
+    name, version = registry_ref(meta)
+    _client(uri).set_registered_model_alias(name, CHAMPION, version)
+    return f"MLflow: {name}@{CHAMPION} -> version {version} ({uri})"
 
 
 def champion(uri: str, name: str) -> str | None:
     """The registry version the alias points at (None when unset or no store)."""
     if _sqlite_missing(uri) is not None:
         return None
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(name, CHAMPION).version)
+        return str(_client(uri).get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None

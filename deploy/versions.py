@@ -1,12 +1,8 @@
-"""Pure decisions about registered versions, plus the small deploy history file they read.
+"""Pure decisions about registered versions, from the deploy history the tool keeps in the model store.
 
-TorchServe knows which versions are registered and which one is the default, but not in what order
-they were deployed. Every default change made by this tool is appended to a history file
-(`.deploy-history.json` in the model store, next to the archives) as {"from", "to", "action", "at"}.
-From it:
-  - rollback goes back to the version that was default before the current one;
-  - pruning keeps the versions that were default most recently.
-Versions the history does not mention (e.g. the one TorchServe loaded at start-up) count as oldest.
+TorchServe does not know in what order versions were deployed, so every default change is appended to
+`.deploy-history.json` ({"from", "to", "action", "at"}). Rollback goes back to the version that was default
+before the current one; pruning keeps the most recent defaults. Versions it does not mention count as oldest.
 """
 from __future__ import annotations
 

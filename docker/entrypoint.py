@@ -1,56 +1,31 @@
 """Container entry point: TorchServe in the foreground, configured from the repo's config.properties.
 
-The image keeps the reviewed config.properties (every API on 127.0.0.1) unchanged. Inside a container
-the loopback interface cannot be reached through published ports, so this script writes
-<TS_RUN_DIR>/config.properties with serving.config.derive_config, changing only:
-  * the host of inference/management/metrics_address -> TS_BIND_ADDRESS (default 0.0.0.0). What is
-    reachable from outside is decided where the container is published: docker-compose.yml publishes
-    on 127.0.0.1 of the host only; the Kubernetes Service exposes only the inference port.
-  * gRPC stays on the container's loopback (TS_GRPC_BIND_ADDRESS, default 127.0.0.1): nothing uses it.
-  * model_store -> TS_MODEL_STORE; load_models -> TS_MODELS when set, else <MODEL_NAME>=<MODEL_NAME>.mar
-    (MODEL_NAME: the image's, from params.yaml serve.model_name at build time).
-Then it runs `torchserve --foreground` in TS_RUN_DIR (TorchServe writes key_file.json there; the
-HEALTHCHECK `python -m serving ready --run-dir $TS_RUN_DIR` reads it and serve.json), forwards
-SIGTERM/SIGINT to the Java frontend so it shuts down gracefully, and exits with TorchServe's status.
-
-Environment: TS_CONFIG (base config, default /app/config.properties), TS_RUN_DIR, TS_MODEL_STORE,
-TS_BIND_ADDRESS, TS_GRPC_BIND_ADDRESS, TS_MODELS, LOG_LOCATION.
+It derives <TS_RUN_DIR>/config.properties (serving.server.prepare_run) changing only: the inference/management/
+metrics hosts -> TS_BIND_ADDRESS (default 0.0.0.0: the loopback cannot be published; docker-compose.yml
+publishes on the host's 127.0.0.1), gRPC -> TS_GRPC_BIND_ADDRESS (default 127.0.0.1), model_store ->
+TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar. It writes serve.json (the
+HEALTHCHECK `python -m serving ready --run-dir $TS_RUN_DIR` reads it and key_file.json), runs
+`torchserve --foreground`, forwards SIGTERM/SIGINT to the Java frontend and exits with TorchServe's status.
+Also read: TS_CONFIG (default /app/config.properties), LOG_LOCATION.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from catsdogs import contract
-from catsdogs.contract import DEFAULT_URLS, KEY_FILE, PORTS
-from serving.config import ADDRESS_KEYS, base_urls, derive_config, read_properties
-from serving.server import TS_PID_FILE, WORKER_ENV, torchserve_command
+from serving import server
+from serving.config import ADDRESS_KEYS, address, read_properties
 
 
 def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str, str]:
     """The address keys of `props` with their host replaced by `bind` (scheme and port kept)."""
-    host = f"[{bind}]" if ":" in bind else bind
-    out = {}
-    for api, key in ADDRESS_KEYS.items():
-        parts = urlsplit(props.get(key, DEFAULT_URLS[api]))
-        out[key] = f"{parts.scheme or 'http'}://{host}:{parts.port or PORTS[api]}"
+    out = {key: address(props, api, host=bind) for api, key in ADDRESS_KEYS.items()}
     out["grpc_inference_address"] = out["grpc_management_address"] = grpc_bind
     return out
-
-
-def state_for(props: dict[str, str], run_dir: Path, log_dir: Path) -> dict:
-    """serve.json for serving.client.ServingClient.from_run_dir (0.0.0.0 is reached on 127.0.0.1)."""
-    urls = base_urls(props)
-    return {"pid": None, "inference_url": urls["inference"], "management_url": urls["management"],
-            "metrics_url": urls["metrics"], "key_file": str(run_dir / KEY_FILE),
-            "config": str(run_dir / "config.properties"), "log_dir": str(log_dir),
-            "model_store": props["model_store"], "started_at": time.time(), "models": props.get("load_models", "")}
 
 
 def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
@@ -59,28 +34,24 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
     run_dir = Path(env.get("TS_RUN_DIR", "/home/model-server/run")).resolve()
     log_dir = Path(env.get("LOG_LOCATION", run_dir / "logs")).resolve()
     store = Path(env.get("TS_MODEL_STORE", "/home/model-server/model-store")).resolve()
-    if not store.is_dir() or not any(store.glob("*.mar")):
-        raise SystemExit(f"entrypoint: model store {store} has no .mar archive; build the image after "
-                         f"`make archive` or mount a store with the model's .mar at TS_MODEL_STORE")
-    overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
-                               env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
-    for sub in (run_dir / "tmp", log_dir):
-        sub.mkdir(parents=True, exist_ok=True)
-    (run_dir / KEY_FILE).unlink(missing_ok=True)  # keys of an earlier run would mislead the health check
-    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)
-    name = env.get("MODEL_NAME") or contract.model_name()
-    props = derive_config(base, run_dir / "config.properties", model_store=store,
-                          models=env.get("TS_MODELS") or f"{name}={contract.archive_path(name).name}", extra=overrides)
-    state = state_for(props, run_dir, log_dir)
+    name = env.get("MODEL_NAME")  # the image's (it carries no params.yaml)
+    models = env.get("TS_MODELS") or (f"{name}={contract.archive_path(name).name}" if name
+                                      else server.default_models())
+    try:
+        overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
+                                   env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
+        props = server.prepare_run(base, run_dir, log_dir, model_store=store, models=models, extra=overrides)
+    except (server.ServeError, FileNotFoundError) as exc:
+        raise SystemExit(f"entrypoint: {exc}") from exc
+    state = server.serve_state(props, run_dir, log_dir, None)
     contract.write_serve_state(run_dir, state)
     return run_dir, props, state
 
 
 def main() -> int:
     run_dir, props, state = prepare(dict(os.environ))
-    env = {**WORKER_ENV, **os.environ, "TMPDIR": str(run_dir / "tmp"), "TEMP": str(run_dir / "tmp"),
-           "LOG_LOCATION": state["log_dir"], "METRICS_LOCATION": state["log_dir"]}
-    cmd = [torchserve_command(), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
+    env = server.instance_env(run_dir, Path(state["log_dir"]))
+    cmd = [server.tool("torchserve"), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
            "--model-store", props["model_store"]]
     print(f"entrypoint: {' '.join(cmd)} (cwd {run_dir}; inference {props['inference_address']}, "
           f"management {props['management_address']}, metrics {props['metrics_address']})", flush=True)
@@ -91,7 +62,7 @@ def main() -> int:
     def forward(signum, _frame):
         # `torchserve --foreground` is a Python launcher waiting on the Java frontend; the frontend is
         # what must get the signal to stop its workers cleanly. Its pid is in TMPDIR/.model_server.pid.
-        pid_file = run_dir / "tmp" / TS_PID_FILE
+        pid_file = run_dir / "tmp" / server.TS_PID_FILE
         try:
             os.kill(int(pid_file.read_text().strip()), signum)
         except (OSError, ValueError):

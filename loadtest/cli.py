@@ -6,13 +6,11 @@
   fault  steady load during which one backend worker is SIGKILLed: recovery time and failures
   docs   write MODE's block of docs/performance.md from its last run (make loadtest-docs); no load
 
-Everything about a mode (users, duration, thresholds, report paths) is Locust configuration in
-loadtest/<mode>.conf; any Locust or locustfile option after MODE overrides a line of it
-(`python -m loadtest run -u 32 -t 120s --max-p95-ms 2000 --images ../photos`). This wrapper only adds
-what Locust cannot do: start TorchServe from --run-dir when none runs there (and stop it after), watch
-other processes' CPU meanwhile, and, after Locust, the ramp's knee and the worker RSS chart. Reports
-(Locust's HTML/CSV/JSON, locust_summary.json, report.json) go to reports/loadtest/<mode>/ (--out).
-The exit status is Locust's: 0 when every threshold is met, 3 when one is missed.
+A mode is Locust configuration (loadtest/<mode>.conf); Locust or locustfile options after MODE override it
+(`python -m loadtest run -u 32 -t 120s --max-p95-ms 2000 --images ../photos`). This wrapper adds only what
+Locust cannot do: start (and stop) TorchServe from --run-dir when none runs, watch other processes' CPU, and
+the ramp's knee and worker RSS chart. Reports go to reports/loadtest/<mode>/ (--out). Exit status: Locust's
+(0: every threshold met, 3: one missed).
 """
 from __future__ import annotations
 

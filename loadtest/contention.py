@@ -1,8 +1,8 @@
 """How much CPU other processes used while a load test ran (the machine may be shared).
 
-Every few seconds the CPU time of every process is read; the increase is split between this run (this
-process, its children such as Locust, and the TorchServe tree) and everything else. Timings taken
-while others used a sizeable share of the cores are reported as measured under contention.
+Every few seconds every process's CPU time is read; the increase is split between this run (this process, its
+children such as Locust, the TorchServe tree) and everything else. Timings taken while others used a sizeable
+share of the cores are reported as measured under contention.
 """
 from __future__ import annotations
 
@@ -24,10 +24,8 @@ def snapshot() -> dict[int, tuple[str, float, float]]:
 
 
 def deltas(before: dict, after: dict) -> dict[int, tuple[str, float]]:
-    """CPU seconds each process used between two snapshots (a new process: all of its CPU time so far).
-
-    A process is the same one when its pid and create time match (names change, e.g. after exec or a
-    process title; pids are reused)."""
+    """CPU seconds each process used between two snapshots; pid + create time identify a process (pids are
+    reused, names change), a new one counts all its CPU time so far."""
     out = {}
     for pid, (name, cpu, created) in after.items():
         prev = before.get(pid)
@@ -85,6 +83,13 @@ class CpuWatcher(threading.Thread):
         if interval > 0:
             self.timeline.append((round(time.time(), 2), round(mine / interval, 3), round(other / interval, 3)))
         self.wall_s = time.monotonic() - self.started
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.summary = self.result()
 
     def result(self) -> dict:
         """Stop sampling; average cores used by this run and by other processes (with the busiest names)."""

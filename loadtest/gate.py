@@ -1,13 +1,12 @@
 """The quality gate: the thresholds of a mode's Locust config (loadtest/<mode>.conf) against what a run measured.
 
-Every threshold is a locustfile option (--max-p95-ms, --max-accuracy-drop ...; RULES below), set in the
-mode's config file and overridable on the command line; one that is not set is reported, not checked.
-Pure functions; the locustfile calls them when Locust quits and sets Locust's exit code from the result.
+Every threshold is a locustfile option (RULES below), set in the config file or on the command line; one that
+is not set is reported, not checked. The locustfile calls these when Locust quits and sets its exit code.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # threshold option -> (metric key, "max" | "min" | "true", unit for messages)
 RULES = {
@@ -33,9 +32,6 @@ class Check:
     limit: object
     ok: bool
     text: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def add_threshold_options(parser) -> None:

@@ -1,9 +1,5 @@
-"""The images a load test sends: real files from a folder (or a .zip/.tar archive), with labels when known.
-
-Read with the project's one labelled-image reader (training.ingest.labelled): the label comes from a
-class-named folder (cats/x.jpg, PetImages/Dog/1.jpg) or a file-name prefix (cat.12.jpg). Files without one
-(Oxford breed names, your own photos) are still sent; they just don't count towards accuracy.
-"""
+"""The images a load test sends: files from a folder or .zip/.tar, labelled by training.ingest.labelled where the
+path says (cats/x.jpg, cat.12.jpg); unlabelled files are sent but not scored."""
 from __future__ import annotations
 
 from dataclasses import dataclass

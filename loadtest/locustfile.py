@@ -1,23 +1,16 @@
-"""Locust load test of the model served by TorchServe (params.yaml serve.model_name), with its quality gate.
+"""Locust load test of the served model (params.yaml serve.model_name), with its quality gate.
 
-Each mode is a Locust config file, loadtest/<mode>.conf (users, duration, reports, thresholds), run by
-`python -m loadtest <mode>` (which starts TorchServe when none runs) or directly from the repo root:
+Each mode is a config file, loadtest/<mode>.conf, run by `python -m loadtest <mode>` or from the repo root:
 
     locust --config loadtest/run.conf --run-dir .serve          # -H defaults to serve.json's inference URL
     locust --config loadtest/ramp.conf -u 12 --step-seconds 10  # any line of the file overridden
 
-Users POST real image bytes to /predictions/<model> (most requests), /predictions/<model>/<version>
-and /ping. Each prediction's JSON is checked (catsdogs.contract.check_prediction); when the file's path
-carries the label (cat.12.jpg, cats/x.jpg) the answer is scored, and the accuracy is compared with the
-served model's offline test accuracy (its model-meta.json, from describe-model) at the end. Requests go
-through serving.client.ServingClient over Locust's HttpSession, so a refused token (TorchServe 0.12:
-HTTP 400 InvalidKeyException) is refreshed from the run directory's key_file.json and retried exactly
-as every other client of this repo does; the refused attempt is not counted as a request.
-When Locust quits, the thresholds (loadtest/gate.py RULES, set in the config file) are checked and Locust's
-exit code (environment.process_exit_code) says whether they passed. With `--monitor-every S` backend
-workers' RSS and PIDs are sampled (soak); with `--kill-after S` one worker is SIGKILLed and its recovery
-timed (fault). Results go next to the --csv files: <prefix>_summary.json (metrics, checks) and
-<prefix>_workers.csv. Run it in one process (no --processes/--master): the gate reads this process's stats.
+Users POST image bytes to /predictions/<model> (and /<version>) and GET /ping through serving.client (a refused
+token is refreshed and retried, not counted). Answers are checked against the contract's schema and, where the
+path carries the label, scored against the served model's offline test accuracy. On quit the thresholds
+(loadtest/gate.py) set Locust's exit code; --monitor-every samples worker RSS/PIDs (soak), --kill-after kills a
+worker and times its recovery (fault). Output: <csv prefix>_summary.json and _workers.csv. One process only
+(no --processes/--master): the gate reads this process's stats.
 """
 from __future__ import annotations
 
@@ -25,9 +18,11 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import gevent
@@ -46,9 +41,8 @@ from loadtest.schema import Tally
 from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")
-# One lock for every ServingClient of this process. Locust users are greenlets in one OS thread, and
-# ServingClient holds an flock on key_file.json while it refreshes a key: a second client taking the
-# flock from another greenlet would block the whole process. This (gevent-patched) lock queues them first.
+# One (gevent-patched) lock for every ServingClient of this process: a greenlet waiting for another's flock on
+# key_file.json would block the whole process (all users are greenlets of one OS thread).
 _KEY_LOCK = threading.Lock()
 
 
@@ -79,7 +73,6 @@ class Run:
         self.first_schema_error = None
         self.failures = []            # (start, end) unix times of failed requests
         self.started = None
-        self.monitor_rows = 0
         self.worker_rows = []
         self.fault = {}
         self.peak_users = 0
@@ -146,9 +139,8 @@ def on_init(environment, **_):
         log.error("%s", exc)
         sys.exit(2)
     labelled = sum(s.label is not None for s in RUN.samples)
-    state = read_serve_state(opts.run_dir) or {}
-    if not environment.host:
-        environment.host = state.get("inference_url") or ServingClient.from_run_dir(opts.run_dir).urls["inference"]
+    if not environment.host:  # serve.json's URL, else config.properties'
+        environment.host = ServingClient.from_run_dir(opts.run_dir).urls["inference"]
     try:
         response = management_client(environment).request("management", "GET",
                                                            f"/models/{RUN.model_name}?customized=true")
@@ -214,7 +206,7 @@ def inject_fault(environment, after: float, timeout: float) -> None:
         return
     victim = before[0]
     sample = RUN.samples[0].data
-    workers.kill_worker(victim)
+    os.kill(victim, signal.SIGKILL)  # what an OOM kill or a segfault looks like to TorchServe
     killed_at = time.time()
     RUN.fault = {"killed_pid": victim, "pids_before": before, "killed_at": killed_at,
                  "killed_at_s": round(killed_at - RUN.started, 2), "recovered": False}
@@ -268,10 +260,7 @@ class CatsDogsUser(HttpUser):
 
     @task(1)
     def predict_version(self):
-        if RUN.version is None:  # not known yet: describe failed and no prediction came back so far
-            self._predict(None)
-        else:
-            self._predict(RUN.version)
+        self._predict(RUN.version)  # the default version's URL while the version is not known yet
 
     @task(1)
     def ping(self):
@@ -326,7 +315,7 @@ def on_quitting(environment, **_):
     ok = gate.passed(checks)
     environment.process_exit_code = 0 if ok else 3
     summary = {"mode": opts.mode, "passed": ok, "exit_code": environment.process_exit_code, "metrics": metrics,
-               "checks": [c.to_dict() for c in checks], "thresholds": limits,
+               "checks": [asdict(c) for c in checks], "thresholds": limits,
                "endpoints": [gate.entry_metrics(e) for e in environment.stats.entries.values()],
                "accuracy": RUN.tally.to_dict(), "first_schema_error": RUN.first_schema_error,
                "model_name": RUN.model_name, "model_version": RUN.version,

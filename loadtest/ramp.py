@@ -1,8 +1,4 @@
-"""Step ramp: how many users when (for the LoadTestShape), and where throughput stops growing (the knee).
-
-Pure functions over numbers and Locust's `*_stats_history.csv` rows; loadtest/shapes.py wraps
-`step_target` in a LoadTestShape.
-"""
+"""Step ramp: how many users when (loadtest/shapes.py's LoadTestShape), and where throughput stops growing."""
 from __future__ import annotations
 
 
@@ -20,12 +16,9 @@ def step_target(elapsed_s: float, step_users: int, step_seconds: float, max_user
 
 
 def ramp_steps(history: list[dict], min_rows: int = 3) -> list[dict]:
-    """Per user-count step of a ramp: throughput from the request counters over the step, and the latency
-    percentiles of its last row (Locust's current-window percentiles, i.e. the step's last ~10 s).
-
-    `history` rows are loadtest.report.read_history() rows (Aggregated only, time-ordered, about one a
-    second); a user count seen in fewer than `min_rows` rows was passed through while spawning and is skipped.
-    """
+    """Per user-count step of a ramp (loadtest.report.read_history rows): throughput from the request counters
+    over the step, latency percentiles of its last row (the step's last ~10 s); a user count seen in fewer than
+    `min_rows` rows was passed through while spawning and is skipped."""
     steps: list[dict] = []
     groups: list[list[dict]] = []
     for row in history:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from loadtest import workers
 
 DOCS_START, DOCS_END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
+MODES = ("run", "ramp", "fault", "soak")  # the order of their blocks in the docs
 
 
 def _num(text: str | None) -> float | None:
@@ -48,7 +49,11 @@ def plot_workers(rows: list[dict], out: Path | str, title: str, events: dict[str
     if not rows:
         raise ValueError("no worker samples to plot")
     fig, (ax, front) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(2, 1))
-    for (worker, pid), points in _by_process(rows).items():
+    series: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (worker, pid) -> (seconds, RSS MB)
+    for r in rows:
+        if r["rss_mb"] is not None:
+            series.setdefault((r["worker"], r["pid"]), []).append((r["elapsed_s"], r["rss_mb"]))
+    for (worker, pid), points in series.items():
         target = front if worker == workers.FRONTEND else ax
         target.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"{worker} pid {pid}")
     ax.set_ylabel("backend worker RSS MB")
@@ -68,14 +73,6 @@ def plot_workers(rows: list[dict], out: Path | str, title: str, events: dict[str
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def _by_process(rows: list[dict]) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    series: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for r in rows:
-        if r["rss_mb"] is not None:
-            series.setdefault((r["worker"], r["pid"]), []).append((r["elapsed_s"], r["rss_mb"]))
-    return series
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -108,7 +105,7 @@ def mode_markers(mode: str) -> tuple[str, str]:
 
 
 def update_docs(path: Path | str, mode: str, lines: list[str]) -> Path:
-    """Write this mode's block inside the loadtest section of docs/performance.md; other sections are kept."""
+    """Write this mode's block inside the loadtest section of docs/performance.md (blocks in MODES order)."""
     path = Path(path)
     text = path.read_text() if path.exists() else "# Performance\n"
     if DOCS_START not in text or DOCS_END not in text:
@@ -119,16 +116,12 @@ def update_docs(path: Path | str, mode: str, lines: list[str]) -> Path:
         text = replace_block(text, DOCS_START, DOCS_END, "\n".join(header))
     start, end = mode_markers(mode)
     block = "\n".join([start, *lines, end])
-    section = text[text.index(DOCS_START):text.index(DOCS_END)]
-    if start in section and end in section:
-        section = replace_block(section, start, end, block)
-    else:
-        order = ["run", "ramp", "fault", "soak"]
-        later = [mode_markers(m)[0] for m in order[order.index(mode) + 1:] if mode_markers(m)[0] in section] \
-            if mode in order else []
-        at = section.index(later[0]) if later else len(section)
-        section = section[:at].rstrip() + "\n\n" + block + "\n\n" + section[at:].lstrip()
-    text = text[:text.index(DOCS_START)] + section.rstrip() + "\n" + text[text.index(DOCS_END):]
+    if start in text and end in text:
+        text = replace_block(text, start, end, block)
+    else:  # before the first block of a later mode, else at the end of the section
+        later = [m for m in (mode_markers(m)[0] for m in MODES[MODES.index(mode) + 1:]) if m in text]
+        at = text.index(later[0] if later else DOCS_END)
+        text = text[:at].rstrip() + "\n\n" + block + ("\n\n" if later else "\n") + text[at:]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path

@@ -1,8 +1,7 @@
 """Step ramp load shape, to find the knee: `locust -f loadtest/locustfile.py,loadtest/shapes.py ...`.
 
-Kept out of locustfile.py because Locust uses any LoadTestShape it finds, and the steady run needs none.
-Users go step_users, 2*step_users, ... up to -u/--users, each step held --step-seconds (custom options
-registered by locustfile.py); -t/--run-time, when given, cuts the ramp short.
+Kept out of locustfile.py because Locust uses any LoadTestShape it finds. Users go step_users, 2*step_users, ...
+up to -u, each step held --step-seconds (locustfile options); -t, when given, cuts the ramp short.
 """
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """TorchServe backend workers under load: RSS and PID samples (soak), killing one and timing recovery (fault).
 
-Worker PIDs and states come from the management API (describe model); memory from psutil. The row
-helpers are pure so the soak/fault numbers can be tested on hand-made samples.
+PIDs and states from the management API, memory from psutil; the row helpers are pure (tested on made-up rows).
 """
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -38,20 +35,17 @@ def worker_states(described: list[dict]) -> list[dict]:
             for version in described for w in version.get("workers", [])]
 
 
-def sample(client, started: float, frontend_pid: int | None = None, now: float | None = None) -> list[dict]:
-    """One row per worker (and the Java frontend) with its RSS; [] when the management API does not answer."""
-    now = time.time() if now is None else now
+def sample(client, started: float, frontend_pid: int | None = None) -> list[dict]:
+    """One row per worker (and the Java frontend) with its RSS; no worker rows when the management API is silent."""
+    now = time.time()
     try:
         states = worker_states(client.describe())
     except Exception:  # noqa: BLE001 - a worker restart can make describe fail briefly; the gap is the data
         states = []
-    rows = [{"time": round(now, 2), "elapsed_s": round(now - started, 2), **s, "rss_mb": rss_mb(s["pid"])}
-            for s in states]
     if frontend_pid:
-        rows.append({"time": round(now, 2), "elapsed_s": round(now - started, 2), "worker": FRONTEND,
-                     "pid": frontend_pid, "status": "UP" if rss_mb(frontend_pid) else "GONE",
-                     "rss_mb": rss_mb(frontend_pid)})
-    return rows
+        states.append({"worker": FRONTEND, "pid": frontend_pid, "status": "UP" if rss_mb(frontend_pid) else "GONE"})
+    return [{"time": round(now, 2), "elapsed_s": round(now - started, 2), **s, "rss_mb": rss_mb(s["pid"])}
+            for s in states]
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
@@ -70,13 +64,9 @@ def read_rows(path: Path) -> list[dict]:
                  "rss_mb": float(r["rss_mb"]) if r["rss_mb"] else None} for r in csv.DictReader(handle)]
 
 
-def backend_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["worker"] != FRONTEND]
-
-
 def restarts(rows: list[dict]) -> int:
     """Worker PIDs that appeared after the first sample: each is a restarted (or added) backend worker."""
-    rows = backend_rows(rows)
+    rows = [r for r in rows if r["worker"] != FRONTEND]
     if not rows:
         return 0
     first_time = min(r["elapsed_s"] for r in rows)
@@ -104,11 +94,6 @@ def rss_growth(series: list[tuple[float, float]], warmup_s: float = 30.0,
     window = max(1, min(window, len(after) // 2))
     start, end = statistics.median(after[:window]), statistics.median(after[-window:])
     return round(start, 1), round(end, 1), (round((end - start) / start * 100, 2) if start else None)
-
-
-def kill_worker(pid: int) -> None:
-    """SIGKILL one backend worker (what an OOM kill or a segfault looks like to TorchServe)."""
-    os.kill(int(pid), signal.SIGKILL)
 
 
 def wait_recovered(client, before_pids: list[int], probe: Callable[[], bool], timeout: float = 120.0,

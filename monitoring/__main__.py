@@ -21,6 +21,7 @@ from catsdogs.contract import EVAL_DIR, META_FILE, MODEL_DIR, RUN_DIR, add_serve
 from serving.client import ServingClient, client_from_args
 
 REPORTS = Path("reports/monitoring")
+FEEDBACK_DB = REPORTS / "feedback.db"
 EVAL_PREDICTIONS = EVAL_DIR / "predictions.csv"
 
 
@@ -57,14 +58,10 @@ def load_classes(meta_path: Path | None) -> list[str]:
         raise UsageError(f"no class list: {meta_path} is missing and {exc}; pass --meta path/to/model-meta.json") from exc
 
 
-def stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
 def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
     """folder/<prefix>-<UTC time><suffix>, with -2, -3 ... appended when that name is taken."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = f"{prefix}-{stamp()}"
+    base = f"{prefix}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     path, n = folder / f"{base}{suffix}", 1
     while path.exists():
         n += 1
@@ -103,21 +100,20 @@ def cmd_evaluate(args) -> int:
     plots.confusion_matrix_png(live["confusion_matrix"], classes, out / "confusion_matrix.png")
     summary = {"model": meta, "source": str(args.images), "live": live, "comparison": comparison}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    def report(mlflow_run: str | None) -> None:
+        (out / "report.md").write_text(ev.markdown_report(source=str(args.images), meta=meta, live=live,
+                                                          comparison=comparison, classes=classes,
+                                                          endpoint=client.urls["inference"], mlflow_run=mlflow_run))
+
     run_id = linked = None
     if not args.no_mlflow:
         from monitoring.tracking import log_run
 
-        (out / "report.md").write_text(ev.markdown_report(source=str(args.images), meta=meta, live=live,
-                                                          comparison=comparison, classes=classes,
-                                                          endpoint=client.urls["inference"],
-                                                          mlflow_run="the run holding this file"))
-        run_id, linked = log_run("evaluate", meta, live, {"images": str(args.images), "n_sent": len(samples),
-                                                           "limit": args.limit, "sample": args.sample,
-                                                           "seed": args.seed, "max_drop": args.max_drop},
-                                 out, offline=offline)
-    (out / "report.md").write_text(ev.markdown_report(source=str(args.images), meta=meta, live=live,
-                                                      comparison=comparison, classes=classes,
-                                                      endpoint=client.urls["inference"], mlflow_run=run_id))
+        report("the run holding this file")  # logged with the run, then rewritten with its id
+        params = {"images": str(args.images), "n_sent": len(samples), "limit": args.limit, "sample": args.sample,
+                  "seed": args.seed, "max_drop": args.max_drop}
+        run_id, linked = log_run("evaluate", meta, live, params, out, offline=offline)
+    report(run_id)
     print_metrics("live   ", live)
     if offline:
         print_metrics("offline", offline)
@@ -132,29 +128,18 @@ def cmd_evaluate(args) -> int:
 
 # --------------------------------------------------------------------------- feedback -----------
 
-def _records_by_id(log: Path) -> dict[str, dict]:
+def cmd_feedback_store(args) -> int:
+    """`feedback add` (one --request-id) and `feedback import` (a CSV file)."""
+    from monitoring import feedback
     from monitoring.logs import by_request_id, read_records
 
-    return by_request_id(read_records(log))
-
-
-def cmd_feedback_add(args) -> int:
-    return _add_feedback(args, [{"request_id": args.request_id, "label": args.label, "labelled_at": args.time}],
-                         source="cli")
-
-
-def cmd_feedback_import(args) -> int:
-    from monitoring.feedback import read_csv
-
-    return _add_feedback(args, read_csv(args.file), source=str(args.file))
-
-
-def _add_feedback(args, items: list[dict], source: str) -> int:
-    from monitoring import feedback
-
+    if args.feedback_command == "import":
+        items, source = feedback.read_csv(args.file), str(args.file)
+    else:
+        items, source = [{"request_id": args.request_id, "label": args.label, "labelled_at": args.time}], "cli"
     classes = load_classes(args.meta)
     log = args.log or default_log(args.run_dir)
-    records = _records_by_id(log)
+    records = by_request_id(read_records(log))
     rows, problems = [], []
     now = datetime.now(timezone.utc)
     for item in items:
@@ -259,10 +244,10 @@ def cmd_drift(args) -> int:
 def cmd_rules(args) -> int:
     from monitoring.rules import render
 
-    text = render(contract.read_meta(args.meta), str(args.meta))
+    meta = contract.read_meta(args.meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"rules: {args.out} (drift baseline of model version {contract.read_meta(args.meta)['version']})")
+    args.out.write_text(render(meta, str(args.meta)))
+    print(f"rules: {args.out} (drift baseline of model version {meta['version']})")
     return 0
 
 
@@ -283,7 +268,9 @@ def cmd_check_dashboard(args) -> int:
 
 # --------------------------------------------------------------------------- parser -------------
 
-def add_log_options(p: argparse.ArgumentParser) -> None:
+def add_log_options(p: argparse.ArgumentParser, db: bool = False) -> None:
+    if db:
+        p.add_argument("--db", type=Path, default=FEEDBACK_DB, help="SQLite store")
     p.add_argument("--run-dir", type=Path, default=RUN_DIR,
                    help=f"run directory whose serve.json names the log dir (default {RUN_DIR})")
     p.add_argument("--log", type=Path, help="model_log.log, or a folder of model_log*.log(.gz) "
@@ -317,17 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", required=True, help="the x-request-id header of the prediction's response")
     p.add_argument("--label", required=True, help="the true class")
     p.add_argument("--time", help="when the label was given (ISO 8601; default now)")
-    p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
-    add_log_options(p)
-    p.set_defaults(func=cmd_feedback_add)
+    add_log_options(p, db=True)
+    p.set_defaults(func=cmd_feedback_store)
     p = fsub.add_parser("import", help="store true labels from a CSV (request_id,label[,labelled_at])")
     p.add_argument("file", type=Path)
-    p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
-    add_log_options(p)
-    p.set_defaults(func=cmd_feedback_import)
+    add_log_options(p, db=True)
+    p.set_defaults(func=cmd_feedback_store)
     p = fsub.add_parser("report", help="metrics of the labelled predictions made in a time window")
     p.add_argument("--window", default="24h", help="how far back: 30m, 24h, 7d ... (default 24h)")
-    p.add_argument("--db", type=Path, default=Path("reports/monitoring/feedback.db"), help="SQLite store")
+    p.add_argument("--db", type=Path, default=FEEDBACK_DB, help="SQLite store")
     p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (class list)")
     p.add_argument("--out", type=Path, help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_feedback_report)

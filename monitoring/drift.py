@@ -3,12 +3,9 @@
 Population stability index (PSI) of two distributions over the same bins:
     PSI = sum_i (a_i - e_i) * ln(a_i / e_i)      (e: baseline share, a: live share; empty bins smoothed)
 Common reading: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift.
-
-The baseline is the deployed model's own predictions on its held-out test split, summarised by the
-export stage into model-meta.json's `drift_baseline` (summarise(): label shares, confidence quantile bins
-and their shares, mean confidence), which the archive, the handler's describe-model answer and the
-generated Prometheus rules (monitoring/rules.py) carry; or the evaluate stage's raw predictions.csv; or,
-for an old model-meta.json, the predicted-label shares implied by its test_metrics (binary only).
+The baseline: the model's own test-split predictions, as model-meta.json `drift_baseline` (summarise(), written
+by the export stage) or the evaluate stage's predictions.csv; for an old model-meta.json, the predicted-label
+shares implied by its binary test_metrics.
 """
 from __future__ import annotations
 
@@ -26,11 +23,7 @@ STABLE, MODERATE = 0.1, 0.25
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], smoothing: float = SMOOTHING) -> float:
-    """Population stability index of two histograms (counts or shares) over the same bins.
-
-    Each histogram is normalised to shares; shares below `smoothing` are raised to it so an empty
-    bin costs a large but finite amount. Symmetric in its arguments; 0 for identical shares.
-    """
+    """PSI of two histograms (counts or shares) over the same bins; an empty bin costs a large, finite amount."""
     e = np.asarray(expected, dtype=np.float64)
     a = np.asarray(actual, dtype=np.float64)
     if e.shape != a.shape or e.ndim != 1 or e.size == 0:
@@ -47,10 +40,7 @@ def severity(value: float) -> str:
 
 
 def quantile_edges(baseline: Sequence[float], bins: int = DEFAULT_BINS) -> list[float]:
-    """Inner bin edges at the baseline's quantiles (duplicates dropped), so each bin holds ~1/bins of it.
-
-    Outer bins are open-ended; a baseline piled up on one value yields fewer bins.
-    """
+    """Inner bin edges at the baseline's quantiles (duplicates dropped; outer bins open-ended)."""
     values = np.asarray(baseline, dtype=np.float64)
     if values.size == 0:
         raise ValueError("the baseline has no values to bin")

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,11 +50,10 @@ def choose(items: Sequence[tuple[str, str]], classes: Sequence[str], *, limit: i
         chosen = sorted(random.Random(seed).sample(chosen, sample))
     if limit is not None and limit < len(chosen):
         per_class = math.ceil(limit / len(classes))
-        taken: dict[str, int] = {}
-        picked = []
+        taken, picked = Counter(), []
         for relpath, label in chosen:
-            if taken.get(label, 0) < per_class and len(picked) < limit:
-                taken[label] = taken.get(label, 0) + 1
+            if taken[label] < per_class and len(picked) < limit:
+                taken[label] += 1
                 picked.append((relpath, label))
         chosen = picked
     return chosen
@@ -115,11 +115,7 @@ def list_labelled(source: Path, classes: Sequence[str]) -> list[tuple[str, str]]
 def read_samples(source: Path, chosen: Sequence[tuple[str, str]]) -> list[Sample]:
     """The bytes of the chosen files (one more pass over the folder or archive)."""
     wanted = dict(chosen)
-    samples = []
-    for relpath, _label, read in labelled(source, []):
-        if relpath in wanted:
-            samples.append(Sample(relpath, wanted[relpath], read()))
-    return samples
+    return [Sample(relpath, wanted[relpath], read()) for relpath, _, read in labelled(source, []) if relpath in wanted]
 
 
 def send(predict: Callable[[bytes], requests.Response], samples: Sequence[Sample],
@@ -164,10 +160,7 @@ def score(samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[
 
 
 def _count(values) -> dict:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def write_predictions(path: Path, samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[str]) -> None:

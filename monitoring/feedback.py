@@ -20,7 +20,6 @@ import numpy as np
 from monitoring.logs import probabilities
 from training.metrics import classification_metrics
 
-DEFAULT_DB = Path("reports/monitoring/feedback.db")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     request_id    TEXT PRIMARY KEY,
@@ -58,7 +57,7 @@ def in_window(rows: Iterable[dict], now: datetime, window: timedelta) -> list[di
 
 
 def parse_time(text: str) -> datetime:
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    stamp = datetime.fromisoformat(text)
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
@@ -89,7 +88,7 @@ def window_metrics(rows: Sequence[dict], classes: Sequence[str]) -> dict:
 
 # --------------------------------------------------------------------------- storage ------------
 
-def connect(path: Path = DEFAULT_DB) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)

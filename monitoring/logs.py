@@ -1,49 +1,33 @@
-"""Prediction records from TorchServe's model_log.log (one JSON line per answered or rejected request).
+"""Prediction records from TorchServe's model_log.log: the handler's one JSON line per answered or rejected request.
 
-The handler (handler/catsdogs_handler.py `_log`) writes `json.dumps(record)` on the Python logger
-"catsdogs.predictions". The worker's Python logging prints the bare message to stdout, the TorchServe
-frontend reads that stream and logs each line on its MODEL_LOG logger, whose log4j2 pattern
-(`%d{ISO8601} [%-5p] %t %c - %m%n`, TorchServe's default) prefixes it:
-
+The frontend prefixes each line with its MODEL_LOG log4j2 pattern (`%d{ISO8601} [%-5p] %t %c - %m%n`):
     2026-11-25T13:12:04,211 [INFO ] W-9000-catsdogs_1.0-stdout MODEL_LOG - {"batch_size": 1, ...}
-
-`parse_line` accepts that prefix, none at all (monitoring/log4j2.xml's JSON-only file) and timestamps
-with a dot or comma before the milliseconds and an optional UTC offset. A timestamp without an offset
-is TorchServe's local time (the JVM's time zone, UTC in the containers); pass `tz` to say otherwise.
-Rotated files (model_log.<date>.log.gz) are read transparently.
+or not at all (monitoring/log4j2.xml's JSON-only file). A timestamp without an offset is TorchServe's local
+time (UTC in the containers; pass `tz` otherwise). Rotated model_log.<date>.log.gz files are read too.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
 EVENT = "prediction"
-# "2026-11-25T13:12:04,211", "2026-11-25 13:12:04.211", optional "Z" / "+01:00" / "+0100"
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?")
+# "2026-11-25T13:12:04,211", "2026-11-25 13:12:04.211", optional "Z" / "+01:00" / "+0100" (datetime.fromisoformat)
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
 
 
 def parse_timestamp(text: str, tz: tzinfo | None = timezone.utc) -> datetime | None:
     """The log4j timestamp at the start of `text` as an aware datetime (None when there is none)."""
     match = _TIMESTAMP.match(text.strip())
-    if not match:
-        return None
-    day, clock, fraction, offset = match.groups()
-    stamp = datetime.fromisoformat(f"{day}T{clock}.{(fraction or '0').ljust(6, '0')}")
-    if offset:
-        offset = "+00:00" if offset == "Z" else offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
-        return stamp.replace(tzinfo=datetime.fromisoformat(f"2000-01-01T00:00:00{offset}").tzinfo)
-    return stamp.replace(tzinfo=tz)
+    stamp = datetime.fromisoformat(match.group(0)) if match else None
+    return stamp.replace(tzinfo=tz) if stamp and stamp.tzinfo is None else stamp
 
 
 def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
-    """One log line -> the prediction record (plus "time", an ISO string, when the line has a timestamp).
-
-    Lines that are not the handler's JSON records (TorchServe's own messages, tracebacks, metrics) give None.
-    """
+    """One log line -> the prediction record, with "time" (ISO) when the line has one; None for any other line."""
     start = line.find('{"')
     if start < 0:
         return None
@@ -57,13 +41,6 @@ def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
     if stamp is not None:
         record["time"] = stamp.isoformat()
     return record
-
-
-def open_log(path: Path):
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
 
 
 def log_files(path: Path) -> list[Path]:
@@ -80,21 +57,15 @@ def log_files(path: Path) -> list[Path]:
                             f"`python -m serving start`); pass that file or folder with --log")
 
 
-def iter_records(lines: Iterable[str], tz: tzinfo | None = timezone.utc) -> Iterator[dict]:
-    for line in lines:
-        record = parse_line(line, tz)
-        if record is not None:
-            yield record
-
-
 def read_records(paths: Path | Iterable[Path], tz: tzinfo | None = timezone.utc) -> list[dict]:
     """Every prediction record in the given log files/folders, in file order."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     records: list[dict] = []
     for path in paths:
         for file in log_files(Path(path)):
-            with open_log(file) as handle:
-                records.extend(iter_records(handle, tz))
+            opener = gzip.open if file.suffix == ".gz" else open
+            with opener(file, "rt", encoding="utf-8", errors="replace") as handle:
+                records.extend(filter(None, (parse_line(line, tz) for line in handle)))
     return records
 
 
@@ -109,11 +80,7 @@ def by_request_id(records: Iterable[dict]) -> dict[str, dict]:
 
 
 def probabilities(record: dict, classes: list[str]) -> list[float]:
-    """Class probabilities of an answered record.
-
-    The log keeps the top label and its confidence; with two classes that is the whole distribution.
-    With more, the remaining mass is spread evenly (an approximation, used only for log loss).
-    """
+    """Class probabilities of an answered record: its confidence, the rest spread evenly (exact for two classes)."""
     label, confidence = record["label"], float(record["confidence"])
     if label not in classes:
         raise ValueError(f"record {record.get('request_id')}: label {label!r} is not one of {classes}")

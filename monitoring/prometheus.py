@@ -45,10 +45,6 @@ def shorten_for(rules: dict, duration: str = "0s") -> dict:
     return out
 
 
-def alert_names(rules: dict) -> list[str]:
-    return [r["alert"] for g in rules.get("groups") or [] for r in g.get("rules") or [] if "alert" in r]
-
-
 def write_yaml(doc: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from monitoring.rules import RECORDS  # the generated baseline rules (make drift-rules)
+
 MONITORING = Path(__file__).resolve().parent
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "catsdogs.json"
 ALERTS = MONITORING / "alerts.yml"
@@ -143,10 +145,6 @@ def check_dashboard(dashboard_path: Path = DASHBOARD, metrics_path: Path = METRI
     problems = []
     if not dashboard_targets(dashboard):
         problems.append(f"{dashboard_path}: no Prometheus targets found")
-    from monitoring.rules import (
-        RECORDS,  # the generated baseline rules (make drift-rules)
-    )
-
     known = exposition_names(Path(metrics_path).read_text()) | recording_rules(
         yaml.safe_load(Path(alerts_path).read_text())) | set(RECORDS)
     for title, names in sorted(unknown_metrics(dashboard, known).items()):

@@ -1,11 +1,8 @@
 """Build model-store/<name>.mar with torch-model-archiver from an export directory.
 
-The archive holds: the TorchScript file (serializedFile; no model code), the handler, the handler's
-model-config.yaml, and at its root model-meta.json, index_to_name.json and the `model/` package
-(preprocess.py, export.py, runtime.py) so the handler preprocesses exactly as training did.
-torch-model-archiver copies the *contents* of a directory given in --extra-files into the archive
-root, so those files are staged in a temporary mar-extra/ directory first. The archive also carries
-catsdogs/contract.py: the handler builds its answers and reads its default limits from it.
+The archive holds the TorchScript file, the handler and its model-config.yaml, and at its root model-meta.json,
+index_to_name.json and the packages the handler imports (PACKAGE_FILES: model/ preprocessing, the contract),
+so it preprocesses exactly as training did. --extra-files copies a directory's contents, hence the staging.
 """
 from __future__ import annotations
 
@@ -28,19 +25,17 @@ PACKAGE_FILES = {"model": ("__init__.py", "preprocess.py", "export.py", "runtime
 SERIALIZED_FILE = "model.pt"
 
 
-def archiver_command() -> str:
-    """torch-model-archiver next to this Python (the venv's), else the one on PATH."""
-    local = Path(sys.executable).parent / "torch-model-archiver"
-    found = str(local) if local.exists() else shutil.which("torch-model-archiver")
+def tool(name: str) -> str:
+    """The executable `name` (torchserve, torch-model-archiver) next to this Python (the venv's), else on PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
     if not found:
-        raise FileNotFoundError("torch-model-archiver not found; run `make install` (it is in requirements.txt)")
+        raise FileNotFoundError(f"{name} not found; run `make install` (it is in requirements.txt)")
     return found
 
 
 def stage_extra_files(model_dir: Path, staging: Path) -> Path:
     """staging/{model-meta.json, index_to_name.json, model/..., catsdogs/...} (PACKAGE_FILES)."""
-    if staging.exists():
-        shutil.rmtree(staging)
     staging.mkdir(parents=True)
     for name in (META_FILE, INDEX_TO_NAME_FILE):
         shutil.copy2(model_dir / name, staging / name)
@@ -70,7 +65,7 @@ def build_archive(model_dir: Path, export_path: Path, model_name: str | None = N
     # archive in $TMPDIR/<model-name>), so concurrent builds never share files.
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         staging = stage_extra_files(model_dir, Path(tmp) / "mar-extra")
-        cmd = [archiver_command(), "--model-name", model_name, "--version", str(meta["version"]),
+        cmd = [tool("torch-model-archiver"), "--model-name", model_name, "--version", str(meta["version"]),
                "--serialized-file", str(model_dir / SERIALIZED_FILE), "--handler", str(handler),
                "--extra-files", str(staging), "--config-file", str(config_file),
                "--export-path", str(export_path), "--force"]

@@ -1,20 +1,10 @@
 """A small TorchServe client: base URLs plus token authorization that survives key rotation and expiry.
 
-TorchServe 0.12 enforces token authorization by default. At start-up it writes `key_file.json` into
-its working directory (for `python -m serving start`: the run directory, `.serve/` by default):
-
-    {"management": {"key": ..., "expiration time": ...},
-     "inference":  {"key": ..., "expiration time": ...},
-     "API":        {"key": ...}}
-
-Inference and management keys expire (token_expiration_min, 60 minutes by default); the API key does
-not. A request with a missing, wrong or expired key is refused with HTTP 400 and a JSON body of type
-"InvalidKeyException" (TorchServe 0.12 does not answer 401; `is_auth_failure` accepts both).
-On such a refusal this client re-reads the key file and retries once: if the key there is new (the server
-restarted, or another client rotated it) it is used as is; if it is the same key (expired), the client
-asks TorchServe for a new one with the API key (`GET <management>/token?type=inference`), which also
-updates key_file.json for everyone else. A file lock next to the key file makes concurrent clients
-rotate once, not once each. So long-running clients, load tests and health checks never need restarts.
+TorchServe writes `key_file.json` (inference and management keys that expire, an API key that does not)
+into its working directory. A refused key (0.12 answers HTTP 400 InvalidKeyException, not 401) makes the
+client re-read the file and retry once: a new key there (restart, another client rotated it) is used as
+is; the same, expired key is rotated with the API key (`GET <management>/token?type=...`), under a file
+lock so concurrent clients rotate once. Long-running clients never need a restart.
 """
 from __future__ import annotations
 
@@ -22,7 +12,6 @@ import fcntl
 import json
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,8 +20,6 @@ import requests
 from catsdogs import contract
 from catsdogs.contract import DEFAULT_URLS, KEY_FILE, RUN_DIR
 from serving.config import DEFAULT_CONFIG, base_urls, read_properties
-
-APIS = tuple(DEFAULT_URLS)
 
 
 def parse_expiry(text: str | None) -> datetime | None:
@@ -43,6 +30,12 @@ def parse_expiry(text: str | None) -> datetime | None:
         return datetime.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
     except ValueError:
         return None
+
+
+def seconds_left(keys: dict, api: str) -> float:
+    """Seconds until the key_file.json entry of `api` expires (inf: no entry or no expiry)."""
+    expiry = parse_expiry(keys.get(api, {}).get("expiration time"))
+    return (expiry - datetime.now(timezone.utc)).total_seconds() if expiry else float("inf")
 
 
 def is_auth_failure(response: requests.Response) -> bool:
@@ -100,11 +93,7 @@ class ServingClient:
             kwargs.setdefault("key_file", state["key_file"])
             return cls(state["inference_url"], state["management_url"], state["metrics_url"], **kwargs)
         kwargs.setdefault("key_file", run_dir / KEY_FILE)
-        return cls.from_config(DEFAULT_CONFIG, **kwargs)
-
-    @classmethod
-    def from_config(cls, config: Path | str = DEFAULT_CONFIG, **kwargs) -> ServingClient:
-        urls = base_urls(read_properties(Path(config)))
+        urls = base_urls(read_properties(DEFAULT_CONFIG))
         return cls(urls["inference"], urls["management"], urls["metrics"], **kwargs)
 
     # --- keys -----------------------------------------------------------------------------------------
@@ -119,29 +108,15 @@ class ServingClient:
             self._keys[api] = read_key_file(self.key_file)[api]["key"]
         return self._keys[api]
 
-    def expiry(self, api: str) -> datetime | None:
-        if self.key_file is None or not self.key_file.is_file():
-            return None
-        return parse_expiry(read_key_file(self.key_file).get(api, {}).get("expiration time"))
-
-    @contextmanager
-    def _file_lock(self):
-        """Exclusive lock across processes (advisory flock on the key file itself)."""
-        with open(self.key_file, "rb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def refresh_key(self, api: str, stale: str | None = None) -> str | None:
         """A working key for `api`: the key file's if it changed since `stale`, else a freshly rotated one."""
         if self.key_file is None or not self.key_file.is_file():
             return None
-        with self._lock, self._file_lock():
+        with self._lock, open(self.key_file, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # across processes; released when the file is closed
             keys = read_key_file(self.key_file)
             current = keys[api]["key"]
-            if current == stale or (stale is None and self._expired(keys, api)):
+            if current == stale or (stale is None and seconds_left(keys, api) <= 0):
                 self._rotate(api, keys["API"]["key"])
                 current = read_key_file(self.key_file)[api]["key"]
             self._keys[api] = current
@@ -149,16 +124,11 @@ class ServingClient:
 
     def ensure_fresh(self, api: str, min_valid_s: float = 60.0) -> str | None:
         """The key for `api`, rotated first when it expires within `min_valid_s` (for one-shot tools like curl)."""
-        expiry = self.expiry(api)
-        if expiry is not None and (expiry - datetime.now(timezone.utc)).total_seconds() < min_valid_s:
+        keys = read_key_file(self.key_file) if self.key_file is not None and self.key_file.is_file() else {}
+        if seconds_left(keys, api) < min_valid_s:
             return self.refresh_key(api, stale=self.key(api))
         self._keys.pop(api, None)
         return self.key(api)
-
-    @staticmethod
-    def _expired(keys: dict, api: str) -> bool:
-        expiry = parse_expiry(keys.get(api, {}).get("expiration time"))
-        return expiry is not None and expiry <= datetime.now(timezone.utc)
 
     def _rotate(self, api: str, api_key: str) -> None:
         response = self.session.get(f"{self.urls['management']}/token", params={"type": api},
@@ -170,9 +140,7 @@ class ServingClient:
     # --- requests -------------------------------------------------------------------------------------
 
     def request(self, api: str, method: str, path: str, **kwargs) -> requests.Response:
-        """One HTTP request to `api`; when the key is refused, refresh it and retry once."""
-        if api not in APIS:
-            raise ValueError(f"api must be one of {APIS}, got {api!r}")
+        """One HTTP request to `api` (inference, management, metrics); a refused key is refreshed, retried once."""
         url = self.urls[api] + path
         kwargs.setdefault("timeout", self.timeout)
         headers = dict(kwargs.pop("headers", None) or {})

@@ -19,15 +19,8 @@ _LINE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*[=:]\s*(.*?)\s*$")
 
 
 def parse_properties(text: str) -> dict[str, str]:
-    """Java-properties subset TorchServe uses: `key=value` lines, `#`/`!` comments (no continuations)."""
-    props: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith(("#", "!")):
-            continue
-        match = _LINE.match(line)
-        if match:
-            props[match.group(1)] = match.group(2)
-    return props
+    """Java-properties subset TorchServe uses: `key=value` lines (`#`/`!` comments never match _LINE)."""
+    return {m.group(1): m.group(2) for m in map(_LINE.match, text.splitlines()) if m}
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -42,7 +35,7 @@ def render_properties(text: str, overrides: dict[str, str]) -> str:
     pending = dict(overrides)
     out = []
     for line in text.splitlines():
-        match = None if line.lstrip().startswith(("#", "!")) else _LINE.match(line)
+        match = _LINE.match(line)
         if match and match.group(1) in pending:
             out.append(f"{match.group(1)}={pending.pop(match.group(1))}")
         else:
@@ -53,24 +46,17 @@ def render_properties(text: str, overrides: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def with_port(address: str, port: int) -> str:
-    """An address with its port replaced: http://127.0.0.1:1 + 9123 -> http://127.0.0.1:9123 (host, scheme kept)."""
-    parts = urlsplit(address)
-    if not parts.scheme or not parts.hostname:
-        raise ValueError(f"cannot set a port on address {address!r}; expected e.g. {DEFAULT_URLS['inference']}")
-    return f"{parts.scheme}://{parts.hostname}:{port}"
+def address(props: dict[str, str], api: str, host: str | None = None, port: int | None = None) -> str:
+    """The `api`'s *_address of `props` (TorchServe's default when absent) with `host` and/or `port` replaced."""
+    parts = urlsplit(props.get(ADDRESS_KEYS[api], DEFAULT_URLS[api]))
+    host = host or parts.hostname or LOOPBACK
+    return f"{parts.scheme or 'http'}://{f'[{host}]' if ':' in host else host}:{port or parts.port or PORTS[api]}"
 
 
 def base_urls(props: dict[str, str]) -> dict[str, str]:
-    """API name -> base URL from the *_address keys (TorchServe's defaults when absent)."""
-    urls = {}
-    for api, key in ADDRESS_KEYS.items():
-        parts = urlsplit(props.get(key, DEFAULT_URLS[api]))
-        host = parts.hostname or LOOPBACK
-        if host in ("0.0.0.0", "::"):
-            host = LOOPBACK
-        urls[api] = f"{parts.scheme or 'http'}://{host}:{parts.port or PORTS[api]}"
-    return urls
+    """API name -> base URL from the *_address keys; a wildcard bind address is reached on the loopback."""
+    return {api: address(props, api, LOOPBACK if urlsplit(props.get(key, "")).hostname in ("0.0.0.0", "::")
+                         else None) for api, key in ADDRESS_KEYS.items()}
 
 
 def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None = None,
@@ -92,8 +78,7 @@ def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None 
         overrides["model_store"] = str(Path(model_store).resolve())
     for api, port in (ports or {}).items():
         if port:
-            key = ADDRESS_KEYS[api]
-            overrides[key] = with_port(props.get(key, DEFAULT_URLS[api]), port)
+            overrides[ADDRESS_KEYS[api]] = address(props, api, port=port)
     if grpc_ports:
         overrides["grpc_inference_port"], overrides["grpc_management_port"] = map(str, grpc_ports)
     if models:

@@ -1,12 +1,9 @@
 """Start, stop and health-check a TorchServe instance for this repo.
 
-One instance lives in one run directory (default `.serve/`):
-  config.properties  the repo config with absolute paths and the chosen ports (derived, never edited by hand)
-  key_file.json      TorchServe's token keys (written by TorchServe into its working directory)
-  serve.json         pid, URLs, log dir: what `stop`, `ready`, `token` and serving.client read
-  tmp/               TMPDIR/TEMP of the instance: torchserve's pid file, worker sockets, unpacked archives
-Giving each instance its own TMPDIR is what lets a test instance run next to `make serve`:
-`torchserve` keeps its pid file and worker sockets in the temp directory.
+One instance lives in one run directory (default `.serve/`): its derived config.properties, TorchServe's
+key_file.json, serve.json (pid, URLs, log dir: what `stop`, `ready`, `token` and serving.client read) and tmp/,
+the instance's TMPDIR, where torchserve keeps its pid file and worker sockets; so a test instance can run
+next to `make serve`.
 """
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +20,7 @@ import requests
 
 from catsdogs import contract
 from catsdogs.contract import KEY_FILE, SERVE_STATE_FILE, read_serve_state
+from serving.archive import tool
 from serving.client import ServingClient
 from serving.config import base_urls, derive_config
 
@@ -46,15 +43,9 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def torchserve_command() -> str:
-    local = Path(sys.executable).parent / "torchserve"
-    return str(local) if local.exists() else "torchserve"
-
-
 # Environment TorchServe passes on to its Python workers. GOMP_SPINCOUNT: how long an OpenMP thread that ran out of
-# work spins before it sleeps (libgomp's default spins long). Idle-spinning threads of one worker take the cores
-# from the frontend and from a version loading beside it; shorter spinning measured faster at concurrency 1 and 16
-# and kept version swaps from stalling the serving worker (benchmarks/serving.py, docs/performance.md).
+# work spins before it sleeps (libgomp's default spins long). Idle-spinning threads of a worker take the cores from
+# the frontend and from a version loading beside it; chosen in A/B runs of benchmarks/serving.py's served() path.
 # A value already in the environment wins.
 WORKER_ENV = {"GOMP_SPINCOUNT": "10000"}
 
@@ -104,50 +95,58 @@ def tail(path: Path, lines: int = 30) -> str:
         return f"(no {path})"
 
 
+def default_models() -> str:
+    """load_models for the model of params.yaml serve.model_name: <name>=<name>.mar."""
+    name = contract.model_name()
+    return f"{name}={contract.archive_path(name).name}"
+
+
+def prepare_run(config: Path, run_dir: Path, log_dir: Path, **derive) -> dict[str, str]:
+    """The run directory's config.properties (serving.config.derive_config) and a clean tmp/; its properties."""
+    for folder in (run_dir / "tmp", log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    props = derive_config(config, run_dir / "config.properties", **derive)
+    store = Path(props["model_store"])
+    if not store.is_dir() or not any(store.glob("*.mar")):
+        raise ServeError(f"model store {store} has no .mar archive; build one with `make archive` "
+                         f"(python -m serving archive), or point the model store at a folder holding one")
+    (run_dir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would mislead clients
+    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)  # archives unpacked by earlier runs
+    return props
+
+
+def serve_state(props: dict[str, str], run_dir: Path, log_dir: Path, pid: int | None) -> dict:
+    """serve.json of a run: what `stop`, `ready`, `token` and serving.client read (0.0.0.0 -> 127.0.0.1)."""
+    urls = base_urls(props)
+    return {"pid": pid, **{f"{api}_url": url for api, url in urls.items()}, "key_file": str(run_dir / KEY_FILE),
+            "config": str(run_dir / "config.properties"), "log_dir": str(log_dir),
+            "model_store": props["model_store"], "started_at": time.time(), "models": props.get("load_models", "")}
+
+
 def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | None = None,
           models: str | None = None, ports: dict[str, int | None] | None = None,
-          grpc_ports: tuple[int, int] | None = None, model_names: list[str] | None = None,
-          timeout: float = 180.0, extra: dict[str, str] | None = None) -> dict:
-    """Start TorchServe in the background and wait until it is healthy with READY workers.
-
-    Returns the state written to <run_dir>/serve.json. `models` defaults to the archive named after the
-    model (params.yaml serve.model_name): <name>=<name>.mar.
-    """
+          grpc_ports: tuple[int, int] | None = None, timeout: float = 180.0,
+          extra: dict[str, str] | None = None) -> dict:
+    """Start TorchServe in the background, wait for READY workers; returns the serve.json state."""
     run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
     if running_pid(run_dir):
         raise ServeError(f"TorchServe from {run_dir} is already running (pid {running_pid(run_dir)}); "
                          f"`python -m serving stop --run-dir {run_dir}` first")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    run_config = run_dir / "config.properties"
-    if not models:
-        name = contract.model_name()
-        models = f"{name}={contract.archive_path(name).name}"
-    props = derive_config(config, run_config, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
-                          models=models, extra=extra)
-    store = Path(props["model_store"])
-    if not store.is_dir() or not any(store.glob("*.mar")):
-        raise ServeError(f"model store {store} has no .mar archive; build one with `make mar` "
-                         f"(python -m serving archive)")
-    (run_dir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would mislead clients
-    shutil.rmtree(run_dir / "tmp" / "models", ignore_errors=True)  # archives unpacked by earlier runs
+    props = prepare_run(config, run_dir, log_dir, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
+                        models=models or default_models(), extra=extra)
     env = instance_env(run_dir, log_dir)
-    cmd = [torchserve_command(), "--start", "--ncs", "--ts-config", str(run_config), "--model-store", str(store)]
+    cmd = [tool("torchserve"), "--start", "--ncs", "--ts-config", str(run_dir / "config.properties"),
+           "--model-store", props["model_store"]]
     console = log_dir / "torchserve.console.log"
     with open(console, "ab") as out:
         launched = subprocess.run(cmd, check=False, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60)
     pid_file = run_dir / "tmp" / TS_PID_FILE
     if launched.returncode != 0 or not pid_file.is_file():
         raise ServeError(f"`{' '.join(cmd)}` failed (exit {launched.returncode}); see {console}:\n{tail(console)}")
-    pid = int(pid_file.read_text().strip())
-    urls = base_urls(props)
-    state = {"pid": pid, "inference_url": urls["inference"], "management_url": urls["management"],
-             "metrics_url": urls["metrics"], "key_file": str(run_dir / KEY_FILE), "config": str(run_config),
-             "log_dir": str(log_dir), "model_store": str(store), "started_at": time.time(),
-             "models": props.get("load_models", "")}
+    state = serve_state(props, run_dir, log_dir, int(pid_file.read_text().strip()))
     contract.write_serve_state(run_dir, state)
-    names = model_names or [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
-                            if m and m not in ("ALL", "all")]
+    names = [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
+             if m and m not in ("ALL", "all")]
     wait_ready(run_dir, names, timeout, console)
     return state
 
@@ -182,7 +181,7 @@ def stop(run_dir: Path, timeout: float = 60.0) -> bool:
         return False
     env = instance_env(run_dir, Path(state.get("log_dir", run_dir)))
     # torchserve --stop reads the pid file from TMPDIR and deletes key_file.json in its working directory.
-    subprocess.run([torchserve_command(), "--stop"], check=False, cwd=run_dir, env=env, capture_output=True, timeout=60)
+    subprocess.run([tool("torchserve"), "--stop"], check=False, cwd=run_dir, env=env, capture_output=True, timeout=60)
     try:
         proc = psutil.Process(pid)
         children = proc.children(recursive=True)
