@@ -217,13 +217,13 @@ def medians(rows: list[dict], keys: tuple, fields: tuple) -> list[dict]:
 
 def second_version(model_dir: Path, work: Path) -> Path:
     """A .mar of the same weights under another version (`<version>.swap`): what a deploy registers."""
-    copy = work / "candidate-model"
+    copy = work / "second-version-model"
     shutil.copytree(model_dir, copy)
     meta = json.loads((copy / "model-meta.json").read_text())
     meta["version"] = f"{meta['version']}.swap"
     (copy / "model-meta.json").write_text(json.dumps(meta, indent=2))
     config_file = work / "model-config.yaml"  # written by served() with the same configuration
-    return build_archive(copy, work / "candidate", config_file=config_file)
+    return build_archive(copy, work / "second-version", config_file=config_file)
 
 
 def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, connections: int, steady: int,
