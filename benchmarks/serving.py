@@ -39,6 +39,7 @@ import yaml
 
 from benchmarks.conditions import describe_machine, machine, model_line
 from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS
+from deploy.deployer import DeployOptions
 from handler.catsdogs_handler import optimize_for_serving
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
@@ -240,7 +241,8 @@ def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict
         steady_row = run_wrk(url, token, body, connections, steady)
         where = ["--run-dir", str(work / "run"), "--model-store", str(store),
                  "--tracking-uri", f"sqlite:///{work / 'no-registry.db'}"]
-        golden = [] if (REPO_ROOT / "data/prepared/manifest.csv").is_file() else ["--synthetic-golden"]
+        # the deploy's own golden set (test split of the prepare output) when there is one, else drawn cartoons
+        golden = [] if (REPO_ROOT / DeployOptions.prepared).is_dir() else ["--synthetic-golden"]
         load = subprocess.Popen(wrk_command(url, connections, 900), stdout=subprocess.PIPE, text=True,
                                 env=wrk_env(token, body))
         steps = {}
