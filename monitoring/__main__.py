@@ -29,8 +29,6 @@ class UsageError(RuntimeError):
     """Bad input or an unreachable dependency: exit 2 with the message."""
 
 
-# --------------------------------------------------------------------------- shared helpers -----
-
 def deployed_metadata(client: ServingClient) -> dict:
     try:
         response = client.request("management", "GET", f"/models/{client.model_name}", params={"customized": "true"})
@@ -74,8 +72,6 @@ def print_metrics(title: str, metrics: dict) -> None:
     print(title + " " + " ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
                                  for k in keys if k in metrics))
 
-
-# --------------------------------------------------------------------------- evaluate -----------
 
 def cmd_evaluate(args) -> int:
     from monitoring import evaluate as ev
@@ -125,8 +121,6 @@ def cmd_evaluate(args) -> int:
     print(("FAIL: " if comparison["failed"] else "ok: ") + comparison["reason"])
     return 1 if comparison["failed"] else 0
 
-
-# --------------------------------------------------------------------------- feedback -----------
 
 def cmd_feedback_store(args) -> int:
     """`feedback add` (one --request-id) and `feedback import` (a CSV file)."""
@@ -183,8 +177,6 @@ def cmd_feedback_report(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- drift --------------
-
 def cmd_drift(args) -> int:
     from monitoring import drift
     from monitoring.feedback import parse_time, parse_window
@@ -239,8 +231,6 @@ def cmd_drift(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- rules --------------
-
 def cmd_rules(args) -> int:
     from monitoring.rules import render
 
@@ -250,8 +240,6 @@ def cmd_rules(args) -> int:
     print(f"rules: {args.out} (drift baseline of model version {meta['version']})")
     return 0
 
-
-# --------------------------------------------------------------------------- check-dashboard ----
 
 def cmd_check_dashboard(args) -> int:
     from monitoring import promql
@@ -265,8 +253,6 @@ def cmd_check_dashboard(args) -> int:
               f"or recording rules")
     return 1 if problems else 0
 
-
-# --------------------------------------------------------------------------- parser -------------
 
 def add_log_options(p: argparse.ArgumentParser, db: bool = False) -> None:
     if db:

@@ -36,8 +36,6 @@ class Sample:
     data: bytes
 
 
-# --------------------------------------------------------------------------- pure ---------------
-
 def choose(items: Sequence[tuple[str, str]], classes: Sequence[str], *, limit: int | None = None,
            sample: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
     """Which (relpath, label) items to send, in relpath order.
@@ -84,15 +82,6 @@ def compare_metrics(live: dict, offline: dict | None, max_drop: float) -> dict:
     return {"rows": rows, "accuracy_drop": drop, "max_drop": max_drop, "failed": failed, "reason": reason}
 
 
-def probability_rows(responses: Sequence[dict], classes: Sequence[str]) -> np.ndarray:
-    """The answered responses' "probabilities" dicts -> an (n, classes) array in the model's class order.
-
-    The handler rounds each probability to 6 decimals; rows are renormalised to sum to exactly 1.
-    """
-    proba = np.array([[float(r["probabilities"][c]) for c in classes] for r in responses], dtype=np.float64)
-    return proba / proba.sum(axis=1, keepdims=True)
-
-
 def _number(value) -> float | None:
     try:
         number = float(value)
@@ -100,8 +89,6 @@ def _number(value) -> float | None:
         return None
     return None if math.isnan(number) else number
 
-
-# --------------------------------------------------------------------------- I/O ----------------
 
 def list_labelled(source: Path, classes: Sequence[str]) -> list[tuple[str, str]]:
     """(relpath, label) of every file under `source` whose path names a class (nothing is read)."""
@@ -149,7 +136,8 @@ def score(samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[
         raise RuntimeError(f"none of the {len(samples)} images got a prediction (first answer: HTTP "
                            f"{first.get('status')} {json.dumps(first.get('body'))[:200]})")
     y_true = np.array([classes.index(s.label) for s, _ in answered])
-    proba = probability_rows([r["body"] for _, r in answered], classes)
+    proba = np.array([[float(r["body"]["probabilities"][c]) for c in classes] for _, r in answered])
+    proba /= proba.sum(axis=1, keepdims=True)  # the handler rounds to 6 decimals: rows sum to exactly 1 again
     metrics = classification_metrics(y_true, proba, list(classes))
     metrics["refused"] = len(refused)
     metrics["refused_by_status"] = _count(str(r["status"]) for _, r in refused)
@@ -179,15 +167,10 @@ def write_predictions(path: Path, samples: Sequence[Sample], results: Sequence[d
 def format_table(comparison: dict) -> str:
     lines = ["| metric | live | offline (test split) | live - offline |", "|---|---:|---:|---:|"]
     for row in comparison["rows"]:
-        cells = [_fmt(row["live"]), _fmt(row["offline"]), _fmt(row["delta"], signed=True)]
+        cells = [f"{row[k]:{f}}" if row[k] is not None else "n/a"
+                 for k, f in (("live", ".4f"), ("offline", ".4f"), ("delta", "+.4f"))]
         lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _fmt(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def markdown_report(*, source: str, meta: dict, live: dict, comparison: dict, classes: Sequence[str],

@@ -47,13 +47,7 @@ def parse_window(text: str) -> timedelta:
 
 def in_window(rows: Iterable[dict], now: datetime, window: timedelta) -> list[dict]:
     """Rows whose prediction time (else labelling time) lies in (now - window, now]."""
-    start = now - window
-    kept = []
-    for row in rows:
-        stamp = parse_time(row.get("predicted_at") or row["labelled_at"])
-        if start < stamp <= now:
-            kept.append(row)
-    return kept
+    return [r for r in rows if now - window < parse_time(r.get("predicted_at") or r["labelled_at"]) <= now]
 
 
 def parse_time(text: str) -> datetime:
@@ -85,8 +79,6 @@ def window_metrics(rows: Sequence[dict], classes: Sequence[str]) -> dict:
     metrics["model_versions"] = sorted({str(r.get("model_version")) for r in rows})
     return metrics
 
-
-# --------------------------------------------------------------------------- storage ------------
 
 def connect(path: Path) -> sqlite3.Connection:
     path = Path(path)

@@ -53,13 +53,8 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\[[^\]]*\]", " ", text)            # range and subquery selectors
     text = re.sub(r"\boffset\s+-?[0-9a-z]+", " ", text)
     text = re.sub(r"@\s*[0-9.]+|\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b", " ", text)  # @ modifiers, numbers
-    names = set()
-    for match in re.finditer(_NAME, text):
-        name, rest = match.group(0), text[match.end():].lstrip()
-        if rest.startswith("(") or name.lower() in _KEYWORDS:
-            continue
-        names.add(name)
-    return names
+    return {m.group(0) for m in re.finditer(_NAME, text)  # a name followed by "(" is a function
+            if not text[m.end():].lstrip().startswith("(") and m.group(0).lower() not in _KEYWORDS}
 
 
 def dashboard_targets(dashboard: dict) -> list[tuple[str, str]]:
@@ -100,13 +95,7 @@ def dashboard_rules(dashboard: dict) -> dict:
 
 def exposition_names(text: str) -> set[str]:
     """Sample names in Prometheus text exposition format (histograms give _bucket, _sum, _count)."""
-    names = set()
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            match = re.match(_NAME, line)
-            if match:
-                names.add(match.group(0))
-    return names
+    return {m.group(0) for line in text.splitlines() if not line.startswith("#") and (m := re.match(_NAME, line))}
 
 
 def recording_rules(rules_doc: dict) -> set[str]:
@@ -115,12 +104,8 @@ def recording_rules(rules_doc: dict) -> set[str]:
 
 def unknown_metrics(dashboard: dict, known: set[str]) -> dict[str, set[str]]:
     """target -> metric names it uses that are not in `known` (empty dict: all names exist)."""
-    missing = {}
-    for title, expr in dashboard_targets(dashboard) + template_queries(dashboard):
-        unknown = metric_names(expr) - known - PROMETHEUS_SERIES
-        if unknown:
-            missing[title] = unknown
-    return missing
+    return {title: names for title, expr in dashboard_targets(dashboard) + template_queries(dashboard)
+            if (names := metric_names(expr) - known - PROMETHEUS_SERIES)}
 
 
 def promtool_check_rules(rules_doc: dict, promtool: str | None = None) -> subprocess.CompletedProcess:

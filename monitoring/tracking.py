@@ -12,11 +12,6 @@ from catsdogs import contract
 from training import tracking
 
 
-def configure(experiment: str | None = None) -> str:
-    """Same store as training (contract.tracking_uri()), the monitoring experiment."""
-    return tracking.configure(experiment or contract.experiment("monitoring"))
-
-
 def registered_version(meta: dict):
     """The MLflow ModelVersion the served model came from, or None when this store does not have it."""
     name, version = meta.get("registered_model"), meta.get("mlflow_model_version")
@@ -34,17 +29,17 @@ def numeric(metrics: dict, prefix: str) -> dict[str, float]:
 
 
 def log_run(kind: str, meta: dict, metrics: dict, params: dict, artifacts_dir: Path,
-            offline: dict | None = None, extra_tags: dict | None = None) -> tuple[str, str | None]:
+            offline: dict | None = None) -> tuple[str, str | None]:
     """One run in the monitoring experiment: live_* metrics (and offline_*, delta_*), the report files,
     tags naming the served version and registered model version. When this store holds that model
     version, the metrics are also attached to its logged model (MLflow 3 model_id) and the version gets
     a `monitoring.<kind>.last_run` tag. Returns (run id, linked model version or None)."""
-    configure()
+    tracking.configure(contract.experiment("monitoring"))  # training's store, the monitoring experiment
     version = registered_version(meta)
     tags = {"kind": kind, "model_version": str(meta.get("version", "")),
             "registered_model": str(meta.get("registered_model", "")),
             "registered_model_version": str(meta.get("mlflow_model_version", "")),
-            "training_run_id": str(meta.get("mlflow_run_id", "")), **(extra_tags or {})}
+            "training_run_id": str(meta.get("mlflow_run_id", ""))}
     live = numeric(metrics, "live_")
     with mlflow.start_run(run_name=f"{kind}-{meta.get('version', 'unknown')}", tags=tags) as run:
         mlflow.log_params(params)
