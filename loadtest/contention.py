@@ -39,9 +39,7 @@ def descendants(roots: list[int]) -> set[int]:
     pids = set()
     for root in roots:
         try:
-            proc = psutil.Process(root)
-            pids.add(root)
-            pids.update(child.pid for child in proc.children(recursive=True))
+            pids.update([root, *(child.pid for child in psutil.Process(root).children(recursive=True))])
         except psutil.Error:
             continue
     return pids
@@ -57,7 +55,7 @@ class CpuWatcher(threading.Thread):
         self.others: dict[str, float] = {}
         self.started = time.monotonic()
         self.wall_s = 0.0
-        self.timeline: list[tuple[float, float, float]] = []  # (unix time, our cores, other cores) per interval
+        self.timeline: list[tuple[float, float, float]] = []
 
     def run(self) -> None:
         previous, previous_at = snapshot(), time.monotonic()
@@ -66,23 +64,21 @@ class CpuWatcher(threading.Thread):
             stopping = self._halt.wait(self.every)
             current, current_at = snapshot(), time.monotonic()
             ours |= descendants(self.roots)
-            self._account(previous, current, ours, current_at - previous_at)
+            mine = other = 0.0
+            for pid, (name, used) in deltas(previous, current).items():
+                if pid in ours:
+                    mine += used
+                else:
+                    other += used
+                    self.others[name] = self.others.get(name, 0.0) + used
+            self.ours_s += mine
+            if current_at > previous_at:  # (unix time, our cores, other cores) over the interval
+                interval = current_at - previous_at
+                self.timeline.append((round(time.time(), 2), round(mine / interval, 3), round(other / interval, 3)))
+            self.wall_s = current_at - self.started
             previous, previous_at = current, current_at
             if stopping:
                 return
-
-    def _account(self, before, after, ours: set[int], interval: float) -> None:
-        mine = other = 0.0
-        for pid, (name, used) in deltas(before, after).items():
-            if pid in ours:
-                mine += used
-            else:
-                other += used
-                self.others[name] = self.others.get(name, 0.0) + used
-        self.ours_s += mine
-        if interval > 0:
-            self.timeline.append((round(time.time(), 2), round(mine / interval, 3), round(other / interval, 3)))
-        self.wall_s = time.monotonic() - self.started
 
     def __enter__(self):
         self.start()

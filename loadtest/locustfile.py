@@ -284,7 +284,7 @@ def run_metrics(environment) -> dict:
                "schema_errors": RUN.schema_errors, "token_refreshes": LoadClient.refreshes}
     if RUN.worker_rows:
         start, end, growth = workers.rss_growth(workers.total_rss_series(RUN.worker_rows), warmup_s=opts.rss_warmup)
-        frontend = workers.total_rss_series(RUN.worker_rows, lambda r: r["worker"] == workers.FRONTEND)
+        frontend = workers.total_rss_series(RUN.worker_rows, frontend=True)
         metrics.update(worker_restarts=workers.restarts(RUN.worker_rows), rss_growth_pct=growth,
                        rss_start_mb=start, rss_end_mb=end,
                        frontend_rss_growth_pct=workers.rss_growth(frontend, warmup_s=opts.rss_warmup)[2])
@@ -322,7 +322,7 @@ def on_quitting(environment, **_):
                "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes", "pretrained")}, "images": opts.images,
                "n_images": len(RUN.samples), "peak_users": RUN.peak_users,
                "n_labelled_images": sum(s.label is not None for s in RUN.samples),
-               "fault": {k: v for k, v in RUN.fault.items()}, "pid": os.getpid()}
+               "fault": dict(RUN.fault), "pid": os.getpid()}
     path = output_path(environment, "summary.json")
     if path:
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -74,12 +74,11 @@ def restarts(rows: list[dict]) -> int:
     return len({r["pid"] for r in rows if r["pid"]} - initial)
 
 
-def total_rss_series(rows: list[dict], worker_filter: Callable[[dict], bool] | None = None) -> list[tuple[float, float]]:
-    """(elapsed_s, summed RSS MB) per sample time, over the rows `worker_filter` keeps (default: backend workers)."""
-    keep = worker_filter or (lambda r: r["worker"] != FRONTEND)
+def total_rss_series(rows: list[dict], frontend: bool = False) -> list[tuple[float, float]]:
+    """(elapsed_s, summed RSS MB) per sample time of the backend workers (or of the frontend)."""
     totals: dict[float, float] = {}
     for r in rows:
-        if keep(r) and r["rss_mb"] is not None:
+        if (r["worker"] == FRONTEND) == frontend and r["rss_mb"] is not None:
             totals[r["elapsed_s"]] = totals.get(r["elapsed_s"], 0.0) + r["rss_mb"]
     return sorted(totals.items())
 
