@@ -125,7 +125,7 @@ def cmd_evaluate(args) -> int:
 def cmd_feedback_store(args) -> int:
     """`feedback add` (one --request-id) and `feedback import` (a CSV file)."""
     from monitoring import feedback
-    from monitoring.logs import by_request_id, read_records
+    from monitoring.logs import by_request_id, parse_time, read_records
 
     if args.feedback_command == "import":
         items, source = feedback.read_csv(args.file), str(args.file)
@@ -143,7 +143,7 @@ def cmd_feedback_store(args) -> int:
                             f"or rotated away: pass --log with the folder holding model_log*.log)")
             continue
         try:
-            at = feedback.parse_time(item["labelled_at"]) if item.get("labelled_at") else now
+            at = parse_time(item["labelled_at"]) if item.get("labelled_at") else now
             rows.append(feedback.make_row(record, item["label"], classes, at, source))
         except ValueError as exc:
             problems.append(f"request {item['request_id']}: {exc}")
@@ -179,8 +179,8 @@ def cmd_feedback_report(args) -> int:
 
 def cmd_drift(args) -> int:
     from monitoring import drift
-    from monitoring.feedback import parse_time, parse_window
-    from monitoring.logs import answered, read_records
+    from monitoring.feedback import parse_window
+    from monitoring.logs import answered, parse_time, read_records
 
     meta = json.loads(Path(args.meta).read_text()) if args.meta and Path(args.meta).is_file() else None
     classes = list(meta["classes"]) if meta else load_classes(None)

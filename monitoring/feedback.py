@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.logs import probabilities
+from monitoring.logs import parse_time, probabilities
 from training.metrics import classification_metrics
 
 SCHEMA = """
@@ -48,11 +48,6 @@ def parse_window(text: str) -> timedelta:
 def in_window(rows: Iterable[dict], now: datetime, window: timedelta) -> list[dict]:
     """Rows whose prediction time (else labelling time) lies in (now - window, now]."""
     return [r for r in rows if now - window < parse_time(r.get("predicted_at") or r["labelled_at"]) <= now]
-
-
-def parse_time(text: str) -> datetime:
-    stamp = datetime.fromisoformat(text)
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
 def make_row(record: dict, true_label: str, classes: Sequence[str], labelled_at: datetime, source: str) -> dict:

@@ -2,8 +2,8 @@
 
 The frontend prefixes each line with its MODEL_LOG log4j2 pattern (`%d{ISO8601} [%-5p] %t %c - %m%n`):
     2026-11-25T13:12:04,211 [INFO ] W-9000-catsdogs_1.0-stdout MODEL_LOG - {"batch_size": 1, ...}
-or not at all (monitoring/log4j2.xml's JSON-only file). A timestamp without an offset is TorchServe's local
-time (UTC in the containers; pass `tz` otherwise). Rotated model_log.<date>.log.gz files are read too.
+or not at all (monitoring/log4j2.xml's JSON-only file). A timestamp without an offset is read as UTC
+(TorchServe's local time in the containers). Rotated model_log.<date>.log.gz files are read too.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import gzip
 import json
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timezone
 from pathlib import Path
 
 EVENT = "prediction"
@@ -19,14 +19,13 @@ EVENT = "prediction"
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
 
 
-def parse_timestamp(text: str, tz: tzinfo | None = timezone.utc) -> datetime | None:
-    """The log4j timestamp at the start of `text` as an aware datetime (None when there is none)."""
-    match = _TIMESTAMP.match(text.strip())
-    stamp = datetime.fromisoformat(match.group(0)) if match else None
-    return stamp.replace(tzinfo=tz) if stamp and stamp.tzinfo is None else stamp
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time; one without an offset is UTC."""
+    stamp = datetime.fromisoformat(text)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
-def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
+def parse_line(line: str) -> dict | None:
     """One log line -> the prediction record, with "time" (ISO) when the line has one; None for any other line."""
     start = line.find('{"')
     if start < 0:
@@ -37,9 +36,9 @@ def parse_line(line: str, tz: tzinfo | None = timezone.utc) -> dict | None:
         return None
     if not isinstance(record, dict) or record.get("event") != EVENT:
         return None
-    stamp = parse_timestamp(line[:start], tz)
-    if stamp is not None:
-        record["time"] = stamp.isoformat()
+    stamp = _TIMESTAMP.match(line[:start].strip())
+    if stamp:
+        record["time"] = parse_time(stamp.group(0)).isoformat()
     return record
 
 
@@ -57,15 +56,13 @@ def log_files(path: Path) -> list[Path]:
                             f"`python -m serving start`); pass that file or folder with --log")
 
 
-def read_records(paths: Path | Iterable[Path], tz: tzinfo | None = timezone.utc) -> list[dict]:
-    """Every prediction record in the given log files/folders, in file order."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+def read_records(path: Path) -> list[dict]:
+    """Every prediction record in a log file, or in a folder's model_log*.log(.gz) files, in file order."""
     records: list[dict] = []
-    for path in paths:
-        for file in log_files(Path(path)):
-            opener = gzip.open if file.suffix == ".gz" else open
-            with opener(file, "rt", encoding="utf-8", errors="replace") as handle:
-                records.extend(filter(None, (parse_line(line, tz) for line in handle)))
+    for file in log_files(Path(path)):
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rt", encoding="utf-8", errors="replace") as handle:
+            records.extend(filter(None, map(parse_line, handle)))
     return records
 
 
