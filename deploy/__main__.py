@@ -17,24 +17,14 @@ import sys
 from pathlib import Path
 
 from catsdogs.contract import add_server_args, read_serve_state
-from deploy import registry
+from deploy import deployer, registry
 from deploy.archive import ArchiveError
-from deploy.deployer import (
-    DeployError,
-    DeployOptions,
-    deploy,
-    rollback,
-    rollback_switched,
-    scale,
-    status,
-    write_result,
-)
 from deploy.management import Management, ManagementError
 from serving.client import client_from_args
 from serving.config import REPO_ROOT
 
-FAILURES = (DeployError, ManagementError, ArchiveError, registry.RegistryError, FileNotFoundError, ValueError)
-DEFAULTS = DeployOptions()
+FAILURES = (deployer.DeployError, ManagementError, ArchiveError, registry.RegistryError, FileNotFoundError, ValueError)
+DEFAULTS = deployer.DeployOptions()
 
 
 def model_store(args) -> Path | None:
@@ -49,26 +39,26 @@ def api_from(args) -> Management:
 
 def cmd_deploy(args) -> int:
     # an earlier deploy's result must not survive a run that fails before deploy() starts
-    write_result(args.result, {"status": "failed", "version": None, "previous": None, "error": "did not start"})
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DeployOptions) if hasattr(args, f.name)}
-    options = DeployOptions(**{**given, "tracking_uri": args.tracking_uri, "result_file": args.result})
+    deployer.write_result(args.result, {"status": "failed", "version": None, "previous": None, "error": "did not start"})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(deployer.DeployOptions) if hasattr(args, f.name)}
+    options = deployer.DeployOptions(**{**given, "tracking_uri": args.tracking_uri, "result_file": args.result})
     if options.keep < 1:
         raise ValueError(f"--keep must be >= 1, got {options.keep}")
-    result = deploy(api_from(args), model_store(args), args.mar, options, log=say)
+    result = deployer.deploy(api_from(args), model_store(args), args.mar, options, log=say)
     say(f"deploy {result['status']}: default {result['version']} (was {result['previous']}); "
         f"registered {result['registered']}" + (f"; pruned {result['pruned']}" if result["pruned"] else ""))
     return 0
 
 
 def cmd_rollback(args) -> int:
-    back, target = (rollback_switched, args.if_switched) if args.if_switched else (rollback, args.to)
+    back, target = (deployer.rollback_switched, args.if_switched) if args.if_switched else (deployer.rollback, args.to)
     back(api_from(args), model_store(args), target, args.tracking_uri, args.require_registry, log=say)
     return 0
 
 
 def cmd_status(args) -> int:
     api = api_from(args)
-    report = status(api, smoke=not args.no_smoke)
+    report = deployer.status(api, smoke=not args.no_smoke)
     champion = registry.champion(args.tracking_uri, api.model)
     report["mlflow_champion"] = champion
     if args.json:
@@ -87,7 +77,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    scale(api_from(args), args.version, args.min, args.max, args.timeout_scale, log=say)
+    deployer.scale(api_from(args), args.version, args.min, args.max, args.timeout_scale, log=say)
     return 0
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
-import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -21,39 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catsdogs import contract
-from deploy import registry
-from deploy.archive import (
-    ArchiveError,
-    ArchiveInfo,
-    place_in_store,
-    read_archive,
-    sha256,
-    store_file_name,
-)
-from deploy.gates import (
-    GoldenItem,
-    GoldenScore,
-    check_prediction,
-    gate_decision,
-    load_golden,
-    manifest_golden,
-    score,
-    smoke_image,
-    synthetic_golden,
-)
-from deploy.management import (
-    Management,
-    ManagementError,
-    pending_requests,
-    ready_workers,
-)
-from deploy.versions import (
-    append_history,
-    history_path,
-    read_history,
-    rollback_target,
-    versions_to_prune,
-)
+from deploy import archive, gates, management, registry, versions
+from deploy.archive import ArchiveInfo
+from deploy.management import Management, ManagementError
 
 Log = Callable[[str], None]
 LOCK_FILE = ".deploy.lock"
@@ -89,7 +57,7 @@ class DeployOptions:
 
 @contextmanager
 def store_lock(store: Path | None):
-    """One deploy/rollback at a time per model store (advisory flock)."""
+    """One deploy/rollback at a time per model store (advisory flock, released when the file closes)."""
     if store is None:
         yield
         return
@@ -98,23 +66,20 @@ def store_lock(store: Path | None):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DeployError(f"another deploy/rollback holds {Path(store) / LOCK_FILE}; wait for it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
-def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[GoldenItem], dict]:
+def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[gates.GoldenItem], dict]:
     """The golden set and a record of it (source, size, content hash) for the deploy result."""
     if options.golden is None and not options.synthetic_golden:
-        items, record = manifest_golden(options.prepared, info.classes, options.golden_per_class,
-                                        info.meta.get("data_hash"))
+        items, record = gates.manifest_golden(options.prepared, info.classes, options.golden_per_class,
+                                              info.meta.get("data_hash"))
         log(f"golden set: {len(items)} test-split images of {options.prepared} (data {record['data_hash'][:12]}), "
             f"sha256 {record['sha256'][:16]}")
         return items, record
-    folder = options.golden or synthetic_golden(options.golden_cache, info.classes, options.golden_per_class,
-                                                options.golden_size)
-    items = load_golden(folder, info.classes)
+    folder = options.golden or gates.synthetic_golden(options.golden_cache, info.classes, options.golden_per_class,
+                                                      options.golden_size)
+    items = gates.load_golden(folder, info.classes)
     digest = hashlib.sha256()
     for item in items:
         digest.update(f"{hashlib.sha256(item.path.read_bytes()).hexdigest()} {item.label}\n".encode())
@@ -128,6 +93,23 @@ def registered_versions(api: Management) -> list[str]:
     return [str(d["modelVersion"]) for d in api.versions()]
 
 
+def stored_archive(store: Path | None, description: dict | None) -> ArchiveInfo | None:
+    """The archive in the store a registered version was loaded from (None: not there or unreadable)."""
+    url = (description or {}).get("modelUrl")
+    if store is None or not url or not (Path(store) / url).is_file():
+        return None
+    try:
+        return archive.read_archive(Path(store) / url)
+    except archive.ArchiveError:
+        return None
+
+
+def smoke_test(api: Management, version: str, classes: list[str], timeout: float = 30.0) -> tuple[object, str]:
+    """`version`'s answer to the smoke image and what is wrong with it ("" when nothing)."""
+    status, body = api.predict(version, gates.smoke_image(classes), timeout=timeout)
+    return body, "; ".join(gates.check_prediction(status, body, classes, version))
+
+
 def drain(api: Management, version: str, quiet_s: float, timeout: float) -> str:
     """Wait until `version` has an empty job queue and got no new request for quiet_s.
 
@@ -139,43 +121,44 @@ def drain(api: Management, version: str, quiet_s: float, timeout: float) -> str:
     while time.monotonic() - began < timeout:
         time.sleep(0.25)
         count = api.inference_count(version)
-        if count != last or pending_requests(api.describe(version)):
+        if count != last or management.pending_requests(api.describe(version)):
             last, quiet_since = count, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
             return f"queue empty and no new request for {quiet_s:g} s"
     return f"still busy after {timeout:g} s (clients pinned to /predictions/{api.model}/{version}?)"
 
 
-def prune(api: Management, store: Path | None, keep: int, options: DeployOptions, log: Log) -> list[str]:
-    """Drain and unregister versions beyond the `keep` most recent; delete the archives deploy placed."""
+def prune(api: Management, store: Path | None, options: DeployOptions, log: Log) -> list[str]:
+    """Drain and unregister versions beyond the options.keep most recent; delete the archives deploy placed."""
     default = api.default_version()
     descriptions = {str(d["modelVersion"]): d for d in api.versions()}
-    old = versions_to_prune(list(descriptions), default, read_history(history_path(store)), keep)
+    history = versions.read_history(versions.history_path(store))
+    old = versions.versions_to_prune(list(descriptions), default, history, options.keep)
     for version in old:
         how = drain(api, version, options.drain_seconds, options.drain_timeout)
         api.unregister(version)
-        placed = store_file_name(api.model, version)
+        placed = archive.store_file_name(api.model, version)
         if store is not None and descriptions[version].get("modelUrl") == placed:
             (Path(store) / placed).unlink(missing_ok=True)
         log(f"unregistered old version {version} (drained: {how})")
     return old
 
 
-def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[GoldenItem],
+def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[gates.GoldenItem],
               options: DeployOptions, log: Log) -> str:
     """Raise GateFailed unless the smoke test and the golden gate pass; returns the golden verdict."""
-    status, body = api.predict(info.version, smoke_image(info.classes))
-    problems = check_prediction(status, body, info.classes, info.version)
+    body, problems = smoke_test(api, info.version, info.classes)
     if problems:
-        raise GateFailed(f"smoke test of version {info.version} failed: {'; '.join(problems)}")
+        raise GateFailed(f"smoke test of version {info.version} failed: {problems}")
     log(f"smoke test passed: {body['label']} {body['confidence']:.3f} from version {body['model_version']}")
-    candidate = score(lambda data: api.predict(info.version, data), items, info.classes, info.version)
+    candidate = gates.score(lambda data: api.predict(info.version, data), items, info.classes, info.version)
     log(f"golden {candidate.summary()}")
-    baseline: GoldenScore | None = None
+    baseline = None
     if baseline_version and baseline_version != info.version:
-        baseline = score(lambda data: api.predict(baseline_version, data), items, info.classes, baseline_version)
+        baseline = gates.score(lambda data: api.predict(baseline_version, data), items, info.classes,
+                               baseline_version)
         log(f"golden {baseline.summary()} (current default)")
-    passed, reason = gate_decision(candidate, baseline, options.min_accuracy, options.margin)
+    passed, reason = gates.gate_decision(candidate, baseline, options.min_accuracy, options.margin)
     if not passed:
         examples = "".join(f"\n    {m}" for m in candidate.mistakes)
         raise GateFailed(f"golden gate failed for version {info.version}: {reason}{examples}")
@@ -192,7 +175,7 @@ def deploy(api: Management, store: Path | None, mar: Path, options: DeployOption
     result = {"status": "failed", "version": None, "previous": None, "pruned": []}
     write_result(options.result_file, result)  # a file left by an earlier deploy must never be acted on
     try:
-        info = read_archive(mar)
+        info = archive.read_archive(mar)
         result["version"] = info.version
         if info.model_name != api.model:
             raise DeployError(f"{mar} is an archive of model {info.model_name!r}, the server model is "
@@ -224,31 +207,27 @@ def write_result(path: Path | None, result: dict) -> None:
     was not touched), failed (an error before the switch; the default was not touched), rolled back
     (a later rollback_switched undid the switch).
     """
-    if path is None:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(partial, path)
+    if path is not None:
+        versions.write_json(path, result)
 
 
 def read_result(path: Path) -> dict | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    data = versions.read_json(path)
     return data if isinstance(data, dict) and data.get("status") in RESULT_STATUSES else None
 
 
-def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[GoldenItem],
+def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[gates.GoldenItem],
                    options: DeployOptions, log: Log, result: dict) -> dict:
     version = info.version
     default = api.default_version()
-    registered = registered_versions(api)
     result.update(version=version, previous=default)
-    pre_existing = version in registered
-    if pre_existing:
-        _check_same_archive(api, store, info)
+    pre_existing = version in registered_versions(api)
+    loaded = stored_archive(store, api.describe(version)) if pre_existing else None
+    # e.g. the store's .mar rebuilt since start-up under the same version
+    if loaded and loaded.version == version and archive.sha256(loaded.path) != archive.sha256(info.path):
+        raise DeployError(f"version {version} is already registered from {loaded.path}, whose bytes "
+                          f"differ from {info.path}; give the new model a new version (re-run the export) "
+                          f"instead of reusing {version}")
     if version == default:
         log(f"version {version} is already registered and the default: nothing to switch")
         result["status"] = "unchanged"
@@ -267,27 +246,12 @@ def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items
         log(api.set_default(version))
         result["status"] = "switched"
         write_result(options.result_file, result)
-        append_history(history_path(store), action="deploy", previous=default, version=version)
+        versions.append_history(versions.history_path(store), action="deploy", previous=default, version=version)
         log(f"default switched: {default} -> {version}; /predictions/{api.model} now answers with {version}")
     log(registry.move_champion(options.tracking_uri, info.meta, options.require_registry))
-    result["pruned"] = prune(api, store, options.keep, options, log)
+    result["pruned"] = prune(api, store, options, log)
     result["registered"] = registered_versions(api)
     return result
-
-
-def _check_same_archive(api: Management, store: Path | None, info: ArchiveInfo) -> None:
-    url = (api.describe(info.version) or {}).get("modelUrl")
-    if store is None or not url or not (Path(store) / url).is_file():
-        return
-    loaded = Path(store) / url
-    try:
-        same_version = read_archive(loaded).version == info.version  # e.g. the store's .mar rebuilt since start-up
-    except ArchiveError:
-        return
-    if same_version and sha256(loaded) != sha256(info.path):
-        raise DeployError(f"version {info.version} is already registered from {loaded}, whose bytes "
-                          f"differ from {info.path}; give the new model a new version (re-run the export) "
-                          f"instead of reusing {info.version}")
 
 
 def _register(api: Management, store: Path | None, info: ArchiveInfo, default: str | None,
@@ -295,8 +259,8 @@ def _register(api: Management, store: Path | None, info: ArchiveInfo, default: s
     if store is None:
         raise DeployError("the server's model store is unknown: pass --model-store (the directory TorchServe "
                           "loads archives from; config.properties allowed_urls only permits archives there)")
-    file_name = store_file_name(api.model, info.version)
-    dest, copied = place_in_store(info.path, store, file_name)
+    file_name = archive.store_file_name(api.model, info.version)
+    dest, copied = archive.place_in_store(info.path, store, file_name)
     log(f"{'copied' if copied else 'found'} {dest}")
     base = (api.describe(default) if default else None) or {}  # the new version gets the default's workers
     workers = options.workers or int(base.get("minWorkers") or 1)
@@ -314,7 +278,7 @@ def _register(api: Management, store: Path | None, info: ArchiveInfo, default: s
         if isinstance(exc, ManagementError):
             raise DeployError(f"version {info.version} did not start: {exc}") from exc
         raise
-    ready, _ = ready_workers(description)
+    ready, _ = management.ready_workers(description)
     log(f"version {info.version} registered: {ready} READY worker(s) in {time.monotonic() - began:.1f} s")
     return dest
 
@@ -331,51 +295,37 @@ def _remove(api: Management, store: Path | None, version: str, placed: Path | No
         Path(placed).unlink(missing_ok=True)
 
 
-def served_metadata(api: Management, store: Path | None, version: str, description: dict) -> dict:
-    """model-meta.json of a registered version: from its archive in the store, else from the handler."""
-    url = description.get("modelUrl")
-    if store is not None and url and (Path(store) / url).is_file():
-        try:
-            info = read_archive(Path(store) / url)
-            if info.version == version and info.meta:
-                return info.meta
-        except ArchiveError:
-            pass
-    return api.metadata(version)
-
-
 def rollback(api: Management, store: Path | None, to: str | None, tracking_uri: str, require_registry: bool,
              log: Log = print) -> dict:
     """Make the previous version (or `to`) the default again, after a smoke test of it."""
     with store_lock(store):
         default = api.default_version()
         registered = registered_versions(api)
-        target = to or rollback_target(read_history(history_path(store)), default, registered)
+        history = versions.history_path(store)
+        target = to or versions.rollback_target(versions.read_history(history), default, registered)
         if target is None and len(registered) < 2:
             raise DeployError(f"nothing to roll back to: only {registered or 'no version'} is registered for "
                               f"{api.model} (deploy keeps --keep versions; a pruned one must be deployed again)")
         if target is None:
-            where = history_path(store) or "(model store unknown: --model-store)"
             raise DeployError(f"cannot tell which version to roll back to: registered {registered}, default "
-                              f"{default}, no usable deploy history in {where}; pass --to VERSION")
+                              f"{default}, no usable deploy history in "
+                              f"{history or '(model store unknown: --model-store)'}; pass --to VERSION")
         if target not in registered:
             raise DeployError(f"version {target} is not registered (registered: {registered}); deploy its archive")
         if target == default:
             log(f"version {target} is already the default")
             return {"version": target, "previous": default, "status": "unchanged"}
         description = api.describe(target) or {}
-        ready, _ = ready_workers(description)
-        if ready < 1:
+        if management.ready_workers(description)[0] < 1:
             raise DeployError(f"version {target} has no READY worker; scale it first: "
                               f"python -m deploy scale --version {target} --min 1")
-        meta = served_metadata(api, store, target, description)
-        classes = list(meta.get("classes") or ["cat", "dog"])
-        status, body = api.predict(target, smoke_image(classes))
-        problems = check_prediction(status, body, classes, target)
+        stored = stored_archive(store, description)  # its model-meta.json; else the handler's
+        meta = stored.meta if stored and stored.version == target and stored.meta else api.metadata(target)
+        _, problems = smoke_test(api, target, list(meta.get("classes") or ["cat", "dog"]))
         if problems:
-            raise DeployError(f"smoke test of rollback target {target} failed: {'; '.join(problems)}")
+            raise DeployError(f"smoke test of rollback target {target} failed: {problems}")
         log(api.set_default(target))
-        append_history(history_path(store), action="rollback", previous=default, version=target)
+        versions.append_history(history, action="rollback", previous=default, version=target)
         log(f"rolled back: default {default} -> {target}")
         log(registry.move_champion(tracking_uri, meta, require_registry))
         return {"version": target, "previous": default, "status": "rolled back"}
@@ -409,11 +359,10 @@ def rollback_switched(api: Management, store: Path | None, result_file: Path, tr
 def status(api: Management, smoke: bool = True) -> dict:
     """Registered versions with workers and a smoke-request health check of each."""
     default = api.default_version()
-    versions = []
+    entries = []
     for description in api.versions():
         version = str(description["modelVersion"])
         meta = api.metadata(version)
-        classes = list(meta.get("classes") or ["cat", "dog"])
         entry = {"version": version, "default": version == default, "archive": description.get("modelUrl"),
                  "min_workers": description.get("minWorkers"), "max_workers": description.get("maxWorkers"),
                  "workers": [{"id": w.get("id"), "status": w.get("status"), "pid": w.get("pid")}
@@ -421,13 +370,12 @@ def status(api: Management, smoke: bool = True) -> dict:
                  "registry": registry.registry_ref(meta)}
         if smoke:
             began = time.perf_counter()
-            code, body = api.predict(version, smoke_image(classes), timeout=15)
-            problems = check_prediction(code, body, classes, version)
-            entry["health"] = "ok" if not problems else "; ".join(problems)
+            _, problems = smoke_test(api, version, list(meta.get("classes") or ["cat", "dog"]), timeout=15)
+            entry["health"] = problems or "ok"
             entry["smoke_ms"] = round((time.perf_counter() - began) * 1000, 1)
-        versions.append(entry)
-    versions.sort(key=lambda e: (not e["default"], e["version"]))
-    return {"model": api.model, "default": default, "versions": versions}
+        entries.append(entry)
+    entries.sort(key=lambda e: (not e["default"], e["version"]))
+    return {"model": api.model, "default": default, "versions": entries}
 
 
 def scale(api: Management, version: str | None, min_workers: int, max_workers: int | None,
@@ -438,7 +386,7 @@ def scale(api: Management, version: str | None, min_workers: int, max_workers: i
     maximum = max(min_workers, max_workers if max_workers is not None else min_workers)
     log(api.scale(version, min_workers, maximum, timeout=timeout))
     description = api.wait_ready(version, timeout) if min_workers > 0 else api.describe(version) or {}
-    ready, wanted = ready_workers(description)
+    ready, wanted = management.ready_workers(description)
     log(f"version {version}: min {description.get('minWorkers')} max {description.get('maxWorkers')}, "
         f"{ready} READY worker(s)")
     return {"version": version, "ready": ready, "min_workers": wanted}

@@ -33,9 +33,7 @@ def _answer(response: requests.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text.strip()[:300]
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("status") or body)[:300]
-    return str(body)[:300]
+    return str(body.get("message") or body.get("status") or body if isinstance(body, dict) else body)[:300]
 
 
 def pending_requests(description: dict | None) -> int:
@@ -51,15 +49,13 @@ def ready_workers(description: dict) -> tuple[int, int]:
 
 def inference_count(metrics_text: str, model: str, version: str) -> float | None:
     """ts_inference_requests_total for one model version from Prometheus text (None: no such series)."""
-    total, found = 0.0, False
+    values = []
     for line in metrics_text.splitlines():
-        if not line.startswith("ts_inference_requests_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}", 1)[0]))
-        if labels.get("model_name") == model and labels.get("model_version") == version:
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    return total if found else None
+        if line.startswith("ts_inference_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}", 1)[0]))
+            if labels.get("model_name") == model and labels.get("model_version") == version:
+                values.append(float(line.rsplit(" ", 1)[1]))
+    return sum(values) if values else None
 
 
 class Management:
@@ -67,11 +63,9 @@ class Management:
         self.client = client
         self.model = model_name
 
-    def _path(self, version: str | None = None, suffix: str = "") -> str:
-        path = f"/models/{quote(self.model, safe='')}"
-        if version is not None:
-            path += f"/{quote(version, safe='')}"
-        return path + suffix
+    def _path(self, *parts: str, api: str = "models") -> str:
+        """/models/<model>/<parts...> (or /predictions/...), every part URL-quoted."""
+        return "/".join(["", api, *(quote(p, safe="") for p in (self.model, *parts))])
 
     def _call(self, method: str, path: str, ok=(200,), **kwargs) -> requests.Response:
         try:
@@ -110,9 +104,9 @@ class Management:
 
     def predict(self, version: str, data: bytes, timeout: float = 30.0) -> tuple[int, object]:
         """POST an image to /predictions/<model>/<version>: (status, JSON body or text)."""
-        path = f"/predictions/{quote(self.model, safe='')}/{quote(version, safe='')}"
         try:
-            response = self.client.request("inference", "POST", path, data=data, timeout=timeout,
+            response = self.client.request("inference", "POST", self._path(version, api="predictions"),
+                                           data=data, timeout=timeout,
                                            headers={"Content-Type": "application/octet-stream"})
         except requests.RequestException as exc:
             return 0, f"request failed: {exc}"
@@ -165,7 +159,7 @@ class Management:
         return _answer(response)
 
     def set_default(self, version: str) -> str:
-        return _answer(self._call("PUT", self._path(version, "/set-default")))
+        return _answer(self._call("PUT", self._path(version, "set-default")))
 
     def unregister(self, version: str, timeout: float = 180.0) -> str:
         return _answer(self._call("DELETE", self._path(version), timeout=timeout))

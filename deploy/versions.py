@@ -52,23 +52,31 @@ def history_path(store: Path | None) -> Path | None:
     return Path(store) / HISTORY_FILE if store else None
 
 
-def read_history(path: Path | None) -> list[dict]:
-    if path is None or not Path(path).is_file():
-        return []
+def read_json(path: Path | None):
+    """The parsed JSON file; None when there is no path, no file or no valid JSON."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return []
+        return json.loads(Path(path).read_text())
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def write_json(path: Path, data) -> None:
+    """Write `data` as JSON atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def read_history(path: Path | None) -> list[dict]:
+    data = read_json(path)
     return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
 def append_history(path: Path | None, *, action: str, previous: str | None, version: str) -> None:
-    """Record a default change (no-op without a store): atomically rewritten, last HISTORY_LIMIT kept."""
-    if path is None:
-        return
-    entries = read_history(path)
-    entries.append({"action": action, "from": previous, "to": version,
-                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    partial.write_text(json.dumps(entries[-HISTORY_LIMIT:], indent=1) + "\n")
-    os.replace(partial, path)
+    """Record a default change (no-op without a store), keeping the last HISTORY_LIMIT."""
+    if path is not None:
+        entry = {"action": action, "from": previous, "to": version,
+                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json(path, [*read_history(path), entry][-HISTORY_LIMIT:])

@@ -7,24 +7,22 @@ from pathlib import Path
 
 from catsdogs import contract
 from catsdogs.contract import MODEL_DIR, MODEL_STORE, RUN_DIR, add_server_args
+from serving.archive import MODEL_CONFIG, build_archive
 from serving.client import client_from_args
-from serving.config import DEFAULT_CONFIG, REPO_ROOT
+from serving.config import DEFAULT_CONFIG
 
 
 def cmd_archive(args) -> int:
-    from serving.archive import build_archive
-
     mar = build_archive(args.model_dir, args.export_path, args.model_name, config_file=args.config_file)
-    name = mar.stem
     version = contract.read_meta(args.model_dir)["version"]
-    print(f"archive: {mar} ({mar.stat().st_size / 1e6:.1f} MB), model {name} version {version}")
+    print(f"archive: {mar} ({mar.stat().st_size / 1e6:.1f} MB), model {mar.stem} version {version}")
     return 0
 
 
 def cmd_start(args) -> int:
     from serving.server import ServeError, start
 
-    ports = {"inference": args.inference_port, "management": args.management_port, "metrics": args.metrics_port}
+    ports = {api: getattr(args, f"{api}_port") for api in contract.PORTS}
     grpc = (args.grpc_inference_port, args.grpc_management_port) if args.grpc_inference_port else None
     models = ",".join(args.models) if args.models else None
     try:
@@ -85,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="export stage output")
     p.add_argument("--export-path", type=Path, default=MODEL_STORE, help="where the .mar goes")
     p.add_argument("--model-name", help="archive/model name (default params.yaml serve.model_name)")
-    p.add_argument("--config-file", type=Path, default=REPO_ROOT / "handler" / "model-config.yaml",
+    p.add_argument("--config-file", type=Path, default=MODEL_CONFIG,
                    help="model-config.yaml (batch size, delay, workers, timeouts, handler limits)")
     p.set_defaults(func=cmd_archive)
 

@@ -22,20 +22,16 @@ from catsdogs.contract import DEFAULT_URLS, KEY_FILE, RUN_DIR
 from serving.config import DEFAULT_CONFIG, base_urls, read_properties
 
 
-def parse_expiry(text: str | None) -> datetime | None:
-    """TorchServe's Java Instant ("2026-01-01T10:00:00.123456789Z") -> aware datetime (None if unparsable)."""
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
 def seconds_left(keys: dict, api: str) -> float:
-    """Seconds until the key_file.json entry of `api` expires (inf: no entry or no expiry)."""
-    expiry = parse_expiry(keys.get(api, {}).get("expiration time"))
-    return (expiry - datetime.now(timezone.utc)).total_seconds() if expiry else float("inf")
+    """Seconds until the key_file.json entry of `api` expires (inf: no entry or no parsable expiry).
+
+    The expiry is a Java Instant: "2026-01-01T10:00:00.123456789Z"."""
+    text = keys.get(api, {}).get("expiration time") or ""
+    try:
+        expiry = datetime.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return float("inf")
+    return (expiry - datetime.now(timezone.utc)).total_seconds()
 
 
 def is_auth_failure(response: requests.Response) -> bool:

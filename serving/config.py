@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from catsdogs.contract import DEFAULT_URLS, LOOPBACK, PORTS, REPO_ROOT
 
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
-ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
+ADDRESS_KEYS = {api: f"{api}_address" for api in PORTS}
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 _LINE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*[=:]\s*(.*?)\s*$")
 
@@ -70,15 +70,10 @@ def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None 
     base = Path(base).resolve()
     text = base.read_text()
     props = parse_properties(text)
-    overrides: dict[str, str] = {}
-    for key in PATH_KEYS:
-        if props.get(key):
-            overrides[key] = str((base.parent / props[key]).resolve())
+    overrides = {key: str((base.parent / props[key]).resolve()) for key in PATH_KEYS if props.get(key)}
     if model_store is not None:
         overrides["model_store"] = str(Path(model_store).resolve())
-    for api, port in (ports or {}).items():
-        if port:
-            overrides[ADDRESS_KEYS[api]] = address(props, api, port=port)
+    overrides.update({ADDRESS_KEYS[api]: address(props, api, port=port) for api, port in (ports or {}).items() if port})
     if grpc_ports:
         overrides["grpc_inference_port"], overrides["grpc_management_port"] = map(str, grpc_ports)
     if models:
