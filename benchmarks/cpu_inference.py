@@ -4,7 +4,9 @@ Variants, fed random batches at every batch size and torch thread count asked fo
 is (`malloc default`) and with model.runtime.reuse_freed_memory (`malloc reuse`):
   exported       torch.jit.load as is, NCHW inputs
   optimize       torch.jit.freeze + torch.jit.optimize_for_inference (oneDNN), NCHW inputs
-  channels_last  model.runtime.for_cpu_inference: channels_last weights + freeze, channels_last inputs
+  channels_last  model.runtime.for_cpu_inference built with several threads: channels_last weights + freeze,
+                 channels_last inputs
+  channels_last+optimize  the same built with one thread: + torch.jit.optimize_for_inference
 Rounds are interleaved; the table (docs/cpu-inference.md, reports/cpu-inference.json) gives the median images/s
 and the ratio to `exported`, with other processes' CPU. Nothing is asserted.
 
@@ -35,7 +37,19 @@ def variants(model_file: Path, size: int) -> dict:
         example = torch.rand(2, 3, size, size)
         return {"exported": (load(), lambda x: x),
                 "optimize": (torch.jit.optimize_for_inference(torch.jit.freeze(load())), lambda x: x),
-                "channels_last": (for_cpu_inference(load(), example), channels_last)}
+                "channels_last": (built_with_threads(2, load(), example), channels_last),
+                "channels_last+optimize": (built_with_threads(1, load(), example), channels_last)}
+
+
+def built_with_threads(threads: int, model, example: torch.Tensor):
+    """model.runtime.for_cpu_inference as it builds with `threads` torch threads (one thread adds
+    optimize_for_inference)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return for_cpu_inference(model, example)
+    finally:
+        torch.set_num_threads(before)
 
 
 def images_per_s(module, x: torch.Tensor, seconds: float, reuse: bool | None = None) -> float:
@@ -97,8 +111,10 @@ def render(report: dict) -> str:
                      f"x{r['vs_exported']} | {r['min']}-{r['max']} |")
     lines += ["", ("Variants: *exported* = the TorchScript file as exported (NCHW inputs); *optimize* = "
               "`torch.jit.freeze` + `torch.jit.optimize_for_inference`; *channels_last* = "
-              "`model.runtime.for_cpu_inference` (channels_last weights and inputs, frozen), what the handler "
-              "(`handler.optimize: true`) and the training trunk pass use. *malloc default* = glibc's initial "
+              "`model.runtime.for_cpu_inference` built with several torch threads (channels_last weights and inputs, "
+              "frozen); *channels_last+optimize* = the same built with one thread, which adds "
+              "`torch.jit.optimize_for_inference`; the handler (`handler.optimize: true`) and the training trunk pass "
+              "use the form for their thread count. *malloc default* = glibc's initial "
               "settings (blocks above 128 KiB are mmapped and unmapped on free); *malloc reuse* = "
               "`model.runtime.reuse_freed_memory()` (freed memory kept for the next forward), which the training "
               "CLI, the handler and the benchmarks call at start."), ""]

@@ -45,11 +45,14 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
 
 def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) -> torch.jit.ScriptModule:
     """`model` (eager or TorchScript) as CPU inference runs it fastest here: weights in channels_last (NHWC)
-    memory format, traced when eager, torch.jit.freeze'd (constants folded). Feed it `channels_last(x)`.
+    memory format, traced when eager, torch.jit.freeze'd (constants folded), and when torch runs on one thread
+    also torch.jit.optimize_for_inference'd (oneDNN prepacked convolutions). Feed it `channels_last(x)`.
 
-    Chosen by interleaved measurement on EfficientNet-Lite0 (`python -m benchmarks.cpu_inference`): faster
-    than NCHW and than torch.jit.optimize_for_inference at every batch size tried. Converts `model` in place;
-    raises when the result's output differs from the original's on `example` by more than rtol (relative)."""
+    Chosen by interleaved measurement on EfficientNet-Lite0 (`python -m benchmarks.cpu_inference`; with several
+    threads channels_last + freeze beat optimize_for_inference at every batch size tried). With one thread
+    PyTorch sends the 1x1 convolutions to its slow reference kernel, which optimize_for_inference avoids (faster
+    at batch 1 and 8 in the serving benchmark's scratch runs). Converts `model` in place; raises when the
+    result's output differs from the original's on `example` by more than rtol (relative)."""
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
@@ -59,6 +62,8 @@ def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-
         if not isinstance(model, torch.jit.ScriptModule):
             model = torch.jit.trace(model, example)
         fast = torch.jit.freeze(model)
+        if torch.get_num_threads() == 1:  # one thread: oneDNN's prepacked convolutions (see docstring)
+            fast = torch.jit.optimize_for_inference(fast)
         got = fast(example).float()
     diff = float((got - expected).abs().max())
     if diff > rtol * max(1.0, float(expected.abs().max())):

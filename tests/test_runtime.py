@@ -1,4 +1,5 @@
-"""model/runtime.py: the CPU inference form (channels_last + freeze) answers as the exported model does."""
+"""model/runtime.py: the CPU inference form (channels_last + freeze, + optimize_for_inference on one thread)
+answers as the exported model does."""
 from __future__ import annotations
 
 import os
@@ -24,14 +25,22 @@ def small_net() -> nn.Module:
                          nn.Linear(8, 2)).eval()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("scripted", [False, True])
-def test_for_cpu_inference_matches_the_original(scripted):
+def test_for_cpu_inference_matches_the_original(scripted, threads):
     net = small_net()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         expected = net(x)
     model = torch.jit.trace(small_net(), x) if scripted else small_net()
-    fast = for_cpu_inference(model, x[:2])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = for_cpu_inference(model, x[:2])
+    finally:
+        torch.set_num_threads(before)
+    # one thread: oneDNN's prepacked convolutions (optimize_for_inference); more: ATen's, frozen
+    assert ("prim::mkldnn_convolution" in str(fast.graph)) == (threads == 1)
     assert isinstance(fast, torch.jit.ScriptModule)
     with torch.no_grad():
         got = fast(channels_last(x))
