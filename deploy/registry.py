@@ -38,14 +38,15 @@ def _client(uri: str):
 
 def check(uri: str, meta: dict, required: bool = False) -> str | None:
     """None when the registry has the archive's version; else why not, as a warning (RegistryError if required)."""
-    from mlflow.exceptions import MlflowException
-
     ref, why = registry_ref(meta), None
     if ref is None:
         why = "model-meta.json has no registered_model/mlflow_model_version"
     elif _sqlite_missing(uri) is not None:
         why = f"no MLflow store at {_sqlite_missing(uri)} (MLFLOW_TRACKING_URI={uri})"
     else:
+        # imported only when a store exists: importing mlflow costs seconds of CPU beside a serving TorchServe
+        from mlflow.exceptions import MlflowException
+
         try:
             _client(uri).get_model_version(*ref)
         except MlflowException as exc:

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model.preprocess import cache_resize
-
 MANIFEST_FIELDS = ("path", "label", "sha256", "split", "cache")
 SPLITS = ("train", "val", "test")
 
@@ -60,6 +58,8 @@ def split_counts(records: list[dict]) -> dict:
 def prepare(source: Path, out_dir: Path, classes: list[str], *, resize_size: int, val_ratio: float,
             test_ratio: float, seed: int, max_pixels: int) -> dict:
     """Ingest `source`, write the cache, manifest.csv and stats.json into `out_dir`; returns the stats."""
+    # torch and torchvision are imported here, not at the top: readers of the manifest (deploy gates) skip them
+    from model.preprocess import cache_resize
     from training.ingest import IngestReport, scan
 
     if out_dir.exists():
