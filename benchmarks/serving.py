@@ -260,7 +260,7 @@ def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict
             load.send_signal(signal.SIGINT)  # wrk stops and prints its summary
             out, _ = load.communicate(timeout=60)
         swap_row = parse_wrk(out, connections)
-    return {"connections": connections, "steady": steady_row, "swap": swap_row, "steps": steps,
+    return {"connections": connections, "steady_seconds": steady, "steady": steady_row, "swap": swap_row, "steps": steps,
             "p99_ratio": round(swap_row["p99_ms"] / steady_row["p99_ms"], 2)}
 
 
@@ -275,6 +275,8 @@ def main(argv=None) -> int:
                         help="in-process and served runs alternate this many times; tables give the medians")
     parser.add_argument("--warmup", type=int, default=15, help="seconds of wrk load before measuring a server")
     parser.add_argument("--swap-connections", type=int, default=8, help="wrk connections during the version swap")
+    parser.add_argument("--swap-steady", type=int, default=30,
+                        help="seconds of steady load measured before the swap, the p99 it is compared with")
     parser.add_argument("--no-swap", action="store_true", help="skip the deploy + rollback under load")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--configs", nargs="+", metavar="W:T:B:D",
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
     swap = None
     if not args.no_swap:
         with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
-            swap = run_swap(args.model_dir, data, configs[0], props, handler, args.swap_connections, args.seconds,
+            swap = run_swap(args.model_dir, data, configs[0], props, handler, args.swap_connections, args.swap_steady,
                             args.warmup, Path(tmp))
         print(json.dumps(swap))
     report = {"conditions": conditions(), "payload": described, "set": props, "handler": handler,
@@ -413,8 +415,9 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
         steps = ", ".join(f"{name} {step['seconds']} s" for name, step in swap["steps"].items())
         lines += ["", (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
                        f"as committed; wrk -c{swap['connections']} posting the payload throughout; "
-                       f"`python -m deploy deploy` of a second version of the same weights, gates included, then "
-                       f"`python -m deploy rollback`; {steps}):"), "",
+                       f"`python -m deploy deploy` of a second version of the same weights, gates included, against an MLflow URI "
+                       f"without a store (no registry work), then "
+                       f"`python -m deploy rollback`; {steps}; steady window {swap['steady_seconds']} s before it):"), "",
                   "| window | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms | over 1 s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, r in (("steady (before)", swap["steady"]), ("deploy + rollback", swap["swap"])):
