@@ -141,3 +141,12 @@ def test_a_new_model_name_in_params_is_what_the_pipeline_builds_and_make_serve_s
         assert old.status_code == 404, "the old name is still served"
     finally:
         subprocess.run([*make, "stop"], cwd=path, env=env, capture_output=True, timeout=120, check=False)
+
+
+def test_the_archive_stage_depends_on_every_file_the_archive_carries():
+    """A change to any packed source (model.runtime, the contract, ...) must rebuild the .mar under `dvc repro`."""
+    from serving.archive import PACKAGE_FILES
+
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["archive"]["deps"]
+    packed = [f"{package}/{name}" for package, names in PACKAGE_FILES.items() for name in names]
+    assert packed and [path for path in packed if path not in deps] == []
