@@ -94,16 +94,21 @@ def test_lowered_priority_covers_threads_started_inside_and_is_undone():
             helper.start()
             started.wait()
             helper_inside = os.getpriority(os.PRIO_PROCESS, helper.native_id)
+            policy_inside = {os.sched_getscheduler(tid) for tid in priorities()}
         after = priorities()
+        policy_after = {os.sched_getscheduler(tid) for tid in after}
         stop.set()
         helper.join()
-        return base, lowered, inside, helper_inside, after, helper.native_id
+        return base, lowered, inside, helper_inside, after, helper.native_id, policy_inside, policy_after
 
-    base, lowered, inside, helper_inside, after, helper_tid = run_in_thread(body)
+    policy = os.sched_getscheduler(0)
+    base, lowered, inside, helper_inside, after, helper_tid, policy_inside, policy_after = run_in_thread(body)
     assert lowered is True
     assert set(inside.values()) == {19}
     assert helper_inside == 19
+    assert policy_inside == {os.SCHED_IDLE}  # nice 19: only the CPU nothing else wants
     assert after[helper_tid] == base and set(after.values()) == {base}
+    assert policy_after == {policy}
 
 
 def test_lowered_priority_does_nothing_when_it_could_not_be_undone(monkeypatch):
