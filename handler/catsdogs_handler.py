@@ -69,12 +69,16 @@ REJECTED_METRIC = "catsdogs_rejected_inputs_total"
 PREPROCESS_METRIC = "catsdogs_preprocess_seconds"
 
 
+def header(headers: dict, key: str) -> str | None:
+    """An HTTP header's value by case-insensitive name (None when absent or not text)."""
+    return next((v for k, v in headers.items() if k.lower() == key.lower() and isinstance(v, str)), None)
+
+
 def request_content_types(headers: dict, field: str) -> tuple[str, str]:
     """(content type of the form field / body, content type of the whole request), lower-case."""
     field_headers = headers.get(field)
     field_type = field_headers.get("content-type", "") if isinstance(field_headers, dict) else ""
-    request_type = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), "")
-    return (field_type or "").lower(), (request_type or "").lower()
+    return (field_type or "").lower(), (header(headers, "content-type") or "").lower()
 
 
 def pick_field(row: dict):
@@ -385,8 +389,7 @@ class CatsDogsHandler(BaseHandler):
             return {}
 
     def _header(self, idx: int, key: str):
-        value = next((v for k, v in self._headers(idx).items() if k.lower() == key.lower()), None)
-        return value if isinstance(value, str) else None
+        return header(self._headers(idx), key)
 
     def _request_id(self, idx: int):
         getter = getattr(self.context, "get_request_id", None)

@@ -51,8 +51,9 @@ def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-
     Chosen by interleaved measurement on EfficientNet-Lite0 (`python -m benchmarks.cpu_inference`; with several
     threads channels_last + freeze beat optimize_for_inference at every batch size tried). With one thread
     PyTorch sends the 1x1 convolutions to its slow reference kernel, which optimize_for_inference avoids: then
-    channels_last + freeze + optimize_for_inference is the fastest form (docs/cpu-inference.md). Converts `model` in place; raises when the
-    result's output differs from the original's on `example` by more than rtol (relative)."""
+    channels_last + freeze + optimize_for_inference is the fastest form (docs/cpu-inference.md). Converts `model`
+    in place; raises when the result's output differs from the original's on `example` by more than rtol
+    (relative)."""
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
