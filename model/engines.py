@@ -1,0 +1,165 @@
+"""Which engine runs the network's forward pass, and at which precision: chosen here, built from the TorchScript model.
+
+    engine, precision, why = choose("auto", "auto", device, cpu_capabilities(), gated=meta_gate)
+    forward = compile_forward(scripted, example, engine, precision)      # NCHW float batch -> logits (float32)
+
+Engines: `torchscript` (torch.jit, model.runtime's fastest CPU form) and `openvino` (OpenVINO's CPU plugin, the
+network converted from the same TorchScript module at load time). Precisions: `f32`, and `bf16` where the CPU
+computes it natively (OpenVINO reports BF16 in its optimization capabilities: AVX-512 BF16 or AMX). Chosen by
+measurement (`python -m benchmarks.engines`, docs/engines.md). A reduced precision is used only when the export
+stage's accuracy gate measured it on the test split (model-meta.json "engine" -> gate); otherwise f32, with the
+reason. This file travels in the .mar: it imports only torch, the standard library and (lazily) openvino.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+ENGINES = ("torchscript", "openvino")
+PRECISIONS = ("f32", "bf16")
+# Operators may override the archive's choice per worker (benchmarks compare engines on one archive this way).
+ENGINE_ENV, PRECISION_ENV = "CATSDOGS_ENGINE", "CATSDOGS_PRECISION"
+
+
+class EngineError(RuntimeError):
+    """An engine was asked for that cannot run here, or its output disagrees with TorchScript's."""
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_capabilities() -> frozenset[str]:
+    """OpenVINO's CPU optimization capabilities (FP32, BF16, INT8, ...): BF16 only with native support.
+    Empty when OpenVINO is not installed."""
+    if not openvino_available():
+        return frozenset()
+    import openvino as ov
+
+    return frozenset(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def choose(engine: str, precision: str, device: str, capabilities, gated=None) -> tuple[str, str, str]:
+    """(engine, precision, reason) to run on `device` ("cpu", "cuda", ...).
+
+    `engine`: auto | torchscript | openvino; `precision`: auto | f32 | bf16. `capabilities`: cpu_capabilities()
+    (empty = OpenVINO missing). `gated`: the reduced precisions the export stage's accuracy gate passed
+    (None = no gate ran: every precision allowed, for benchmarks and training). Guarantees: never openvino off the
+    CPU or without OpenVINO; never bf16 without BF16 in `capabilities` or without the gate's pass; an explicit
+    engine that cannot run raises EngineError, an explicit precision that cannot falls back to f32 with the reason.
+    """
+    if engine not in ("auto", *ENGINES):
+        raise EngineError(f"engine {engine!r}: use auto or one of {', '.join(ENGINES)}")
+    if precision not in ("auto", *PRECISIONS):
+        raise EngineError(f"precision {precision!r}: use auto or one of {', '.join(PRECISIONS)}")
+    reasons = []
+    if device != "cpu":
+        if engine == "openvino":
+            raise EngineError(f"engine openvino runs on the CPU only, the model is on {device}; use torchscript")
+        return "torchscript", "f32", f"TorchScript on {device}"
+    has_openvino = bool(capabilities)
+    if engine == "openvino" and not has_openvino:
+        raise EngineError("engine openvino asked for but OpenVINO is not installed (pip install openvino, "
+                          "requirements.txt pins it)")
+    if engine == "auto":
+        engine = "openvino" if has_openvino else "torchscript"
+        reasons.append("OpenVINO (measured fastest on CPUs)" if has_openvino else "TorchScript (OpenVINO missing)")
+    if engine == "torchscript":
+        if precision == "bf16":
+            reasons.append("bf16 is served by OpenVINO only: f32")
+        return "torchscript", "f32", "; ".join(reasons) or "TorchScript as asked"
+    want_bf16 = precision in ("auto", "bf16")
+    if want_bf16 and "BF16" not in capabilities:
+        if precision == "bf16":
+            reasons.append("bf16 asked for but this CPU has no native bf16 (OpenVINO capabilities "
+                           f"{sorted(capabilities)}): f32")
+        return engine, "f32", "; ".join(reasons + ["f32"])
+    if want_bf16 and gated is not None and "bf16" not in gated:
+        reasons.append("bf16 not used: the export's accuracy gate did not pass it (model-meta.json engine.gate): f32")
+        return engine, "f32", "; ".join(reasons)
+    if want_bf16:
+        return engine, "bf16", "; ".join(reasons + ["bf16 (native on this CPU)"])
+    return engine, "f32", "; ".join(reasons + ["f32 as asked"])
+
+
+def requested(meta_engine: dict | None, environ=os.environ) -> tuple[str, str]:
+    """(engine, precision) asked for: the environment override, else model-meta.json's "engine" (params.yaml
+    serve.engine / serve.precision at export), else auto."""
+    meta_engine = meta_engine or {}
+    return (environ.get(ENGINE_ENV) or meta_engine.get("requested_engine") or "auto",
+            environ.get(PRECISION_ENV) or meta_engine.get("requested_precision") or "auto")
+
+
+@dataclass
+class OpenVinoForward:
+    """An OpenVINO compiled model called like a torch module: NCHW float32 batch -> float32 logits tensor."""
+    compiled: object
+    precision: str
+
+    def __post_init__(self):
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().contiguous()
+        self.request.infer({0: x.numpy()}, share_inputs=True)
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def openvino_model(module, example: torch.Tensor):
+    """The OpenVINO model converted from `module` (TorchScript or eager), batch dimension dynamic."""
+    import openvino as ov
+
+    shape = [-1, *example.shape[1:]]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return ov.convert_model(module.eval(), example_input=example, input=[shape])
+
+
+def compile_openvino(ov_model, precision: str, threads: int = 0) -> OpenVinoForward:
+    """`ov_model` compiled for this CPU: latency mode (one stream, every thread on one request), `precision` as
+    the inference precision hint, `threads` inference threads (0 = torch's thread count, which follows the
+    handler's torch_threads and the container's CPU limit)."""
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
+              "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+    return OpenVinoForward(ov.Core().compile_model(ov_model, "CPU", config), precision)
+
+
+def compile_forward(module, example: torch.Tensor, engine: str, precision: str, threads: int = 0):
+    """A callable forward of `module` on `engine` at `precision`: NCHW float batch -> logits (float32).
+
+    torchscript: model.runtime.for_cpu_inference on the CPU (feed it any layout; it converts), the module as is
+    elsewhere. openvino: converted and compiled here. Checked on `example` against the module: f32 within 1e-3 of
+    the largest logit, bf16 within 5e-2 (EngineError otherwise)."""
+    from model.runtime import channels_last, for_cpu_inference
+
+    if engine == "torchscript":
+        if example.device.type != "cpu":
+            return module.eval()
+        fast = for_cpu_inference(module, example)
+        return lambda x: fast(channels_last(x))
+    if engine != "openvino":
+        raise EngineError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    with torch.no_grad():
+        expected = module.eval()(example).float()
+    forward = compile_openvino(openvino_model(module, example), precision, threads)
+    check_agreement(forward(example), expected, 1e-3 if precision == "f32" else 5e-2, f"OpenVINO {precision}")
+    return forward
+
+
+def check_agreement(got: torch.Tensor, expected: torch.Tensor, rtol: float, what: str) -> float:
+    """Max abs difference relative to the largest |expected| value; EngineError when above `rtol`."""
+    scale = max(1.0, float(expected.abs().max()))
+    diff = float((got.float() - expected.float()).abs().max()) / scale
+    if diff > rtol:
+        raise EngineError(f"{what} differs from TorchScript by {diff:.2e} of the largest output (> {rtol:.0e})")
+    return diff
