@@ -2,8 +2,10 @@
 
 Built on TorchServe's BaseHandler: the base class loads the TorchScript file named in the archive's
 manifest (`serializedFile`, no model code in the archive) and runs `handle()`. This class overrides
-only what differs: per-request input parsing and validation, the batch forward pass that skips
-rejected requests, the JSON response, metrics and one structured log line per prediction.
+only what differs: the engine that runs the forward pass (model/engines.py: OpenVINO compiled from the
+TorchScript model at load, or TorchScript itself), per-request input parsing and validation, the batch
+forward pass that skips rejected requests, the JSON response, metrics and one structured log line per
+prediction.
 
 Everything about preprocessing (sizes, mean/std, class order) comes from `model-meta.json` inside
 the archive and from `model/preprocess.py`, which the archive also carries.
@@ -33,12 +35,8 @@ import model.preprocess as preprocess_module
 from catsdogs import contract
 from catsdogs.contract import META_FILE, read_meta
 from model.preprocess import ImageError, decode_image, eval_transform
-from model.runtime import (
-    channels_last,
-    for_cpu_inference,
-    lowered_priority,
-    reuse_freed_memory,
-)
+from model import engines
+from model.runtime import lowered_priority, reuse_freed_memory
 
 logger = logging.getLogger(__name__)
 prediction_log = logging.getLogger("catsdogs.predictions")
@@ -178,23 +176,36 @@ def image_format(data: bytes) -> str | None:
         return None
 
 
-def optimize_for_serving(model: torch.jit.ScriptModule, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """model.runtime.for_cpu_inference (channels_last weights, torch.jit.freeze), with an error that says how to
-    turn it off; the result is checked against the exported model on `example`."""
+def serving_forward(model, meta: dict, device: torch.device, optimize: bool):
+    """(forward, engine, precision, reason): the archive's TorchScript model on the engine model.engines.choose picks
+    for `device`, this CPU and the export's accuracy gate (model-meta.json "engine"; the environment's
+    CATSDOGS_ENGINE / CATSDOGS_PRECISION override the request). int8 models and `optimize: false` run as exported
+    on TorchScript. Every engine's output is checked against the exported model when it is built."""
+    record = meta.get("engine") or {}
+    engine, precision = engines.requested(record)
+    if meta.get("quantized") or not optimize:
+        engine = "torchscript"
+    engine, precision, reason = engines.choose(engine, precision, device.type, engines.cpu_capabilities(),
+                                               gated=tuple(record.get("gated", ())))
+    if meta.get("quantized") or not optimize:
+        return model, engine, precision, "as exported (int8 model or handler.optimize: false)"
+    size = int(meta["image_size"])
     try:
-        return for_cpu_inference(model, example)
+        forward = engines.compile_forward(model, torch.rand(2, 3, size, size, device=device), engine, precision)
     except Exception as exc:
-        raise RuntimeError(f"optimizing the TorchScript model for CPU inference failed ({exc}); "
-                           "set handler.optimize: false in model-config.yaml") from exc
+        raise RuntimeError(f"building the {engine} {precision} forward pass failed ({exc}); set serve.engine: "
+                           "torchscript in params.yaml (or CATSDOGS_ENGINE=torchscript for the workers), or "
+                           "handler.optimize: false in model-config.yaml") from exc
+    return forward, engine, precision, reason
 
 
-def warm_up(model, image_size: int, batch_sizes, runs: int = 3) -> None:
-    """`runs` forwards at every batch size the worker will see, so no request pays TorchScript's profiling runs
-    and graph optimization (the profiling executor optimizes a shape's graph only after its first runs)."""
+def warm_up(forward, image_size: int, batch_sizes, runs: int = 3) -> None:
+    """`runs` forwards at every batch size the worker will see, so no request pays an engine's first-run costs
+    (TorchScript's profiling runs and graph optimization, OpenVINO's per-shape kernel preparation)."""
     with torch.inference_mode():
         for n in batch_sizes:
             for _ in range(runs):
-                model(channels_last(torch.zeros(n, 3, image_size, image_size)))
+                forward(torch.zeros(n, 3, image_size, image_size))
 
 
 def error_body(reason: str, message: str) -> dict:
@@ -214,10 +225,10 @@ class CatsDogsHandler(BaseHandler):
         self.background_nice = int(settings.get("background_nice", 0))
         with lowered_priority(self.background_nice) as lowered:
             self._load(context, settings)
-        logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, torch threads %d, "
-                    "optimized %s, loaded at low priority %s, preprocessing from %s", self.model_name, self.version,
-                    self.classes, self.meta["image_size"], torch.get_num_threads(), self.optimized, lowered,
-                    preprocess_module.__file__)
+        logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, engine %s %s (%s), "
+                    "threads %d, loaded at low priority %s, preprocessing from %s", self.model_name, self.version,
+                    self.classes, self.meta["image_size"], self.engine, self.precision, self.engine_reason,
+                    torch.get_num_threads(), lowered, preprocess_module.__file__)
 
     def _load(self, context, settings: dict) -> None:
         with warnings.catch_warnings():  # TorchServe 0.12 serves TorchScript: torch 2.14's deprecation notice is noise
@@ -241,13 +252,10 @@ class CatsDogsHandler(BaseHandler):
             torch.set_num_threads(threads)
         self.model_name = getattr(context, "model_name", None) or context.manifest["model"].get("modelName", "")
         self._state = None
-        size = int(self.meta["image_size"])
-        self.optimized = (bool(settings.get("optimize", False)) and self.device.type == "cpu"
-                          and not self.meta.get("quantized"))  # int8 models are served as exported
-        if self.optimized:
-            self.model = optimize_for_serving(self.model, torch.rand(2, 3, size, size, device=self.device))
+        self.forward, self.engine, self.precision, self.engine_reason = serving_forward(
+            self.model, self.meta, self.device, bool(settings.get("optimize", False)))
         batch_size = int((getattr(context, "model_yaml_config", None) or {}).get("batchSize", 1))
-        warm_up(self.model, size, range(1, batch_size + 1))
+        warm_up(self.forward, int(self.meta["image_size"]), range(1, batch_size + 1))
 
     # --- BaseHandler hooks -------------------------------------------------------------------------
 
@@ -317,9 +325,7 @@ class CatsDogsHandler(BaseHandler):
             return None
         began = time.perf_counter()
         with torch.inference_mode():
-            x = data.to(self.device)
-            x = channels_last(x) if self.optimized else x
-            probabilities = torch.softmax(self.model(x, *args, **kwargs).float(), dim=1).cpu()
+            probabilities = torch.softmax(self.forward(data.to(self.device)).float(), dim=1).cpu()
         self._state["inference_ms"] = round((time.perf_counter() - began) * 1000, 2)
         return probabilities
 
@@ -378,7 +384,8 @@ class CatsDogsHandler(BaseHandler):
         keys = ("version", "classes", "arch", "pretrained", "image_size", "resize_size", "git_commit", "data_hash",
                 "mlflow_run_id", "mlflow_model_version", "registered_model", "test_metrics", "drift_baseline",
                 "created_at")
-        return json.dumps({k: self.meta[k] for k in keys if k in self.meta})
+        served = {"engine": self.engine, "precision": self.precision, "reason": self.engine_reason}
+        return json.dumps({**{k: self.meta[k] for k in keys if k in self.meta}, "serving_engine": served})
 
     # --- helpers -----------------------------------------------------------------------------------
 

@@ -163,3 +163,18 @@ def check_agreement(got: torch.Tensor, expected: torch.Tensor, rtol: float, what
     if diff > rtol:
         raise EngineError(f"{what} differs from TorchScript by {diff:.2e} of the largest output (> {rtol:.0e})")
     return diff
+
+
+def gate_failure(reference: dict, candidate: dict, max_accuracy_drop: float, max_log_loss_rise: float) -> str | None:
+    """Why `candidate`'s test scores ({"accuracy", "log_loss"}) fail against the float reference's, or None when
+    the accuracy is at most `max_accuracy_drop` lower and the log loss at most `max_log_loss_rise` higher."""
+    failures = []
+    drop = reference["accuracy"] - candidate["accuracy"]
+    if drop > max_accuracy_drop:
+        failures.append(f"accuracy {candidate['accuracy']:.4f} vs {reference['accuracy']:.4f} (drop {drop:.4f} > "
+                        f"{max_accuracy_drop})")
+    rise = candidate["log_loss"] - reference["log_loss"]
+    if rise > max_log_loss_rise:
+        failures.append(f"log loss {candidate['log_loss']:.4f} vs {reference['log_loss']:.4f} (rise {rise:.4f} > "
+                        f"{max_log_loss_rise})")
+    return "; ".join(failures) or None

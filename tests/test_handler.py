@@ -25,6 +25,7 @@ from ts.torch_handler.unit_tests.test_utils.mock_context import MockContext
 
 from catsdogs import contract
 from handler.catsdogs_handler import CatsDogsHandler
+from model import engines
 from model.runtime import can_restore_priority
 from tests.conftest import image_bytes
 from tests.serving_helpers import BLUE, RED, ROOT, write_model_dir
@@ -210,8 +211,8 @@ def test_bad_input_gets_its_status_and_json_reason(handler_and_context, case):
 def test_mixed_batch_only_the_bad_requests_fail(handler_and_context):
     handler, context = handler_and_context
     calls = []
-    model = handler.model
-    handler.model = lambda x: calls.append(x.shape[0]) or model(x)
+    model = handler.forward
+    handler.forward = lambda x: calls.append(x.shape[0]) or model(x)
     results = run_batch(handler, context, [
         wire(image_bytes(RED)), BAD_INPUTS["truncated jpeg"][0], wire(image_bytes(BLUE, fmt="PNG")),
         wire(b""), wire(json.dumps({"data": base64.b64encode(image_bytes(BLUE)).decode()}).encode(),
@@ -227,7 +228,7 @@ def test_mixed_batch_only_the_bad_requests_fail(handler_and_context):
 
 def test_all_bad_batch_skips_the_model(handler_and_context):
     handler, context = handler_and_context
-    handler.model = lambda x: pytest.fail("the model must not run when every request was rejected")
+    handler.forward = lambda x: pytest.fail("the model must not run when every request was rejected")
     results = run_batch(handler, context, [wire(b""), BAD_INPUTS["tiff"][0]])
     assert [r[0] for r in results] == [400, 415]
 
@@ -298,8 +299,8 @@ def test_one_instance_is_still_a_list_and_the_answer_matches_the_single_form(han
 def test_list_and_single_requests_share_one_forward_pass(handler_and_context):
     handler, context = handler_and_context
     calls = []
-    model = handler.model
-    handler.model = lambda x: calls.append(x.shape[0]) or model(x)
+    model = handler.forward
+    handler.forward = lambda x: calls.append(x.shape[0]) or model(x)
     results = run_batch(handler, context, [
         wire(image_bytes(RED)),
         multipart(("x", image_bytes(BLUE), "image/jpeg"), ("y", b"", "image/jpeg"), ("z", image_bytes(RED), "image/jpeg")),
@@ -313,7 +314,7 @@ def test_list_and_single_requests_share_one_forward_pass(handler_and_context):
 
 def test_all_bad_list_request_skips_the_model(handler_and_context):
     handler, context = handler_and_context
-    handler.model = lambda x: pytest.fail("the model must not run when every image was rejected")
+    handler.forward = lambda x: pytest.fail("the model must not run when every image was rejected")
     status, _, body = one(handler, context, instances("", "@@@"))
     assert status == 200 and [b["error"] for b in body] == ["empty", "invalid_base64"]
 
@@ -357,8 +358,8 @@ def test_preprocessing_follows_the_archive_metadata(tmp_path):
     handler = CatsDogsHandler()
     handler.initialize(make_context(tmp_path))
     seen = []
-    model = handler.model
-    handler.model = lambda x: seen.append(tuple(x.shape)) or model(x)
+    model = handler.forward
+    handler.forward = lambda x: seen.append(tuple(x.shape)) or model(x)
     result = one(handler, make_context(tmp_path), wire(image_bytes(RED, size=(300, 200))))
     handler.context = None
     assert seen == [(1, 3, 24, 24)] and result[2]["model_version"] == "meta.24"
@@ -419,15 +420,42 @@ def test_one_structured_log_line_per_request_without_image_bytes(handler_and_con
     assert base64.b64encode(jpeg)[:40].decode() not in raw_text and not re.search(r"\\x[0-9a-f]{2}", raw_text)
 
 
-def test_optimize_at_load_gives_the_same_answers(model_dir):
-    plain, optimized = CatsDogsHandler(), CatsDogsHandler()
+ENGINE_CASES = [("torchscript", "f32"), ("openvino", "f32"), ("openvino", "bf16")]
+
+
+@pytest.mark.parametrize("engine,precision", ENGINE_CASES)
+def test_each_engine_gives_the_exported_models_answers(tmp_path, monkeypatch, engine, precision):
+    """The handler on each engine (CATSDOGS_ENGINE / CATSDOGS_PRECISION, as an operator overrides the archive)
+    answers like the TorchScript model as exported, and describes the engine it serves with."""
+    if precision == "bf16" and "BF16" not in engines.cpu_capabilities():
+        pytest.skip(f"this CPU has no native bf16 (OpenVINO capabilities {sorted(engines.cpu_capabilities())})")
+    model_dir = tmp_path / "model"
+    write_model_dir(model_dir, engine={"gated": ["bf16"]})  # as if the export's accuracy gate passed bf16
+    plain = CatsDogsHandler()
     plain.initialize(make_context(model_dir))
-    optimized.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize": True}))
+    monkeypatch.setenv(engines.ENGINE_ENV, engine)
+    monkeypatch.setenv(engines.PRECISION_ENV, precision)
+    served = CatsDogsHandler()
+    served.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize": True}))
+    assert (served.engine, served.precision) == (engine, precision)
     requests_ = [wire(image_bytes(RED)), wire(image_bytes(BLUE, size=(90, 70))), wire(image_bytes((120, 30, 160)))]
     expected = [r[2] for r in run_batch(plain, make_context(model_dir), requests_)]
-    got = [r[2] for r in run_batch(optimized, make_context(model_dir), requests_)]
+    got = [r[2] for r in run_batch(served, make_context(model_dir), requests_)]
+    tolerance = 1e-5 if precision == "f32" else 2e-2
     for e, g in zip(expected, got):
-        assert e["label"] == g["label"] and e["probabilities"] == pytest.approx(g["probabilities"], abs=1e-5)
+        assert e["label"] == g["label"] and e["probabilities"] == pytest.approx(g["probabilities"], abs=tolerance)
+    described = json.loads(served.describe_handle())["serving_engine"]
+    assert (described["engine"], described["precision"]) == (engine, precision)
+
+
+def test_a_precision_the_gate_did_not_pass_is_served_as_f32(model_dir, monkeypatch):
+    """An archive whose model-meta.json records no passed bf16 gate is never served in bf16, even when asked."""
+    monkeypatch.setenv(engines.ENGINE_ENV, "openvino")
+    monkeypatch.setenv(engines.PRECISION_ENV, "bf16")
+    handler = CatsDogsHandler()
+    handler.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize": True}))
+    assert (handler.engine, handler.precision) == ("openvino", "f32")
+    assert "f32" in handler.engine_reason
 
 
 @pytest.mark.skipif(not can_restore_priority(os.getpriority(os.PRIO_PROCESS, 0)) or os.getpriority(os.PRIO_PROCESS, 0) >= 19,

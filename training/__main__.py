@@ -63,10 +63,10 @@ def cmd_evaluate(params: dict, args) -> None:
 
 
 def cmd_export(params: dict, args) -> None:
-    from training.export import QuantizationGateError, export
+    from training.export import EngineGateError, QuantizationGateError, export
     try:
-        export(args.prepared, args.train_dir, args.eval_dir, args.out, params.get("export"))
-    except QuantizationGateError as exc:
+        export(args.prepared, args.train_dir, args.eval_dir, args.out, params.get("export"), params.get("serve"))
+    except (QuantizationGateError, EngineGateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from exc
 

@@ -17,6 +17,7 @@ import torchvision
 from mlflow import MlflowClient
 
 from catsdogs import contract
+from model import engines
 from model.export import to_torchscript, write_metadata
 from model.preprocess import eval_transform
 from monitoring.drift import baseline_from_predictions, summarise
@@ -39,16 +40,35 @@ class QuantizationGateError(RuntimeError):
     """The int8 model lost more test accuracy than export.max_accuracy_drop allows."""
 
 
-def accuracy(model, prepared_dir: Path, meta: dict, split: str = "test", batch_size: int = 64) -> float:
-    rows = read_manifest(prepared_dir, split)
-    classes, transform, correct = list(meta["classes"]), eval_transform(meta), 0
+class EngineGateError(RuntimeError):
+    """serve.precision asked for a reduced precision that lost more than the gate allows on the test split."""
+
+
+def test_batches(prepared_dir: Path, meta: dict, batch_size: int = 64):
+    """(normalised images, labels) of the test split, batch by batch."""
+    rows = read_manifest(prepared_dir, "test")
+    classes, transform = list(meta["classes"]), eval_transform(meta)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        x = torch.stack([transform(img) for img in load_uint8([r["cache"] for r in chunk], progress=False)])
+        yield x, torch.tensor([classes.index(r["label"]) for r in chunk])
+
+
+def test_scores(forwards: dict, prepared_dir: Path, meta: dict) -> dict:
+    """name -> {"accuracy", "log_loss"} of each forward (NCHW batch -> logits) on the test split, every batch
+    decoded once for all of them."""
+    correct, loss, seen = dict.fromkeys(forwards, 0), dict.fromkeys(forwards, 0.0), 0
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            x = torch.stack([transform(img) for img in load_uint8([r["cache"] for r in chunk], progress=False)])
-            y = torch.tensor([classes.index(r["label"]) for r in chunk])
-            correct += int((model(x).argmax(1) == y).sum())
-    return correct / max(1, len(rows))
+        for x, y in test_batches(prepared_dir, meta):
+            for name, forward in forwards.items():
+                logits = forward(x).float()
+                correct[name] += int((logits.argmax(1) == y).sum())
+                probs = torch.softmax(logits, 1).clamp_min(1e-7)
+                loss[name] += float(-probs.gather(1, y[:, None]).log().sum())
+            seen += len(y)
+    seen = max(1, seen)
+    return {name: {"accuracy": round(correct[name] / seen, 5), "log_loss": round(loss[name] / seen, 5)}
+            for name in forwards}
 
 
 def calibration_batches(prepared_dir: Path, meta: dict, n: int, batch_size: int = 32):
@@ -68,7 +88,7 @@ def quantized(net, fp32_acc: float, prepared_dir: Path, meta: dict, cfg: dict) -
     size = int(meta["image_size"])
     int8 = quantize_static(net, calibration_batches(prepared_dir, meta, int(cfg.get("calibration_images", 256))),
                            torch.rand(2, 3, size, size))
-    int8_acc = accuracy(int8, prepared_dir, meta)
+    int8_acc = test_scores({"int8": int8}, prepared_dir, meta)["int8"]["accuracy"]
     record = {"method": "int8 static (FX, x86)", "fp32_test_accuracy": round(fp32_acc, 5),
               "int8_test_accuracy": round(int8_acc, 5), "calibration_images": int(cfg.get("calibration_images", 256))}
     limit = float(cfg.get("max_accuracy_drop", 0.005))
@@ -81,8 +101,49 @@ def quantized(net, fp32_acc: float, prepared_dir: Path, meta: dict, cfg: dict) -
     return int8, record
 
 
-def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, options: dict | None = None) -> dict:
-    """`options`: params.yaml `export` section (quantize: none | int8, calibration_images, max_accuracy_drop)."""
+def engine_record(scripted, prepared_dir: Path, meta: dict, serve: dict) -> dict:
+    """model-meta.json "engine": what params.yaml serve.engine / serve.precision ask for, the test-split scores of
+    TorchScript f32 and of each OpenVINO precision this CPU runs natively, and the reduced precisions that passed
+    the accuracy gate (serve.max_accuracy_drop, serve.max_log_loss_rise against TorchScript f32): only those may
+    be served (model.engines.choose). EngineGateError when serve.precision names one that failed."""
+    asked_engine, asked_precision = str(serve.get("engine", "auto")), str(serve.get("precision", "auto"))
+    capabilities = engines.cpu_capabilities()
+    size = int(meta["image_size"])
+    example = torch.rand(2, 3, size, size)
+    record = {"requested_engine": asked_engine, "requested_precision": asked_precision, "gated": [], "gate": {},
+              "capabilities": sorted(capabilities)}
+    engines.choose(asked_engine, asked_precision, "cpu", capabilities)  # refuses an engine that cannot run here
+    forwards = {"torchscript-f32": scripted}
+    if capabilities and not meta.get("quantized") and asked_engine != "torchscript":
+        for precision in engines.PRECISIONS:
+            if precision != "f32" and precision.upper() not in capabilities:
+                record["gate"][precision] = f"not measured: this CPU has no native {precision}"
+                continue
+            forwards[f"openvino-{precision}"] = engines.compile_forward(scripted, example, "openvino", precision)
+    record["scores"] = scores = test_scores(forwards, prepared_dir, meta)
+    for name in scores:
+        precision = name.rsplit("-", 1)[1]
+        if precision == "f32":
+            continue
+        failure = engines.gate_failure(scores["torchscript-f32"], scores[name], float(serve.get("max_accuracy_drop",
+                                       0.002)), float(serve.get("max_log_loss_rise", 0.005)))
+        record["gate"][precision] = f"refused: {failure}" if failure else "passed"
+        if not failure:
+            record["gated"].append(precision)
+        elif asked_precision == precision:
+            raise EngineGateError(f"serve.precision {precision} refused by the accuracy gate on the test split: "
+                                  f"{failure}. Serve f32 (serve.precision: f32 or auto) or loosen "
+                                  f"serve.max_accuracy_drop / serve.max_log_loss_rise in params.yaml")
+    print("export: engine scores on the test split: " + "; ".join(
+        f"{name} accuracy {s['accuracy']:.4f} log loss {s['log_loss']:.4f}" for name, s in scores.items())
+        + "; gate: " + (", ".join(f"{p} {why}" for p, why in record["gate"].items()) or "no reduced precision"))
+    return record
+
+
+def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, options: dict | None = None,
+           serve: dict | None = None) -> dict:
+    """`options`: params.yaml `export` section (quantize: none | int8, calibration_images, max_accuracy_drop);
+    `serve`: its `serve` section (engine, precision and their accuracy gate, engine_record)."""
     options = options or {}
     net, meta = load_trained(train_dir)
     meta = dict(meta)
@@ -92,6 +153,7 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, o
         scripted, meta["quantized"] = quantized(net, fp32_acc, prepared_dir, meta, options)
     elif options.get("quantize", "none") != "none":
         raise ValueError(f"params.yaml export.quantize: {options['quantize']!r}; use none or int8")
+    meta["engine"] = engine_record(scripted, prepared_dir, meta, serve or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
     torch.jit.save(scripted, str(model_path))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from model.network import build_model, count_parameters, split_model
 from model.preprocess import eval_transform, train_transform
-from model.runtime import channels_last, for_cpu_inference
+from model import engines
 from training import devices, tracking
 from training.dataset import CachedImages, load_uint8
 from training.params import preprocessing_meta
@@ -126,17 +126,24 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, steps: 
 
 
 @torch.no_grad()
-def frozen_for_inference(module: nn.Module, example: torch.Tensor, device: torch.device) -> nn.Module:
-    """On the CPU, the frozen trunk in channels_last, traced and frozen (model.runtime.for_cpu_inference,
-    checked against eager on `example`); feed it channels_last batches. Eager elsewhere."""
+def trunk_forward(module: nn.Module, example: torch.Tensor, device: torch.device, engine: str = "auto"):
+    """The frozen trunk as a forward-only callable on the fastest engine that agrees with torch on `example` (a
+    real batch): model.engines.choose's pick for this device, else OpenVINO f32, else TorchScript (each
+    disagreement or failure printed). Returns (forward, "engine precision")."""
     module.eval()
-    return for_cpu_inference(module, example) if device.type == "cpu" else module
+    first = engines.choose(engine, "auto", device.type, engines.cpu_capabilities())[:2]
+    for choice in dict.fromkeys([first, (first[0], "f32"), ("torchscript", "f32")]):
+        try:
+            return engines.compile_forward(module, example, *choice), " ".join(choice)
+        except Exception as exc:  # an engine that fails to convert or disagrees: the next one
+            print(f"frozen trunk: {' '.join(choice)} not used ({exc})", flush=True)
+    raise RuntimeError("no engine could run the frozen trunk")
 
 
 @torch.no_grad()
-def cache_outputs(module: nn.Module, rows: list[dict], classes: list[str], meta: dict, ctx: devices.Context, *,
+def cache_outputs(forward, rows: list[dict], classes: list[str], meta: dict, ctx: devices.Context, *,
                   mirror: bool, batch_size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """module(image) for every row (and for its mirror image when `mirror`), float16 on the CPU, with labels."""
+    """forward(image) for every row (and for its mirror image when `mirror`), float16 on the CPU, with labels."""
     transform = eval_transform(meta)
     outputs, labels = [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False, disable=not ctx.is_main):
@@ -144,9 +151,15 @@ def cache_outputs(module: nn.Module, rows: list[dict], classes: list[str], meta:
         x = torch.stack([transform(img) for img in load_uint8([r["cache"] for r in chunk], progress=False)])
         y = torch.tensor([classes.index(r["label"]) for r in chunk])
         for view in ((x, x.flip(-1)) if mirror else (x,)):
-            outputs.append(module(channels_last(view.to(ctx.device))).to("cpu", torch.float16))
+            outputs.append(forward(view.to(ctx.device)).to("cpu", torch.float16))
             labels.append(y)
     return torch.cat(outputs), torch.cat(labels)
+
+
+def first_batch(rows: list[dict], meta: dict, n: int) -> torch.Tensor:
+    """The first `n` images of `rows`, eval-transformed: a real batch to check an engine against torch on."""
+    transform = eval_transform(meta)
+    return torch.stack([transform(img) for img in load_uint8([r["cache"] for r in rows[:n]], progress=False)])
 
 
 def fit_tensors(trainer: Trainer, phase: str, module: nn.Module, groups: list[dict], data: tuple, val: tuple,
@@ -181,15 +194,16 @@ def train_finetune(trainer: Trainer, params: dict, meta: dict, rows: dict, gener
         p.requires_grad_(False)
     batch = int(cfg["batch_size"])
     t0 = time.time()
-    size = int(meta["image_size"])
-    trunk = frozen_for_inference(trunk, torch.randn(2, 3, size, size, device=ctx.device), ctx.device)
+    example = first_batch(rows["train"], meta, min(batch, 8)).to(ctx.device)
+    trunk, engine = trunk_forward(trunk, example, ctx.device, str(cfg.get("trunk_engine", "auto")))
     train_x, train_y = cache_outputs(trunk, rows["train"], classes, meta, ctx, mirror=bool(cfg.get("hflip", True)),
                                      batch_size=batch, desc="frozen trunk: train")
     val_x, val_y = cache_outputs(trunk, rows["val"], classes, meta, ctx, mirror=False, batch_size=batch,
                                  desc="frozen trunk: val")
     if ctx.is_main:
         print(f"frozen trunk outputs {tuple(train_x.shape[1:])} for {len(train_x)} train / {len(val_x)} val "
-              f"images (rank 0) in {time.time() - t0:.0f}s", flush=True)
+              f"images (rank 0) in {time.time() - t0:.0f}s on {engine}", flush=True)
+        mlflow.set_tag("trunk_engine", engine)
     head_epochs, finetune_epochs = int(cfg.get("head_epochs", 0)), int(cfg.get("finetune_epochs", 0))
     if head_epochs:
         with torch.no_grad():  # pooled features of the frozen-for-now body, once
