@@ -34,8 +34,8 @@ from ts.torch_handler.base_handler import BaseHandler
 import model.preprocess as preprocess_module
 from catsdogs import contract
 from catsdogs.contract import META_FILE, read_meta
-from model.preprocess import ImageError, decode_image, eval_transform
 from model import engines
+from model.preprocess import ImageError, decode_image, eval_transform
 from model.runtime import lowered_priority, reuse_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -176,13 +176,14 @@ def image_format(data: bytes) -> str | None:
         return None
 
 
-def serving_forward(model, meta: dict, device: torch.device, optimize: bool):
+def serving_forward(model, meta: dict, device: torch.device, optimize: bool, asked: tuple | None = None):
     """(forward, engine, precision, reason): the archive's TorchScript model on the engine model.engines.choose picks
-    for `device`, this CPU and the export's accuracy gate (model-meta.json "engine"; the environment's
-    CATSDOGS_ENGINE / CATSDOGS_PRECISION override the request). int8 models and `optimize: false` run as exported
-    on TorchScript. Every engine's output is checked against the exported model when it is built."""
+    for `device`, this CPU and the export's accuracy gate (model-meta.json "engine"), as `asked` (engine,
+    precision), by default what the environment's CATSDOGS_ENGINE / CATSDOGS_PRECISION or the archive ask for.
+    int8 models and `optimize: false` run as exported on TorchScript. Every engine's output is checked against the
+    exported model when it is built."""
     record = meta.get("engine") or {}
-    engine, precision = engines.requested(record)
+    engine, precision = asked or engines.requested(record)
     if meta.get("quantized") or not optimize:
         engine = "torchscript"
     engine, precision, reason = engines.choose(engine, precision, device.type, engines.cpu_capabilities(),

@@ -138,8 +138,9 @@ def compile_forward(module, example: torch.Tensor, engine: str, precision: str, 
     """A callable forward of `module` on `engine` at `precision`: NCHW float batch -> logits (float32).
 
     torchscript: model.runtime.for_cpu_inference on the CPU (feed it any layout; it converts), the module as is
-    elsewhere. openvino: converted and compiled here. Checked on `example` against the module: f32 within 1e-3 of
-    the largest logit, bf16 within 5e-2 (EngineError otherwise)."""
+    elsewhere. openvino: converted and compiled here. Checked on `example` (best a real batch) against the module:
+    f32 within 1e-3 of the largest output, bf16 within 1e-1 (EngineError otherwise). The check catches a broken
+    conversion; whether a precision is accurate enough is the export's test-split gate (training/export.py)."""
     from model.runtime import channels_last, for_cpu_inference
 
     if engine == "torchscript":
@@ -152,7 +153,7 @@ def compile_forward(module, example: torch.Tensor, engine: str, precision: str, 
     with torch.no_grad():
         expected = module.eval()(example).float()
     forward = compile_openvino(openvino_model(module, example), precision, threads)
-    check_agreement(forward(example), expected, 1e-3 if precision == "f32" else 5e-2, f"OpenVINO {precision}")
+    check_agreement(forward(example), expected, 1e-3 if precision == "f32" else 1e-1, f"OpenVINO {precision}")
     return forward
 
 

@@ -101,15 +101,13 @@ def quantized(net, fp32_acc: float, prepared_dir: Path, meta: dict, cfg: dict) -
     return int8, record
 
 
-def engine_record(scripted, prepared_dir: Path, meta: dict, serve: dict) -> dict:
+def engine_record(scripted, example: torch.Tensor, prepared_dir: Path, meta: dict, serve: dict) -> dict:
     """model-meta.json "engine": what params.yaml serve.engine / serve.precision ask for, the test-split scores of
     TorchScript f32 and of each OpenVINO precision this CPU runs natively, and the reduced precisions that passed
     the accuracy gate (serve.max_accuracy_drop, serve.max_log_loss_rise against TorchScript f32): only those may
     be served (model.engines.choose). EngineGateError when serve.precision names one that failed."""
     asked_engine, asked_precision = str(serve.get("engine", "auto")), str(serve.get("precision", "auto"))
     capabilities = engines.cpu_capabilities()
-    size = int(meta["image_size"])
-    example = torch.rand(2, 3, size, size)
     record = {"requested_engine": asked_engine, "requested_precision": asked_precision, "gated": [], "gate": {},
               "capabilities": sorted(capabilities)}
     engines.choose(asked_engine, asked_precision, "cpu", capabilities)  # refuses an engine that cannot run here
@@ -147,13 +145,14 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, o
     options = options or {}
     net, meta = load_trained(train_dir)
     meta = dict(meta)
-    scripted = to_torchscript(net, example_batch(prepared_dir, meta))
+    example = example_batch(prepared_dir, meta)
+    scripted = to_torchscript(net, example)
     if options.get("quantize", "none") == "int8":
         fp32_acc = float(json.loads((eval_dir / "metrics.json").read_text())["accuracy"])
         scripted, meta["quantized"] = quantized(net, fp32_acc, prepared_dir, meta, options)
     elif options.get("quantize", "none") != "none":
         raise ValueError(f"params.yaml export.quantize: {options['quantize']!r}; use none or int8")
-    meta["engine"] = engine_record(scripted, prepared_dir, meta, serve or {})
+    meta["engine"] = engine_record(scripted, example, prepared_dir, meta, serve or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
     torch.jit.save(scripted, str(model_path))

@@ -27,9 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from model import engines
 from model.network import build_model, count_parameters, split_model
 from model.preprocess import eval_transform, train_transform
-from model import engines
 from training import devices, tracking
 from training.dataset import CachedImages, load_uint8
 from training.params import preprocessing_meta
@@ -135,7 +135,7 @@ def trunk_forward(module: nn.Module, example: torch.Tensor, device: torch.device
     for choice in dict.fromkeys([first, (first[0], "f32"), ("torchscript", "f32")]):
         try:
             return engines.compile_forward(module, example, *choice), " ".join(choice)
-        except Exception as exc:  # an engine that fails to convert or disagrees: the next one
+        except Exception as exc:  # noqa: BLE001 - converters raise assorted errors; the next engine is tried
             print(f"frozen trunk: {' '.join(choice)} not used ({exc})", flush=True)
     raise RuntimeError("no engine could run the frozen trunk")
 
