@@ -134,13 +134,14 @@ def compile_openvino(ov_model, precision: str, threads: int = 0) -> OpenVinoForw
     return OpenVinoForward(ov.Core().compile_model(ov_model, "CPU", config), precision)
 
 
-def compile_forward(module, example: torch.Tensor, engine: str, precision: str, threads: int = 0):
-    """A callable forward of `module` on `engine` at `precision`: NCHW float batch -> logits (float32).
+def compile_forward(module, example: torch.Tensor, engine: str, precision: str, rtol: float | None = None):
+    """A callable forward of `module` on `engine` at `precision`: NCHW float batch -> outputs (float32).
 
     torchscript: model.runtime.for_cpu_inference on the CPU (feed it any layout; it converts), the module as is
-    elsewhere. openvino: converted and compiled here. Checked on `example` (best a real batch) against the module:
-    f32 within 1e-3 of the largest output, bf16 within 1e-1 (EngineError otherwise). The check catches a broken
-    conversion; whether a precision is accurate enough is the export's test-split gate (training/export.py)."""
+    elsewhere. openvino: converted and compiled here. Checked on `example` (best a real batch) against the module
+    (check_agreement): within `rtol`, by default 1e-3 for f32 and 0.25 for bf16, which catches a broken conversion
+    but not a small loss of accuracy: whether a precision is accurate enough to serve is the export's test-split
+    gate (training/export.py); callers that need closer agreement pass a smaller rtol. EngineError otherwise."""
     from model.runtime import channels_last, for_cpu_inference
 
     if engine == "torchscript":
@@ -152,18 +153,21 @@ def compile_forward(module, example: torch.Tensor, engine: str, precision: str, 
         raise EngineError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     with torch.no_grad():
         expected = module.eval()(example).float()
-    forward = compile_openvino(openvino_model(module, example), precision, threads)
-    check_agreement(forward(example), expected, 1e-3 if precision == "f32" else 1e-1, f"OpenVINO {precision}")
+    forward = compile_openvino(openvino_model(module, example), precision)
+    rtol = rtol if rtol is not None else 1e-3 if precision == "f32" else 0.25
+    check_agreement(forward(example), expected, rtol, f"OpenVINO {precision}")
     return forward
 
 
 def check_agreement(got: torch.Tensor, expected: torch.Tensor, rtol: float, what: str) -> float:
-    """Max abs difference relative to the largest |expected| value; EngineError when above `rtol`."""
-    scale = max(1.0, float(expected.abs().max()))
-    diff = float((got.float() - expected.float()).abs().max()) / scale
-    if diff > rtol:
-        raise EngineError(f"{what} differs from TorchScript by {diff:.2e} of the largest output (> {rtol:.0e})")
-    return diff
+    """The largest relative L2 error of one sample's outputs, |got - expected| / |expected| over each sample;
+    EngineError when above `rtol`."""
+    diff, ref = (got.float() - expected.float()).flatten(1), expected.float().flatten(1)
+    error = float((diff.norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).max())
+    if error > rtol:
+        raise EngineError(f"{what} differs from TorchScript by {error:.2e} (relative L2 error of a sample's "
+                          f"outputs, > {rtol:.0e})")
+    return error
 
 
 def gate_failure(reference: dict, candidate: dict, max_accuracy_drop: float, max_log_loss_rise: float) -> str | None:
