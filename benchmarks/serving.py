@@ -47,7 +47,7 @@ from handler.catsdogs_handler import serving_forward
 from loadtest.contention import CpuWatcher
 from model import engines
 from model.export import read_metadata
-from model.preprocess import decode_image, eval_transform
+from model.preprocess import decode_image, eval_geometry
 from model.runtime import reuse_freed_memory
 from serving.archive import MODEL_CONFIG, build_archive
 from serving.client import ServingClient
@@ -89,13 +89,14 @@ def percentiles_ms(seconds: list[float]) -> dict:
 
 
 def in_process(model_dir: Path, data: bytes, engine: str, batch_size: int, threads: int, seconds: float) -> dict:
-    """Decode + transform + forward of `batch_size` copies of `data` in a loop for `seconds`, the forward on
-    `engine` (torchscript | auto) built as the handler builds it (serving_forward, optimize on)."""
+    """Decode + resize/crop + forward of `batch_size` copies of `data` in a loop for `seconds`, the forward on
+    `engine` (torchscript | auto) built as the handler builds it (serving_forward, optimize on; it takes uint8
+    images and normalises them itself)."""
     torch.set_num_threads(threads)
     meta = read_metadata(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
     forward, name, precision, _ = serving_forward(net, meta, torch.device("cpu"), True, asked=(engine, "auto"))
-    transform = eval_transform(meta)
+    transform = eval_geometry(meta)
 
     def run():
         x = torch.stack([transform(decode_image(data, draft_size=meta["resize_size"])) for _ in range(batch_size)])

@@ -25,9 +25,10 @@ import yaml
 
 from benchmarks.conditions import machine
 from benchmarks.cpu_inference import images_per_s
+from handler.catsdogs_handler import serving_forward
 from loadtest.contention import CpuWatcher
 from model.export import read_metadata
-from model.preprocess import decode_image, eval_transform
+from model.preprocess import decode_image, eval_geometry
 from model.runtime import reuse_freed_memory
 from training import presets
 from training.params import check_params, load_params
@@ -37,10 +38,13 @@ REPORT = Path("docs/training-benchmark.md")
 
 
 def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int = 200) -> dict:
-    """p50/p95 ms of forward only and of decode + preprocess + forward, batch of one, current thread count."""
+    """p50/p95 ms of forward only and of decode + preprocess + forward, batch of one, current thread count, on
+    the engine the handler serves this model with (serving_forward: engine and precision as model-meta.json's
+    export chose them, CATSDOGS_ENGINE/CATSDOGS_PRECISION override)."""
     meta = read_metadata(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
-    transform = eval_transform(meta)
+    net, engine, precision, _ = serving_forward(net, meta, torch.device("cpu"), True)
+    transform = eval_geometry(meta)
     forward, full = [], []
     with torch.inference_mode():
         for i in range(repeats + 10):
@@ -57,7 +61,8 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
         net(batch)
         batch8 = images_per_s(net, batch, 5.0)
     pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1]
-    return {"forward_p50_ms": round(statistics.median(forward), 2), "forward_p95_ms": round(pct(forward, 95), 2),
+    return {"engine": f"{engine} {precision}",
+            "forward_p50_ms": round(statistics.median(forward), 2), "forward_p95_ms": round(pct(forward, 95), 2),
             "end_to_end_p50_ms": round(statistics.median(full), 2), "end_to_end_p95_ms": round(pct(full, 95), 2),
             "batch1_img_s": round(1000 / statistics.median(full), 1), "batch8_forward_img_s": round(batch8, 1),
             "threads": torch.get_num_threads()}
@@ -217,9 +222,9 @@ def render(runs: list[dict]) -> str:
              "every number below was measured by that script, with the conditions it recorded. Each run: "
              "prepare -> train -> evaluate -> export of the 10k shared photos (7,999 / 1,000 / 1,000 train / "
              "val / test), no network."), "",
-             ("| run | recipe | train | total | test acc | log loss | ECE | ROC-AUC | 1-image p50 | batch-8 img/s |"
+             ("| run | recipe | train | total | test acc | log loss | ECE | ROC-AUC | engine | 1-image p50 | batch-8 img/s |"
              " served c=1 p50 | served c=16 req/s | other CPU load | measured |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t, lat = r["test"], r["latency"]
         served = {s["concurrency"]: s for s in r.get("served", {}).get("runs", [])}
@@ -228,11 +233,12 @@ def render(runs: list[dict]) -> str:
         lines.append(
             f"| {r['label']} | {recipe(r)} | {r['train_s'] / 60:.1f} min | {r['total_s'] / 60:.1f} min | "
             f"{t['accuracy']:.4f} | {t['log_loss']:.4f} | {t['ece']:.4f} | {t['roc_auc']:.4f} | "
-            f"{lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
+            f"{lat.get('engine', 'torchscript f32')} | {lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
             f"{r['conditions'].get('other_processes_cores', '-')} cores | {r['measured_at']} |")
     lines += ["", ("Columns: *train* and *total* are wall time (total = prepare + train + evaluate + export); "
-              "*1-image p50* is decode + preprocess + TorchScript forward of one photo; *batch-8 img/s* is the "
-              "TorchScript forward alone on batches of 8 (in-process); *served* is the exported model in a real "
+              "*engine* is what the handler serves the exported model with (runs measured before the engine choice "
+              "existed ran TorchScript); *1-image p50* is decode + preprocess + forward of one photo on that engine; "
+              "*batch-8 img/s* is that forward alone on batches of 8 (in-process); *served* is the exported model in a real "
               "TorchServe (handler/model-config.yaml as committed) loaded by `wrk` posting one test photo, "
               "concurrency 1 (median latency) and 16 (requests/s); *other CPU load* is the CPU time other "
               "processes used during the run, in cores."), ""]

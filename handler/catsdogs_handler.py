@@ -35,7 +35,7 @@ import model.preprocess as preprocess_module
 from catsdogs import contract
 from catsdogs.contract import META_FILE, read_meta
 from model import engines
-from model.preprocess import ImageError, decode_image, eval_transform
+from model.preprocess import ImageError, decode_image, eval_geometry, eval_normalize
 from model.runtime import lowered_priority, reuse_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -180,8 +180,9 @@ def serving_forward(model, meta: dict, device: torch.device, optimize: bool, ask
     """(forward, engine, precision, reason): the archive's TorchScript model on the engine model.engines.choose picks
     for `device`, this CPU and the export's accuracy gate (model-meta.json "engine"), as `asked` (engine,
     precision), by default what the environment's CATSDOGS_ENGINE / CATSDOGS_PRECISION or the archive ask for.
-    int8 models and `optimize: false` run as exported on TorchScript. Every engine's output is checked against the
-    exported model when it is built."""
+    The forward takes uint8 batches (eval_geometry's output) and normalises them itself (eval_normalize; OpenVINO
+    inside its compiled graph). int8 models and `optimize: false` run as exported on TorchScript. Every engine's
+    output is checked against the exported model when it is built."""
     record = meta.get("engine") or {}
     engine, precision = asked or engines.requested(record)
     if meta.get("quantized") or not optimize:
@@ -189,10 +190,12 @@ def serving_forward(model, meta: dict, device: torch.device, optimize: bool, ask
     engine, precision, reason = engines.choose(engine, precision, device.type, engines.cpu_capabilities(),
                                                gated=tuple(record.get("gated", ())))
     if meta.get("quantized") or not optimize:
-        return model, engine, precision, "as exported (int8 model or handler.optimize: false)"
+        normalize = eval_normalize(meta)
+        return lambda x: model(normalize(x)), engine, precision, "as exported (int8 model or handler.optimize: false)"
     size = int(meta["image_size"])
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, device=device)
     try:
-        forward = engines.compile_forward(model, torch.rand(2, 3, size, size, device=device), engine, precision)
+        forward = engines.compile_forward(model, example, engine, precision, normalize=meta)
     except Exception as exc:
         raise RuntimeError(f"building the {engine} {precision} forward pass failed ({exc}); set serve.engine: "
                            "torchscript in params.yaml (or CATSDOGS_ENGINE=torchscript for the workers), or "
@@ -206,7 +209,7 @@ def warm_up(forward, image_size: int, batch_sizes, runs: int = 3) -> None:
     with torch.inference_mode():
         for n in batch_sizes:
             for _ in range(runs):
-                forward(torch.zeros(n, 3, image_size, image_size))
+                forward(torch.zeros(n, 3, image_size, image_size, dtype=torch.uint8))
 
 
 def error_body(reason: str, message: str) -> dict:
@@ -242,7 +245,7 @@ class CatsDogsHandler(BaseHandler):
             raise RuntimeError(f"{model_dir}: index_to_name.json {self.mapping} disagrees with the class order "
                                f"{self.classes} in {META_FILE}; rebuild the archive from one export")
         self.version = str(self.meta["version"])
-        self.transform = eval_transform(self.meta)
+        self.transform = eval_geometry(self.meta)  # uint8; the forward normalises (serving_forward)
         self.max_image_bytes = int(settings.get("max_image_bytes", contract.MAX_IMAGE_BYTES))
         self.max_image_pixels = int(settings.get("max_image_pixels", contract.MAX_IMAGE_PIXELS))
         self.max_images = int(settings.get("max_images_per_request", contract.MAX_IMAGES_PER_REQUEST))

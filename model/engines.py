@@ -99,7 +99,8 @@ def requested(meta_engine: dict | None, environ=os.environ) -> tuple[str, str]:
 
 @dataclass
 class OpenVinoForward:
-    """An OpenVINO compiled model called like a torch module: NCHW float32 batch -> float32 logits tensor."""
+    """An OpenVINO compiled model called like a torch module: NCHW batch (of the model's input type) -> float32
+    outputs."""
     compiled: object
     precision: str
 
@@ -107,20 +108,31 @@ class OpenVinoForward:
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().contiguous()
-        self.request.infer({0: x.numpy()}, share_inputs=True)
+        self.request.infer({0: x.detach().contiguous().numpy()}, share_inputs=True)
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
-def openvino_model(module, example: torch.Tensor):
-    """The OpenVINO model converted from `module` (TorchScript or eager), batch dimension dynamic."""
+def openvino_model(module, example: torch.Tensor, normalize: dict | None = None):
+    """The OpenVINO model converted from `module` (TorchScript or eager) for float batches like `example`, batch
+    dimension dynamic. With `normalize` (a dict with "mean" and "std", model-meta.json's) it takes uint8 batches
+    instead and runs model.preprocess.eval_normalize's arithmetic itself, (x / 255 - mean) / std per channel, in
+    the compiled graph (OpenVINO's preprocessing API)."""
     import openvino as ov
+    from openvino.preprocess import PrePostProcessor
 
     shape = [-1, *example.shape[1:]]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        return ov.convert_model(module.eval(), example_input=example, input=[shape])
+        ov_model = ov.convert_model(module.eval(), example_input=example, input=[shape])
+    if normalize is None:
+        return ov_model
+    ppp = PrePostProcessor(ov_model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0).mean(
+        [float(m) for m in normalize["mean"]]).scale([float(s) for s in normalize["std"]])
+    return ppp.build()
 
 
 def compile_openvino(ov_model, precision: str, threads: int = 0) -> OpenVinoForward:
@@ -134,26 +146,33 @@ def compile_openvino(ov_model, precision: str, threads: int = 0) -> OpenVinoForw
     return OpenVinoForward(ov.Core().compile_model(ov_model, "CPU", config), precision)
 
 
-def compile_forward(module, example: torch.Tensor, engine: str, precision: str, rtol: float | None = None):
-    """A callable forward of `module` on `engine` at `precision`: NCHW float batch -> outputs (float32).
+def compile_forward(module, example: torch.Tensor, engine: str, precision: str, rtol: float | None = None,
+                    normalize: dict | None = None):
+    """A callable forward of `module` on `engine` at `precision`: NCHW batch -> outputs (float32).
 
-    torchscript: model.runtime.for_cpu_inference on the CPU (feed it any layout; it converts), the module as is
-    elsewhere. openvino: converted and compiled here. Checked on `example` (best a real batch) against the module
+    Without `normalize` it takes float batches like `example`. With `normalize` (model-meta.json's mean/std) it
+    takes uint8 batches (model.preprocess.eval_geometry's output; `example` too) and normalises them as
+    model.preprocess.eval_normalize does: OpenVINO inside its compiled graph, TorchScript in torch first.
+    torchscript: model.runtime.for_cpu_inference on the CPU (any input layout), the module as is elsewhere.
+    openvino: converted and compiled here. Checked on `example` (best a real batch) against the module
     (check_agreement): within `rtol`, by default 1e-3 for f32 and 0.25 for bf16, which catches a broken conversion
     but not a small loss of accuracy: whether a precision is accurate enough to serve is the export's test-split
     gate (training/export.py); callers that need closer agreement pass a smaller rtol. EngineError otherwise."""
+    from model.preprocess import eval_normalize
     from model.runtime import channels_last, for_cpu_inference
 
+    to_float = eval_normalize(normalize) if normalize is not None else (lambda x: x)
+    example_float = to_float(example)
     if engine == "torchscript":
         if example.device.type != "cpu":
-            return module.eval()
-        fast = for_cpu_inference(module, example)
-        return lambda x: fast(channels_last(x))
+            return lambda x: module.eval()(to_float(x))
+        fast = for_cpu_inference(module, example_float)
+        return lambda x: fast(channels_last(to_float(x)))
     if engine != "openvino":
         raise EngineError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     with torch.no_grad():
-        expected = module.eval()(example).float()
-    forward = compile_openvino(openvino_model(module, example), precision)
+        expected = module.eval()(example_float).float()
+    forward = compile_openvino(openvino_model(module, example_float, normalize), precision)
     rtol = rtol if rtol is not None else 1e-3 if precision == "f32" else 0.25
     check_agreement(forward(example), expected, rtol, f"OpenVINO {precision}")
     return forward

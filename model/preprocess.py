@@ -87,14 +87,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def eval_transform(meta: dict) -> v2.Compose:
-    """PIL image or uint8 tensor -> normalised float tensor [3, S, S]: resize short side, centre crop."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(int(meta["resize_size"]), antialias=True),
-        v2.CenterCrop(int(meta["image_size"])),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(meta["mean"]), std=list(meta["std"])),
-    ])
+    """PIL image or uint8 tensor -> normalised float tensor [3, S, S]: eval_geometry then eval_normalize."""
+    return v2.Compose([*eval_geometry(meta).transforms, *eval_normalize(meta).transforms])
+
+
+def eval_geometry(meta: dict) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 tensor [3, S, S]: resize the short side, centre crop."""
+    return v2.Compose([v2.ToImage(), v2.Resize(int(meta["resize_size"]), antialias=True),
+                       v2.CenterCrop(int(meta["image_size"]))])
+
+
+def eval_normalize(meta: dict) -> v2.Compose:
+    """uint8 tensor [..., 3, S, S] -> float32 scaled to [0, 1], minus mean, over std (per channel). The OpenVINO
+    engine runs this same arithmetic inside its compiled model (model.engines.openvino_model)."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(mean=list(meta["mean"]), std=list(meta["std"]))])
 
 
 def train_transform(meta: dict, augment: dict) -> v2.Compose:

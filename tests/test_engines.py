@@ -13,7 +13,7 @@ import torch
 from model import engines
 from model.engines import EngineError, choose
 from model.network import build_model
-from model.preprocess import eval_transform
+from model.preprocess import eval_geometry, eval_normalize
 
 AVX512 = frozenset({"FP32", "INT8", "BF16"})
 AVX2 = frozenset({"FP32", "INT8"})
@@ -80,13 +80,12 @@ def lite0_and_photo():
 
     net = build_model("efficientnet_lite0", 2, "package").eval()
     meta = {"image_size": 224, "resize_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3}
-    transform = eval_transform(meta)
     images = [draw_image(kind, 224, np.random.default_rng(seed))[0] for kind, seed in (("cat", 1), ("dog", 2))]
-    batch = torch.stack([transform(image) for image in images])
+    batch = torch.stack([eval_geometry(meta)(image) for image in images])  # uint8, as the handler batches them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.freeze(torch.jit.trace(net, batch))
-    return net, scripted, batch
+        scripted = torch.jit.freeze(torch.jit.trace(net, eval_normalize(meta)(batch)))
+    return net, scripted, batch, meta
 
 
 @pytest.mark.slow
@@ -95,10 +94,11 @@ def lite0_and_photo():
 def test_each_engine_matches_torchscript_on_a_real_looking_image(lite0_and_photo, engine, precision, tolerance):
     if precision == "bf16" and "BF16" not in engines.cpu_capabilities():
         pytest.skip("this CPU has no native bf16")
-    _, scripted, batch = lite0_and_photo
+    _, scripted, batch, meta = lite0_and_photo
     with torch.no_grad():
-        expected = torch.softmax(scripted(batch), 1)
-    forward = engines.compile_forward(scripted, batch[:1], engine, precision)
+        expected = torch.softmax(scripted(eval_normalize(meta)(batch)), 1)
+    # uint8 in, normalised inside (OpenVINO: in its compiled graph), as the handler and the trunk pass run it
+    forward = engines.compile_forward(scripted, batch[:1], engine, precision, normalize=meta)
     for n in (1, 2):  # the OpenVINO model's batch dimension is dynamic
         got = torch.softmax(forward(batch[:n]), 1)
         assert (got - expected[:n]).abs().max() < tolerance
@@ -108,11 +108,11 @@ def test_each_engine_matches_torchscript_on_a_real_looking_image(lite0_and_photo
 def test_an_engine_that_disagrees_is_refused(lite0_and_photo, monkeypatch):
     """compile_forward checks the compiled model against the module: a conversion that changed the network
     (here: weights scaled after conversion) is an EngineError, never a silently different model."""
-    net, _, batch = lite0_and_photo
+    net, _, batch, meta = lite0_and_photo
     original = engines.openvino_model
 
-    def broken(module, example):
-        ov_model = original(module, example)
+    def broken(module, example, normalize=None):
+        ov_model = original(module, example, normalize)
         import openvino as ov
         from openvino import opset13 as ops
 
@@ -122,4 +122,4 @@ def test_an_engine_that_disagrees_is_refused(lite0_and_photo, monkeypatch):
 
     monkeypatch.setattr(engines, "openvino_model", broken)
     with pytest.raises(EngineError, match="differs from TorchScript"):
-        engines.compile_forward(net, batch, "openvino", "f32")
+        engines.compile_forward(net, batch, "openvino", "f32", normalize=meta)

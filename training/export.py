@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from catsdogs import contract
 from model import engines
 from model.export import to_torchscript, write_metadata
-from model.preprocess import eval_transform
+from model.preprocess import eval_geometry, eval_normalize, eval_transform
 from monitoring.drift import baseline_from_predictions, summarise
 from training import tracking
 from training.dataset import load_uint8
@@ -30,9 +30,9 @@ MODEL_FILE = "model.pt"
 
 
 def example_batch(prepared_dir: Path, meta: dict, n: int = 8) -> torch.Tensor:
-    """Real test images (not random noise) for tracing and the parity check."""
+    """Real test images (not random noise) for tracing and the parity checks, uint8 as eval_geometry makes them."""
     rows = read_manifest(prepared_dir, "test")[:n] or read_manifest(prepared_dir)[:n]
-    transform = eval_transform(meta)
+    transform = eval_geometry(meta)
     return torch.stack([transform(image) for image in load_uint8([r["cache"] for r in rows], desc="example")])
 
 
@@ -45,9 +45,9 @@ class EngineGateError(RuntimeError):
 
 
 def test_batches(prepared_dir: Path, meta: dict, batch_size: int = 64):
-    """(normalised images, labels) of the test split, batch by batch."""
+    """(uint8 images as eval_geometry makes them, labels) of the test split, batch by batch."""
     rows = read_manifest(prepared_dir, "test")
-    classes, transform = list(meta["classes"]), eval_transform(meta)
+    classes, transform = list(meta["classes"]), eval_geometry(meta)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         x = torch.stack([transform(img) for img in load_uint8([r["cache"] for r in chunk], progress=False)])
@@ -55,8 +55,8 @@ def test_batches(prepared_dir: Path, meta: dict, batch_size: int = 64):
 
 
 def test_scores(forwards: dict, prepared_dir: Path, meta: dict) -> dict:
-    """name -> {"accuracy", "log_loss"} of each forward (NCHW batch -> logits) on the test split, every batch
-    decoded once for all of them."""
+    """name -> {"accuracy", "log_loss"} of each forward (uint8 NCHW batch -> logits, as model.engines.compile_forward
+    builds them with normalize=meta) on the test split, every batch decoded once for all of them."""
     correct, loss, seen = dict.fromkeys(forwards, 0), dict.fromkeys(forwards, 0.0), 0
     with torch.inference_mode():
         for x, y in test_batches(prepared_dir, meta):
@@ -69,6 +69,12 @@ def test_scores(forwards: dict, prepared_dir: Path, meta: dict) -> dict:
     seen = max(1, seen)
     return {name: {"accuracy": round(correct[name] / seen, 5), "log_loss": round(loss[name] / seen, 5)}
             for name in forwards}
+
+
+def on_uint8(module, meta: dict):
+    """`module` (float inputs) as a forward over uint8 batches, normalised by eval_normalize first."""
+    normalize = eval_normalize(meta)
+    return lambda x: module(normalize(x))
 
 
 def calibration_batches(prepared_dir: Path, meta: dict, n: int, batch_size: int = 32):
@@ -88,7 +94,7 @@ def quantized(net, fp32_acc: float, prepared_dir: Path, meta: dict, cfg: dict) -
     size = int(meta["image_size"])
     int8 = quantize_static(net, calibration_batches(prepared_dir, meta, int(cfg.get("calibration_images", 256))),
                            torch.rand(2, 3, size, size))
-    int8_acc = test_scores({"int8": int8}, prepared_dir, meta)["int8"]["accuracy"]
+    int8_acc = test_scores({"int8": on_uint8(int8, meta)}, prepared_dir, meta)["int8"]["accuracy"]
     record = {"method": "int8 static (FX, x86)", "fp32_test_accuracy": round(fp32_acc, 5),
               "int8_test_accuracy": round(int8_acc, 5), "calibration_images": int(cfg.get("calibration_images", 256))}
     limit = float(cfg.get("max_accuracy_drop", 0.005))
@@ -105,19 +111,21 @@ def engine_record(scripted, example: torch.Tensor, prepared_dir: Path, meta: dic
     """model-meta.json "engine": what params.yaml serve.engine / serve.precision ask for, the test-split scores of
     TorchScript f32 and of each OpenVINO precision this CPU runs natively, and the reduced precisions that passed
     the accuracy gate (serve.max_accuracy_drop, serve.max_log_loss_rise against TorchScript f32): only those may
-    be served (model.engines.choose). EngineGateError when serve.precision names one that failed."""
+    be served (model.engines.choose); `example`: real test images, uint8. EngineGateError when serve.precision
+    names one that failed."""
     asked_engine, asked_precision = str(serve.get("engine", "auto")), str(serve.get("precision", "auto"))
     capabilities = engines.cpu_capabilities()
     record = {"requested_engine": asked_engine, "requested_precision": asked_precision, "gated": [], "gate": {},
               "capabilities": sorted(capabilities)}
     engines.choose(asked_engine, asked_precision, "cpu", capabilities)  # refuses an engine that cannot run here
-    forwards = {"torchscript-f32": scripted}
+    forwards = {"torchscript-f32": on_uint8(scripted, meta)}
     if capabilities and not meta.get("quantized") and asked_engine != "torchscript":
         for precision in engines.PRECISIONS:
             if precision != "f32" and precision.upper() not in capabilities:
                 record["gate"][precision] = f"not measured: this CPU has no native {precision}"
                 continue
-            forwards[f"openvino-{precision}"] = engines.compile_forward(scripted, example, "openvino", precision)
+            forwards[f"openvino-{precision}"] = engines.compile_forward(scripted, example, "openvino", precision,
+                                                                        normalize=meta)
     record["scores"] = scores = test_scores(forwards, prepared_dir, meta)
     for name in scores:
         precision = name.rsplit("-", 1)[1]
@@ -146,7 +154,7 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, o
     net, meta = load_trained(train_dir)
     meta = dict(meta)
     example = example_batch(prepared_dir, meta)
-    scripted = to_torchscript(net, example)
+    scripted = to_torchscript(net, eval_normalize(meta)(example))
     if options.get("quantize", "none") == "int8":
         fp32_acc = float(json.loads((eval_dir / "metrics.json").read_text())["accuracy"])
         scripted, meta["quantized"] = quantized(net, fp32_acc, prepared_dir, meta, options)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from model import engines
 from model.network import build_model, count_parameters, split_model
-from model.preprocess import eval_transform, train_transform
+from model.preprocess import eval_geometry, eval_transform, train_transform
 from training import devices, tracking
 from training.dataset import CachedImages, load_uint8
 from training.params import preprocessing_meta
@@ -130,15 +130,17 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, steps: 
 
 
 @torch.no_grad()
-def trunk_forward(module: nn.Module, example: torch.Tensor, device: torch.device, engine: str = "auto"):
-    """The frozen trunk as a forward-only callable on the fastest engine whose outputs agree with torch's on
-    `example` (a real batch) within TRUNK_RTOL: model.engines.choose's pick for this device, else OpenVINO f32,
+def trunk_forward(module: nn.Module, example: torch.Tensor, meta: dict, device: torch.device, engine: str = "auto"):
+    """The frozen trunk as a forward-only callable taking uint8 batches (eval_geometry's output, normalised with
+    `meta`'s mean/std inside) on the fastest engine whose outputs agree with torch's on `example` (a real uint8
+    batch) within TRUNK_RTOL: model.engines.choose's pick for this device, else OpenVINO f32,
     else TorchScript (each disagreement or failure printed). Returns (forward, "engine precision")."""
     module.eval()
     first = engines.choose(engine, "auto", device.type, engines.cpu_capabilities())[:2]
     for choice in dict.fromkeys([first, (first[0], "f32"), ("torchscript", "f32")]):
         try:
-            return engines.compile_forward(module, example, *choice, rtol=TRUNK_RTOL), " ".join(choice)
+            forward = engines.compile_forward(module, example, *choice, rtol=TRUNK_RTOL, normalize=meta)
+            return forward, " ".join(choice)
         except Exception as exc:  # noqa: BLE001 - converters raise assorted errors; the next engine is tried
             print(f"frozen trunk: {' '.join(choice)} not used ({exc})", flush=True)
     raise RuntimeError("no engine could run the frozen trunk")
@@ -147,8 +149,9 @@ def trunk_forward(module: nn.Module, example: torch.Tensor, device: torch.device
 @torch.no_grad()
 def cache_outputs(forward, rows: list[dict], classes: list[str], meta: dict, ctx: devices.Context, *,
                   mirror: bool, batch_size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """forward(image) for every row (and for its mirror image when `mirror`), float16 on the CPU, with labels."""
-    transform = eval_transform(meta)
+    """forward(image) for every row (and for its mirror image when `mirror`), float16 on the CPU, with labels;
+    `forward` takes uint8 batches (trunk_forward)."""
+    transform = eval_geometry(meta)
     outputs, labels = [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False, disable=not ctx.is_main):
         chunk = rows[start:start + batch_size]
@@ -161,8 +164,8 @@ def cache_outputs(forward, rows: list[dict], classes: list[str], meta: dict, ctx
 
 
 def first_batch(rows: list[dict], meta: dict, n: int) -> torch.Tensor:
-    """The first `n` images of `rows`, eval-transformed: a real batch to check an engine against torch on."""
-    transform = eval_transform(meta)
+    """The first `n` images of `rows` as a uint8 batch (eval_geometry): a real batch to check an engine on."""
+    transform = eval_geometry(meta)
     return torch.stack([transform(img) for img in load_uint8([r["cache"] for r in rows[:n]], progress=False)])
 
 
@@ -199,7 +202,7 @@ def train_finetune(trainer: Trainer, params: dict, meta: dict, rows: dict, gener
     batch = int(cfg["batch_size"])
     t0 = time.time()
     example = first_batch(rows["train"], meta, min(batch, 8)).to(ctx.device)
-    trunk, engine = trunk_forward(trunk, example, ctx.device, str(cfg.get("trunk_engine", "auto")))
+    trunk, engine = trunk_forward(trunk, example, meta, ctx.device, str(cfg.get("trunk_engine", "auto")))
     train_x, train_y = cache_outputs(trunk, rows["train"], classes, meta, ctx, mirror=bool(cfg.get("hflip", True)),
                                      batch_size=batch, desc="frozen trunk: train")
     val_x, val_y = cache_outputs(trunk, rows["val"], classes, meta, ctx, mirror=False, batch_size=batch,
