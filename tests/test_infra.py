@@ -148,6 +148,14 @@ def test_jenkinsfile_has_the_pipeline_stages_in_order():
     assert re.search(r"stage\('Deploy'\)\s*\{\s*when\s*\{\s*branch 'main'", JENKINSFILE)
 
 
+def test_a_push_starts_a_build_by_webhook_with_polling_as_the_fallback():
+    triggers = re.search(r"triggers\s*\{([^}]*)\}", JENKINSFILE_CODE)
+    assert triggers, "the pipeline declares no trigger: a push would start no build"
+    assert "githubPush()" in triggers.group(1)  # GitHub plugin: push webhook at <jenkins>/github-webhook/
+    assert re.search(r"pollSCM\('H/\d+ \* \* \* \*'\)", triggers.group(1))  # when the webhook cannot arrive
+    assert "/github-webhook/" in (ROOT / "docs" / "deploy.md").read_text()
+
+
 def jenkinsfile_stage_commands(text: str) -> dict[str, list[str]]:
     """Stage name -> the make commands its block runs (up to the next stage; the last one to the end)."""
     parts = re.split(r"""stage\(['"]([^'"]+)['"]\)""", text)
