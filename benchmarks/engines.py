@@ -279,11 +279,11 @@ def quality(proba: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, 
     difference against the reference variant's probabilities."""
     from training.metrics import classification_metrics
 
-    proba = proba.double() / proba.double().sum(1, keepdim=True)  # float32 softmax rows sum to 1 +- 1e-7
-    metrics = classification_metrics(labels.numpy(), proba.numpy(), classes)
+    normalised = proba.double() / proba.double().sum(1, keepdim=True)  # float32 softmax rows sum to 1 +- 1e-7
+    metrics = classification_metrics(labels.numpy(), normalised.numpy(), classes)
     return {"n": metrics["n"], "accuracy": round(metrics["accuracy"], 4), "log_loss": round(metrics["log_loss"], 4),
             "agreement": round(float((proba.argmax(1) == reference.argmax(1)).float().mean()), 4),
-            "max_prob_diff": float(f"{float((proba - reference).abs().max()):.2e}")}
+            "max_prob_diff": float(f"{float((proba.float() - reference.float()).abs().max()):.2e}")}
 
 
 def probabilities(forward, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:

@@ -62,6 +62,7 @@ def test_quality_against_labels_and_the_reference():
     assert q["max_prob_diff"] == pytest.approx(0.2)
     expected_loss = -(math.log(0.8) + math.log(0.8) + math.log(0.4) + math.log(0.7)) / 4
     assert q["log_loss"] == pytest.approx(expected_loss, abs=1e-4)
+    assert engines.quality(reference, labels, reference, ["cat", "dog"])["max_prob_diff"] == 0.0
 
 
 def test_torchscript_always_runs_first_as_the_reference():
@@ -148,6 +149,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path):
         if v["status"] == "built":     # the red-vs-blue model gets its whole test split right
             assert v["test"]["accuracy"] == 1.0 and v["test"]["agreement"] == 1.0 and v["test"]["n"] == 16
             assert 0 <= v["test"]["log_loss"] < 0.7 and v["test"]["max_prob_diff"] < 1e-3
+    assert variants["torchscript"]["test"]["max_prob_diff"] == 0.0     # the reference against itself
     built = [name for name, v in variants.items() if v["status"] == "built"]
     assert sorted((s["variant"], s["mode"], s["batch_size"]) for s in r["speed"]) == sorted(
         (name, mode, 1) for name in built for mode in ("forward", "decode"))
