@@ -20,7 +20,7 @@ SERVE_DIR ?= .serve
 
 .PHONY: help install check-java pipeline synthesize prepare train evaluate export archive \
         test test-unit test-integration lint serve stop ready loadtest loadtest-ramp loadtest-soak \
-        loadtest-fault benchmark benchmark-serving deploy rollback deploy-status validate-docker \
+        loadtest-fault benchmark benchmark-serving benchmark-engines deploy rollback deploy-status validate-docker \
         validate-compose validate-jenkinsfile validate-monitoring validate clean
 
 help: ## list targets

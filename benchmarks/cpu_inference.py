@@ -63,15 +63,16 @@ def images_per_s(module, x: torch.Tensor, seconds: float, reuse: bool | None = N
         return n / (time.perf_counter() - began)
 
 
-def interleaved(runs: dict, rounds: int, seconds: float) -> dict[object, list[float]]:
-    """key -> images/s of each round; runs (key -> (module, input[, reuse])) alternate round by round, so that a
-    slow spell of the machine hits all of them alike, after a 0.3 s warm-up each (TorchScript profiling, allocator)."""
+def interleaved(runs: dict, rounds: int, seconds: float, measure=images_per_s) -> dict[object, list]:
+    """key -> measure(module, input, seconds[, reuse]) of each round (images/s by default); runs (key -> (module,
+    input[, reuse])) alternate round by round, so that a slow spell of the machine hits all of them alike, after a
+    0.3 s warm-up each (TorchScript profiling, allocator)."""
     for module, x, *_ in runs.values():
-        images_per_s(module, x, 0.3)
+        measure(module, x, 0.3)
     samples = {key: [] for key in runs}
     for _ in range(rounds):
         for key, (module, x, *reuse) in runs.items():
-            samples[key].append(images_per_s(module, x, seconds, *reuse))
+            samples[key].append(measure(module, x, seconds, *reuse))
     return samples
 
 

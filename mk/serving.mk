@@ -1,7 +1,7 @@
 # Serving (issue 3): build the .mar, run TorchServe in the background, check readiness, benchmark.
 SERVE_ARGS ?=
 
-.PHONY: mar serve stop ready token benchmark-serving
+.PHONY: mar serve stop ready token benchmark-serving benchmark-engines
 
 mar: archive ## alias of `make archive`: $(MAR) (last DVC stage)
 
@@ -22,3 +22,8 @@ benchmark-serving: $(STAMP) ## wrk: TorchServe vs in-process at concurrency 1/4/
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk (Debian package)"; exit 1; }
 	@case '$(BENCH_ARGS)' in *--model-dir*) ;; *) test -f artifacts/model/model.pt || $(MAKE) pipeline;; esac
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
+
+benchmark-engines: $(STAMP) ## TorchScript, OpenVINO f32/bf16/int8, ONNX Runtime, AOTInductor: speed and test accuracy in one run; writes docs/engines.md block
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	@case '$(BENCH_ARGS)' in *--model-dir*) ;; *) test -f artifacts/model/model.pt || $(MAKE) pipeline;; esac
+	$(PY) -m benchmarks.engines $(BENCH_ARGS)

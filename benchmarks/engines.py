@@ -1,0 +1,491 @@
+"""Benchmark: the engines that can run the exported model's forward pass on this CPU, measured in one run.
+
+Variants (each fed NCHW float32 batches; every engine runs on torch's thread count, --threads):
+  torchscript    model.engines.compile_forward(..., "torchscript", "f32"): model/runtime.py's fastest TorchScript
+                 form, the reference of every ratio and probability difference
+  openvino-f32   OpenVINO's CPU plugin, the network converted from model.pt (model.engines, latency hint)
+  openvino-bf16  the same at bf16; only where OpenVINO reports native BF16 (AVX-512 BF16 or AMX), else a row says why
+  openvino-int8  NNCF post-training quantization (preset performance) of the converted network, calibrated on
+                 --calibration training-split images; the layers left in float run at f32
+  onnxruntime    model.pt exported by torch.onnx (TorchScript exporter, opset 17, batch dimension dynamic), run by
+                 ONNX Runtime's CPU execution provider
+  aoti           AOTInductor: the training checkpoint's eager network (--train-dir; torch.export cannot trace the
+                 TorchScript file) through torch.export and aoti_compile_and_package, built in a child process
+                 that --aoti-timeout bounds (a cold Inductor cache: the build time is a first build's)
+For each: build time; images/s at every --batches size (forward only) and the p50 time of a call; the same with
+JPEG decode + eval transform (model/preprocess.py) of test-split images at --decode-batches; test-split accuracy,
+log loss, top-1 agreement and largest probability difference against torchscript. A variant that cannot run
+here is a row with the reason, never a failure. Rounds interleave every variant and batch size, so that a slow
+spell of the machine hits all alike; the tables give medians, the JSON every round. The conditions (CPU model
+and flags, OpenVINO's capabilities, package versions, other processes' CPU use) are detected and written next
+to the numbers: reports/engines.json and a block between markers in docs/engines.md. Nothing is asserted.
+
+    python -m benchmarks.engines --model-dir artifacts/model --prepared data/prepared
+    python -m benchmarks.engines --engines torchscript openvino-f32 --rounds 1 --seconds 0.5 --no-docs
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from benchmarks.conditions import measured, measured_line, model_line
+from benchmarks.cpu_inference import interleaved, save
+from catsdogs.contract import REPO_ROOT
+from loadtest.contention import CpuWatcher
+from loadtest.report import replace_block
+from model.engines import (
+    check_agreement,
+    compile_forward,
+    compile_openvino,
+    cpu_capabilities,
+    openvino_available,
+    openvino_model,
+)
+from model.export import read_metadata
+from model.preprocess import decode_image, eval_transform
+from model.runtime import reuse_freed_memory
+
+VARIANTS = ("torchscript", "openvino-f32", "openvino-bf16", "openvino-int8", "onnxruntime", "aoti")
+PACKAGES = ("torch", "torchvision", "openvino", "nncf", "onnxruntime", "onnx")
+START, END = "<!-- engines-benchmark:start -->", "<!-- engines-benchmark:end -->"
+EVAL_BATCH = 32  # batch size of the accuracy pass
+BENCH_REQUIREMENTS = "pip install -r benchmarks/requirements.txt"
+
+
+class Skipped(Exception):
+    """The variant does not apply on this machine (no native bf16, a package not installed)."""
+
+
+class BuildError(RuntimeError):
+    """The variant was tried and did not build."""
+
+
+# ---- building the variants ---------------------------------------------------------------------------------
+
+def load_torchscript(model_file: Path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
+        return torch.jit.load(str(model_file)).eval()
+
+
+def openvino_forward(module, example: torch.Tensor, precision: str):
+    if not openvino_available():
+        raise Skipped("OpenVINO not installed (pip install openvino; requirements.txt pins it)")
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
+        raise Skipped(f"no native bf16 on this CPU (OpenVINO capabilities: {', '.join(sorted(cpu_capabilities()))})")
+    return compile_forward(module, example, "openvino", precision)
+
+
+def openvino_int8_forward(module, example: torch.Tensor, calibration: list) -> object:
+    """NNCF post-training quantization of the OpenVINO model, preset performance (NNCF's default: symmetric
+    weights and activations, the CPU plugin's fast int8 path), compiled with f32 for the layers left in float."""
+    if not openvino_available():
+        raise Skipped("OpenVINO not installed (pip install openvino; requirements.txt pins it)")
+    try:
+        import nncf
+    except ImportError:
+        raise Skipped(f"nncf not installed ({BENCH_REQUIREMENTS})") from None
+    quantized = nncf.quantize(openvino_model(module, example), nncf.Dataset(calibration),
+                              preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
+    return compile_openvino(quantized, "f32")
+
+
+def onnxruntime_forward(module, example: torch.Tensor, path: Path):
+    """model.pt through the TorchScript ONNX exporter (opset 17, batch dynamic), the file checked by onnx.checker,
+    an ONNX Runtime CPU session on torch's thread count; checked against the module on `example` (1e-3 of the
+    largest logit)."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise Skipped(f"{exc.name} not installed ({BENCH_REQUIREMENTS})") from None
+    with torch.no_grad():
+        expected = module(example).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    onnx.checker.check_model(str(path), full_check=True)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": x.detach().contiguous().numpy()})[0])
+
+    check_agreement(forward(example), expected, 1e-3, "ONNX Runtime")
+    return forward
+
+
+def aoti_forward(train_dir: Path, reference, example: torch.Tensor, package: Path, max_batch: int,
+                 timeout: float):
+    """The AOTInductor package built by a child process (build_aoti_package), loaded here; checked against the
+    TorchScript `reference` on `example` (1e-3 of the largest logit: the checkpoint is model.pt's network)."""
+    from training.train import CHECKPOINT
+
+    if not (train_dir / CHECKPOINT).is_file():
+        raise Skipped(f"needs the training checkpoint {train_dir / CHECKPOINT} (--train-dir): torch.export traces "
+                      "the eager network, not the TorchScript file")
+    size = example.shape[-1]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(package.parent / "inductor-cache")}
+    command = [sys.executable, "-c", ("import sys; from benchmarks.engines import build_aoti_package; "
+               "build_aoti_package(*sys.argv[1:])"), str(train_dir.resolve()), str(size), str(max_batch),
+               str(torch.get_num_threads()), str(package.resolve())]
+    run_bounded(command, timeout, env)
+    loaded = torch._inductor.aoti_load_package(str(package))
+    with torch.no_grad():
+        expected = reference(example).float()
+    forward = lambda x: loaded(x.contiguous())
+    check_agreement(forward(example), expected, 1e-3, "AOTInductor")
+    return forward
+
+
+def build_aoti_package(train_dir: str, size: str, max_batch: str, threads: str, package: str) -> None:
+    """(Child process.) The checkpoint's network exported with a dynamic batch dimension (1 to max_batch) and
+    compiled by AOTInductor into `package` for `threads` threads (Inductor fixes the OpenMP count at build)."""
+    from training.train import load_trained
+
+    torch.set_num_threads(int(threads))
+    net, _ = load_trained(Path(train_dir))
+    example = torch.rand(2, 3, int(size), int(size))
+    batch = torch.export.Dim("batch", min=1, max=int(max_batch))
+    with torch.no_grad():
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+        torch._inductor.aoti_compile_and_package(program, package_path=package)
+
+
+def run_bounded(command: list[str], timeout: float, env: dict | None = None) -> None:
+    """Run `command` in its own process group from the repository root; BuildError with the reason when it fails
+    or outlives `timeout` seconds (then the whole group, compiler workers included, is killed)."""
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise BuildError(f"not built within {timeout:g} s (--aoti-timeout)") from None
+    if proc.returncode:
+        raise BuildError(error_summary(output, proc.returncode))
+
+
+def error_summary(output: str, returncode: int, limit: int = 300) -> str:
+    """The last line of a failed child's output that names an error, else its last line (at most `limit` chars)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0]]
+    text = (named or lines or [f"exit status {returncode}, no output"])[-1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def build(name: str, builders: dict) -> dict:
+    """Build one variant: {"variant", "status": built | skipped | did not build, "reason", "build_s", "forward"}.
+    torchscript, the reference, must build; the others become rows with the reason."""
+    began = time.perf_counter()
+    try:
+        forward = builders[name]()
+    except Skipped as exc:
+        return {"variant": name, "status": "skipped", "reason": str(exc), "forward": None}
+    except Exception as exc:
+        if name == "torchscript":
+            raise
+        return {"variant": name, "status": "did not build", "reason": f"{type(exc).__name__}: {exc}"[:400],
+                "build_s": round(time.perf_counter() - began, 1), "forward": None}
+    return {"variant": name, "status": "built", "reason": "", "build_s": round(time.perf_counter() - began, 1),
+            "forward": forward}
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+
+def split_rows(prepared: Path, split: str, limit: int | None = None) -> list[dict]:
+    """Manifest rows of a prepared split (the first `limit`); SystemExit when there are none."""
+    from training.prepare import read_manifest
+
+    rows = read_manifest(prepared, split)[:limit]
+    if not rows:
+        raise SystemExit(f"{prepared}: the {split} split is empty; prepare more images (params.yaml prepare)")
+    return rows
+
+
+def transformed(rows: list[dict], meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eval-transformed images N x 3 x S x S, class indices) of manifest rows, as the evaluate stage reads them."""
+    from training.dataset import CachedImages
+
+    data = CachedImages(rows, list(meta["classes"]), eval_transform(meta), desc="load")
+    return torch.stack([data[i][0] for i in range(len(data))]), torch.tensor(data.targets)
+
+
+def spread(rows: list, n: int) -> list:
+    """`n` rows spread evenly over `rows` (all when there are fewer)."""
+    return rows[::max(1, len(rows) // n)][:n]
+
+
+def prepared_from_photos(photos: Path, out: Path, meta: dict, params_file: Path) -> Path:
+    """The prepare stage (training/prepare.py) on `photos` with params.yaml's split settings, into `out`."""
+    from training.params import load_params
+    from training.prepare import prepare
+
+    params = load_params(params_file)
+    prepare(photos, out, list(meta["classes"]), resize_size=int(meta["resize_size"]),
+            val_ratio=params["prepare"]["val_ratio"], test_ratio=params["prepare"]["test_ratio"],
+            seed=params["prepare"]["seed"], max_pixels=params["data"]["max_image_pixels"])
+    return out
+
+
+# ---- measuring (pure functions below take numbers, not models) ---------------------------------------------
+
+def call_times(fn, x, seconds: float) -> list[float]:
+    """Seconds of each call fn(x) made during `seconds` (at least one call)."""
+    times, began = [], time.perf_counter()
+    with torch.inference_mode():
+        while not times or time.perf_counter() - began < seconds:
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(rounds: list[list[float]], batch: int) -> dict:
+    """Per-call seconds of each round -> median images/s and median p50 ms per call, with every round's value."""
+    per_round = [batch * len(times) / sum(times) for times in rounds]
+    p50 = [statistics.median(times) * 1000 for times in rounds]
+    return {"images_per_s": round(statistics.median(per_round), 1), "p50_ms": round(statistics.median(p50), 2),
+            "rounds_images_per_s": [round(v, 1) for v in per_round], "rounds_p50_ms": [round(v, 2) for v in p50]}
+
+
+def with_ratios(rows: list[dict], reference: str = "torchscript") -> list[dict]:
+    """Each speed row with `vs_torchscript`: its images/s over the reference's at the same mode and batch."""
+    base = {(r["mode"], r["batch_size"]): r["images_per_s"] for r in rows if r["variant"] == reference}
+    out = []
+    for r in rows:
+        ref = base.get((r["mode"], r["batch_size"]))
+        out.append({**r, "vs_torchscript": round(r["images_per_s"] / ref, 2) if ref else None})
+    return out
+
+
+def quality(proba: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, classes: list[str]) -> dict:
+    """Test-split accuracy and log loss of class probabilities, top-1 agreement and the largest probability
+    difference against the reference variant's probabilities."""
+    from training.metrics import classification_metrics
+
+    normalised = proba.double() / proba.double().sum(1, keepdim=True)  # float32 softmax rows sum to 1 +- 1e-7
+    metrics = classification_metrics(labels.numpy(), normalised.numpy(), classes)
+    return {"n": metrics["n"], "accuracy": round(metrics["accuracy"], 4), "log_loss": round(metrics["log_loss"], 4),
+            "agreement": round(float((proba.argmax(1) == reference.argmax(1)).float().mean()), 4),
+            "max_prob_diff": float(f"{float((proba.float() - reference.float()).abs().max()):.2e}")}
+
+
+def probabilities(forward, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([torch.softmax(forward(x[i:i + batch_size]).float(), 1)
+                          for i in range(0, len(x), batch_size)])
+
+
+def selected(engines: list[str]) -> list[str]:
+    """The variants to run in VARIANTS order; torchscript always (the reference)."""
+    return [v for v in VARIANTS if v == "torchscript" or v in engines]
+
+
+# ---- report ------------------------------------------------------------------------------------------------
+
+def packages() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def openvino_info() -> dict | None:
+    if not openvino_available():
+        return None
+    import openvino as ov
+
+    return {"device": ov.Core().get_property("CPU", "FULL_DEVICE_NAME"), "capabilities": sorted(cpu_capabilities())}
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def render(r: dict) -> str:
+    """The docs block (markers included) from a results dict."""
+    ov = r.get("openvino")
+    ov_text = (f"OpenVINO sees {ov['device']} with capabilities {', '.join(ov['capabilities'])}" if ov
+               else "OpenVINO not installed")
+    versions = ", ".join(f"{k} {v or 'not installed'}" for k, v in r["packages"].items())
+    busiest = ", ".join(f"{b['name']} {b['cores']}" for b in r.get("busiest_others", [])) or "none"
+    lines = [START, "## Measured", "",
+             ("Written by `python -m benchmarks.engines` (`make benchmark-engines`); every number below was measured "
+              "by it in one run, variants and batch sizes interleaved round by round. Noisy when the machine is "
+              "shared: see other processes' CPU use."), "",
+             measured_line(r) + f" Busiest others: {busiest}.",
+             f"- {ov_text}. Packages: {versions}.",
+             (f"- {model_line(r['model'])} ({r['model_dir']}); {r['threads']} thread(s) for every engine; "
+              f"{r['rounds']} round(s) of {r['seconds']} s per variant and batch; test split of {r['data']}."),
+             *([(f"- int8: NNCF preset {r['int8']['preset']}, calibrated on {r['int8']['calibration_images']} "
+                "training-split images.")] if r["int8"]["calibration_images"] else []), "",
+             "| variant | status | build s | test accuracy | log loss | top-1 agreement | max prob. difference | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in r["variants"]:
+        q = v.get("test") or {}
+        lines.append(f"| {v['variant']} | {v['status']} | {_num(v.get('build_s'))} | {_num(q.get('accuracy'))} | "
+                     f"{_num(q.get('log_loss'))} | {_num(q.get('agreement'))} | {_num(q.get('max_prob_diff'))} | "
+                     f"{v['reason']} |")
+    n = next((v["test"]["n"] for v in r["variants"] if v.get("test")), 0)
+    lines += ["", (f"Accuracy and log loss on {n} test-split images; agreement and probability difference against "
+              "torchscript."), ""]
+    titles = {"forward": "Forward pass only (a batch of test images, already transformed)",
+              "decode": "With decode: JPEG bytes of test-split images -> decode_image + eval_transform -> forward"}
+    for mode, title in titles.items():
+        rows = [s for s in r["speed"] if s["mode"] == mode]
+        if not rows:
+            continue
+        lines += [f"{title}:", "", ("| variant | batch | images/s (median) | vs torchscript | p50 ms per call | "
+                  "rounds images/s |"), "|---|---|---|---|---|---|"]
+        for s in rows:
+            rounds = ", ".join(str(v) for v in s["rounds_images_per_s"])
+            lines.append(f"| {s['variant']} | {s['batch_size']} | {s['images_per_s']} | "
+                         f"{'n/a' if s['vs_torchscript'] is None else 'x' + str(s['vs_torchscript'])} | {s['p50_ms']} | {rounds} |")
+        lines.append("")
+    lines += [("p50 ms per call at batch 1 is the single-image latency. The decode rows use the prepare stage's "
+               "cached JPEGs (short side = resize_size), so decoding costs less than on full-size photos."), END]
+    return "\n".join(lines)
+
+
+def update_docs(doc: Path, block: str) -> None:
+    """`block` between the markers of `doc` (the rest of the file kept; appended when the markers are missing)."""
+    text = doc.read_text() if doc.exists() else "# Inference engines\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(replace_block(text, START, END, block).rstrip() + "\n")
+    print(f"wrote {doc}")
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"),
+                        help="export stage output: model.pt + model-meta.json (default: %(default)s)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--prepared", type=Path, help="prepare stage output with the test split (default: data/prepared)")
+    data.add_argument("--data", type=Path, help="a folder or archive of labelled photos: prepared into a temporary "
+                      "folder with params.yaml's split settings (use the model's own training data and seed, or its "
+                      "test split holds images it was trained on)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for --data (default: %(default)s)")
+    parser.add_argument("--train-dir", type=Path,
+                        help="training output with best.pt, for aoti (default: <model-dir>/../train)")
+    parser.add_argument("--engines", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="ENGINE",
+                        help=f"variants to run, of {', '.join(VARIANTS)}; torchscript always runs, it is the "
+                        "reference (default: all)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8],
+                        help="forward-only batch sizes (default: %(default)s)")
+    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8],
+                        help="batch sizes with decode (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per variant, batch and round (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="threads of every engine (default: torch's, %(default)s here)")
+    parser.add_argument("--test-images", type=int, help="the first N test-split images only (default: all)")
+    parser.add_argument("--calibration", type=int, default=300, help="training images for int8 (default: 300)")
+    parser.add_argument("--aoti-timeout", type=float, default=600, help="seconds the aoti build may take (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports/engines.json"), help="default: %(default)s")
+    parser.add_argument("--docs", type=Path, default=Path("docs/engines.md"), help="default: %(default)s")
+    parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
+    args = parser.parse_args(argv)
+    reuse_freed_memory()  # as the handler and the other benchmarks do
+    torch.set_num_threads(args.threads)
+    meta = read_metadata(args.model_dir / "model-meta.json")
+    model_file, train_dir = args.model_dir / "model.pt", args.train_dir or args.model_dir.parent / "train"
+    if not model_file.is_file():
+        raise SystemExit(f"{model_file} not found: run `make pipeline` or pass --model-dir")
+    size, classes = int(meta["image_size"]), list(meta["classes"])
+
+    with tempfile.TemporaryDirectory(prefix="engines-") as tmp, CpuWatcher(every=1.0) as watcher:
+        work = Path(tmp)
+        prepared = (prepared_from_photos(args.data, work / "prepared", meta, args.params) if args.data
+                    else args.prepared or Path("data/prepared"))
+        rows = split_rows(prepared, "test", args.test_images)
+        x_test, y_test = transformed(rows, meta)
+        example = x_test[:2] if len(x_test) >= 2 else torch.rand(2, 3, size, size)
+        jpegs = [Path(row["cache"]).read_bytes() for row in rows]
+        int8 = {"preset": "performance", "calibration_images": 0}
+
+        def calibration() -> list:
+            x, _ = transformed(spread(split_rows(prepared, "train"), args.calibration), meta)
+            int8["calibration_images"] = len(x)
+            return [item[None].numpy() for item in x]
+
+        max_batch = max(64, EVAL_BATCH, *args.batches, *args.decode_batches)
+        builders = {
+            "torchscript": lambda: compile_forward(load_torchscript(model_file), example, "torchscript", "f32"),
+            "openvino-f32": lambda: openvino_forward(load_torchscript(model_file), example, "f32"),
+            "openvino-bf16": lambda: openvino_forward(load_torchscript(model_file), example, "bf16"),
+            "openvino-int8": lambda: openvino_int8_forward(load_torchscript(model_file), example, calibration()),
+            "onnxruntime": lambda: onnxruntime_forward(load_torchscript(model_file), example, work / "model.onnx"),
+            "aoti": lambda: aoti_forward(train_dir, load_torchscript(model_file), example, work / "model.pt2",
+                                         max_batch, args.aoti_timeout)}
+        variants = []
+        for name in selected(args.engines):
+            print(f"{name}: building", flush=True)
+            variants.append(build(name, builders))
+            v = variants[-1]
+            took = f" in {v['build_s']} s" if "build_s" in v else ""
+            print(f"{name}: {v['status']}{took} {v['reason']}", flush=True)
+        ready = [v for v in variants if v["forward"] is not None]
+
+        probs = {v["variant"]: probabilities(v["forward"], x_test) for v in ready}
+        for v in ready:
+            v["test"] = quality(probs[v["variant"]], y_test, probs["torchscript"], classes)
+            print(f"{v['variant']}: test {v['test']}", flush=True)
+
+        transform = eval_transform(meta)
+
+        def decoded(forward):
+            return lambda batch: forward(torch.stack([transform(decode_image(data, draft_size=meta["resize_size"]))
+                                                      for data in batch]))
+
+        runs, shapes = {}, []
+        for mode, batches in (("forward", args.batches), ("decode", args.decode_batches)):
+            for b in batches:
+                pick = [i % len(rows) for i in range(b)]
+                for v in ready:
+                    fn = v["forward"] if mode == "forward" else decoded(v["forward"])
+                    runs[v["variant"], mode, b] = (fn, x_test[pick] if mode == "forward" else [jpegs[i] for i in pick])
+                shapes.append((mode, b))
+        samples = interleaved(runs, args.rounds, args.seconds, measure=call_times)
+        speed = with_ratios([{"variant": name, "mode": mode, "batch_size": b, **summarise(values, b)}
+                             for (name, mode, b), values in samples.items()])
+        for s in speed:
+            print(f"{s['variant']:<14} {s['mode']:<8} batch {s['batch_size']:>2} {s['images_per_s']:8.1f} images/s "
+                  f"x{s['vs_torchscript']} p50 {s['p50_ms']} ms", flush=True)
+
+    cpu = watcher.summary
+    report = {**measured(cpu["others_cores"], meta), "busiest_others": cpu["busiest_others"],
+              "model_dir": str(args.model_dir), "data": str(args.data or prepared), "threads": args.threads,
+              "rounds": args.rounds, "seconds": args.seconds, "openvino": openvino_info(), "packages": packages(),
+              "int8": int8,
+              "variants": [{k: v for k, v in variant.items() if k != "forward"} for variant in variants],
+              "speed": speed}
+    save(report, args.out, None, render)
+    print(f"wrote {args.out}")
+    if not args.no_docs:
+        update_docs(args.docs, render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
