@@ -1,6 +1,7 @@
 """Benchmark: the engines that can run the exported model's forward pass on this CPU, measured in one run.
 
-Variants (each fed NCHW float32 batches; every engine runs on torch's thread count, --threads):
+Variants (each fed NCHW uint8 batches as the handler feeds its forward, model.preprocess.eval_geometry's
+output, and normalising them itself as model.engines does; every engine runs on torch's thread count, --threads):
   torchscript    model.engines.compile_forward(..., "torchscript", "f32"): model/runtime.py's fastest TorchScript
                  form, the reference of every ratio and probability difference
   openvino-f32   OpenVINO's CPU plugin, the network converted from model.pt (model.engines, latency hint)
@@ -13,7 +14,7 @@ Variants (each fed NCHW float32 batches; every engine runs on torch's thread cou
                  TorchScript file) through torch.export and aoti_compile_and_package, built in a child process
                  that --aoti-timeout bounds (a cold Inductor cache: the build time is a first build's)
 For each: build time; images/s at every --batches size (forward only) and the p50 time of a call; the same with
-JPEG decode + eval transform (model/preprocess.py) of test-split images at --decode-batches; test-split accuracy,
+JPEG decode + resize/crop (model/preprocess.py) of test-split images at --decode-batches; test-split accuracy,
 log loss, top-1 agreement and largest probability difference against torchscript. A variant that cannot run
 here is a row with the reason, never a failure. Rounds interleave every variant and batch size, so that a slow
 spell of the machine hits all alike; the tables give medians, the JSON every round. The conditions (CPU model
@@ -54,7 +55,7 @@ from model.engines import (
     openvino_model,
 )
 from model.export import read_metadata
-from model.preprocess import decode_image, eval_transform
+from model.preprocess import decode_image, eval_geometry, eval_normalize
 from model.runtime import reuse_freed_memory
 
 VARIANTS = ("torchscript", "openvino-f32", "openvino-bf16", "openvino-int8", "onnxruntime", "aoti")
@@ -80,15 +81,16 @@ def load_torchscript(model_file: Path):
         return torch.jit.load(str(model_file)).eval()
 
 
-def openvino_forward(module, example: torch.Tensor, precision: str):
+def openvino_forward(module, example: torch.Tensor, precision: str, meta: dict):
+    """As the handler serves it: normalisation inside the compiled graph (model.engines.compile_forward)."""
     if not openvino_available():
         raise Skipped("OpenVINO not installed (pip install openvino; requirements.txt pins it)")
     if precision == "bf16" and "BF16" not in cpu_capabilities():
         raise Skipped(f"no native bf16 on this CPU (OpenVINO capabilities: {', '.join(sorted(cpu_capabilities()))})")
-    return compile_forward(module, example, "openvino", precision)
+    return compile_forward(module, example, "openvino", precision, normalize=meta)
 
 
-def openvino_int8_forward(module, example: torch.Tensor, calibration: list) -> object:
+def openvino_int8_forward(module, example: torch.Tensor, calibration: list, meta: dict) -> object:
     """NNCF post-training quantization of the OpenVINO model, preset performance (NNCF's default: symmetric
     weights and activations, the CPU plugin's fast int8 path), compiled with f32 for the layers left in float."""
     if not openvino_available():
@@ -97,20 +99,22 @@ def openvino_int8_forward(module, example: torch.Tensor, calibration: list) -> o
         import nncf
     except ImportError:
         raise Skipped(f"nncf not installed ({BENCH_REQUIREMENTS})") from None
-    quantized = nncf.quantize(openvino_model(module, example), nncf.Dataset(calibration),
+    quantized = nncf.quantize(openvino_model(module, eval_normalize(meta)(example), meta), nncf.Dataset(calibration),
                               preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
     return compile_openvino(quantized, "f32")
 
 
-def onnxruntime_forward(module, example: torch.Tensor, path: Path):
+def onnxruntime_forward(module, example: torch.Tensor, path: Path, meta: dict):
     """model.pt through the TorchScript ONNX exporter (opset 17, batch dynamic), the file checked by onnx.checker,
-    an ONNX Runtime CPU session on torch's thread count; checked against the module on `example` (1e-3 of the
-    largest logit)."""
+    an ONNX Runtime CPU session on torch's thread count; checked against the module on `example` (1e-3 relative
+    L2 error per sample). Normalisation in torch before the session."""
     try:
         import onnx
         import onnxruntime
     except ImportError as exc:
         raise Skipped(f"{exc.name} not installed ({BENCH_REQUIREMENTS})") from None
+    to_float = eval_normalize(meta)
+    example = to_float(example)
     with torch.no_grad():
         expected = module(example).float()
     with warnings.catch_warnings():
@@ -123,16 +127,16 @@ def onnxruntime_forward(module, example: torch.Tensor, path: Path):
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"input": x.detach().contiguous().numpy()})[0])
+        return torch.from_numpy(session.run(None, {"input": to_float(x).contiguous().numpy()})[0])
 
     check_agreement(forward(example), expected, 1e-3, "ONNX Runtime")
-    return forward
+    return lambda x: forward(to_float(x))
 
 
 def aoti_forward(train_dir: Path, reference, example: torch.Tensor, package: Path, max_batch: int,
-                 timeout: float):
+                 timeout: float, meta: dict):
     """The AOTInductor package built by a child process (build_aoti_package), loaded here; checked against the
-    TorchScript `reference` on `example` (1e-3 of the largest logit: the checkpoint is model.pt's network)."""
+    TorchScript `reference` on `example` (1e-3 relative L2 error per sample: the checkpoint is model.pt's network)."""
     from training.train import CHECKPOINT
 
     if not (train_dir / CHECKPOINT).is_file():
@@ -145,9 +149,10 @@ def aoti_forward(train_dir: Path, reference, example: torch.Tensor, package: Pat
                str(torch.get_num_threads()), str(package.resolve())]
     run_bounded(command, timeout, env)
     loaded = torch._inductor.aoti_load_package(str(package))
+    to_float = eval_normalize(meta)
     with torch.no_grad():
-        expected = reference(example).float()
-    forward = lambda x: loaded(x.contiguous())
+        expected = reference(to_float(example)).float()
+    forward = lambda x: loaded(to_float(x).contiguous())
     check_agreement(forward(example), expected, 1e-3, "AOTInductor")
     return forward
 
@@ -219,10 +224,10 @@ def split_rows(prepared: Path, split: str, limit: int | None = None) -> list[dic
 
 
 def transformed(rows: list[dict], meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eval-transformed images N x 3 x S x S, class indices) of manifest rows, as the evaluate stage reads them."""
+    """(uint8 images N x 3 x S x S resized and cropped as the handler does, class indices) of manifest rows."""
     from training.dataset import CachedImages
 
-    data = CachedImages(rows, list(meta["classes"]), eval_transform(meta), desc="load")
+    data = CachedImages(rows, list(meta["classes"]), eval_geometry(meta), desc="load")
     return torch.stack([data[i][0] for i in range(len(data))]), torch.tensor(data.targets)
 
 
@@ -348,8 +353,8 @@ def render(r: dict) -> str:
     n = next((v["test"]["n"] for v in r["variants"] if v.get("test")), 0)
     lines += ["", (f"Accuracy and log loss on {n} test-split images; agreement and probability difference against "
               "torchscript."), ""]
-    titles = {"forward": "Forward pass only (a batch of test images, already transformed)",
-              "decode": "With decode: JPEG bytes of test-split images -> decode_image + eval_transform -> forward"}
+    titles = {"forward": "Forward pass only (a batch of test images, resized and cropped; the forward normalises)",
+              "decode": "With decode: JPEG bytes of test-split images -> decode_image + resize/crop -> forward"}
     for mode, title in titles.items():
         rows = [s for s in r["speed"] if s["mode"] == mode]
         if not rows:
@@ -420,7 +425,7 @@ def main(argv=None) -> int:
                     else args.prepared or Path("data/prepared"))
         rows = split_rows(prepared, "test", args.test_images)
         x_test, y_test = transformed(rows, meta)
-        example = x_test[:2] if len(x_test) >= 2 else torch.rand(2, 3, size, size)
+        example = x_test[:2] if len(x_test) >= 2 else torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
         jpegs = [Path(row["cache"]).read_bytes() for row in rows]
         int8 = {"preset": "performance", "calibration_images": 0}
 
@@ -431,13 +436,15 @@ def main(argv=None) -> int:
 
         max_batch = max(64, EVAL_BATCH, *args.batches, *args.decode_batches)
         builders = {
-            "torchscript": lambda: compile_forward(load_torchscript(model_file), example, "torchscript", "f32"),
-            "openvino-f32": lambda: openvino_forward(load_torchscript(model_file), example, "f32"),
-            "openvino-bf16": lambda: openvino_forward(load_torchscript(model_file), example, "bf16"),
-            "openvino-int8": lambda: openvino_int8_forward(load_torchscript(model_file), example, calibration()),
-            "onnxruntime": lambda: onnxruntime_forward(load_torchscript(model_file), example, work / "model.onnx"),
+            "torchscript": lambda: compile_forward(load_torchscript(model_file), example, "torchscript", "f32",
+                                                   normalize=meta),
+            "openvino-f32": lambda: openvino_forward(load_torchscript(model_file), example, "f32", meta),
+            "openvino-bf16": lambda: openvino_forward(load_torchscript(model_file), example, "bf16", meta),
+            "openvino-int8": lambda: openvino_int8_forward(load_torchscript(model_file), example, calibration(), meta),
+            "onnxruntime": lambda: onnxruntime_forward(load_torchscript(model_file), example, work / "model.onnx",
+                                                       meta),
             "aoti": lambda: aoti_forward(train_dir, load_torchscript(model_file), example, work / "model.pt2",
-                                         max_batch, args.aoti_timeout)}
+                                         max_batch, args.aoti_timeout, meta)}
         variants = []
         for name in selected(args.engines):
             print(f"{name}: building", flush=True)
@@ -452,7 +459,7 @@ def main(argv=None) -> int:
             v["test"] = quality(probs[v["variant"]], y_test, probs["torchscript"], classes)
             print(f"{v['variant']}: test {v['test']}", flush=True)
 
-        transform = eval_transform(meta)
+        transform = eval_geometry(meta)
 
         def decoded(forward):
             return lambda batch: forward(torch.stack([transform(decode_image(data, draft_size=meta["resize_size"]))
