@@ -37,6 +37,17 @@ GRPC_PORTS = (7070, 7071)
 LOOPBACK = "127.0.0.1"
 DEFAULT_URLS = {api: f"http://{LOOPBACK}:{port}" for api, port in PORTS.items()}
 
+# --- the serving container (Dockerfile, docker/entrypoint.py, deploy/k8s) -----------------------------
+# torch.set_num_threads of every worker; the handler reads it, docker/entrypoint.py sets it from the CPU limit.
+TORCH_THREADS_ENV = "CATSDOGS_TORCH_THREADS"
+# The frontend's JVM heap the entrypoint sets (vmargs) when the config sets none: a quarter of the container's
+# memory limit, within these bounds (MiB); the rest of the limit is for the Python workers (the model).
+JVM_HEAP_MB = (256, 1024)
+# The gateway in front of several replicas (deploy/k8s/gateway-*.yaml): clients send its token (a Secret), it
+# answers 401 without one; replicas behind it run without TorchServe's per-process keys. Its port is the
+# inference port, so clients change only the host name (Service catsdogs-gateway).
+GATEWAY_PORT = PORTS["inference"]
+
 # --- input limits (defaults; handler/model-config.yaml `handler:` and params.yaml data.max_image_pixels
 #     are the knobs, tests/test_contract.py checks they agree with these) ---------------------------------
 MAX_IMAGE_PIXELS = 40_000_000                # width x height above which a decode is refused (bomb guard)
@@ -73,6 +84,12 @@ def model_name(params: dict | None = None) -> str:
     if not name or not isinstance(name, str):
         raise ContractError(f"{PARAMS_FILE}: serve.model_name is not set; add `serve: {{model_name: <name>}}`")
     return name
+
+
+def load_models_names(load_models: str) -> list[str]:
+    """Model names of a TorchServe load_models value ("catsdogs=catsdogs.mar,b.mar" -> catsdogs, b; ALL -> [])."""
+    return [m.split("=", 1)[0].strip().removesuffix(".mar") for m in load_models.split(",")
+            if m.strip() and m.strip().lower() != "all"]
 
 
 def archive_path(name: str | None = None, store: Path | str = MODEL_STORE) -> Path:
@@ -236,5 +253,6 @@ def add_server_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         help=f"TorchServe {KEY_FILE} (default <run-dir>/{KEY_FILE}, env CATSDOGS_KEY_FILE)")
     parser.add_argument("--no-token", action="store_true", help="the server runs without token authorization")
     parser.add_argument("--model-name", "--model", dest="model_name", default=None,
-                        help="model name (default params.yaml serve.model_name)")
+                        help=f"model name (default: the first model of the run directory's {SERVE_STATE_FILE}, "
+                             f"else params.yaml serve.model_name)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")

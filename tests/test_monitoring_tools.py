@@ -51,7 +51,7 @@ def test_rule_unit_tests_pass_and_cover_error_ratio_and_drift_alerts(promtool):
     tests = yaml.safe_load((MONITORING / "tests" / "alerts_test.yml").read_text())
     tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
     assert {"CatsdogsHigh5xxRatio", "CatsdogsHigh4xxRatio", "CatsdogsPredictionShareDrift",
-            "CatsdogsConfidenceDrop"} <= tested
+            "CatsdogsConfidenceDrop", "CatsdogsMemoryNearLimit"} <= tested
     result = run([promtool, "test", "rules", "alerts_test.yml"], cwd=MONITORING / "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
