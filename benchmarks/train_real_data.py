@@ -74,8 +74,16 @@ def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
     from benchmarks import serving
 
     cfg = serving.committed_config()
-    with tempfile.TemporaryDirectory(prefix="bench-real-serve-") as tmp:
-        rows = serving.run_served(model_dir, data, cfg, {}, {}, [1, 16], seconds, Path(tmp))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-real-serve-") as tmp, \
+            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (state, url, token, _):
+        body = Path(tmp) / "payload.jpg"
+        body.write_bytes(data)
+        serving.run_wrk(url, token, body, 4, 10)  # warm-up: the frontend's JIT compiler, the worker's first batches
+        for connections in (1, 16):
+            with CpuWatcher(roots=[state["pid"]], every=1.0) as watcher:
+                row = serving.run_wrk(url, token, body, connections, seconds)
+            rows.append({**row, "others_cores": watcher.summary["others_cores"]})
     keep = ("concurrency", "requests_per_s", "p50_ms", "p99_ms", "failed", "others_cores")
     return {"config": cfg, "seconds": seconds, "runs": [{k: r[k] for k in keep} for r in rows]}
 
@@ -246,7 +254,9 @@ def render(runs: list[dict]) -> str:
         c = r["conditions"]
         lines.append(f"- **{r['label']}**: {c['cpu']}, {c['logical_cpus']} logical CPUs, {c['torch_threads']} torch "
                      f"threads, GPU {c['gpu']}; overrides {r['overrides'] or 'none'}; best epoch "
-                     f"{r['summary'].get('best_epoch')} of {r['summary'].get('epochs_run')}; precision / recall "
+                     f"{r['summary'].get('best_epoch')} of {r['summary'].get('epochs_run')}; "
+                     + (f"frozen-trunk pass {r['summary']['trunk_seconds']} s on {r['summary']['trunk_engine']}; "
+                        if "trunk_seconds" in r["summary"] else "") + "precision / recall "
                      f"{r['test']['precision']:.4f} / {r['test']['recall']:.4f}; model {r['model_version']}"
                      + served_note(r) + ".")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-# Deploy (issue 4): swap model versions on a running TorchServe with gates and instant rollback.
+# Deploy: swap model versions on a running TorchServe with gates and instant rollback.
 # Against the server of `make serve` (.serve/serve.json), another run dir (DEPLOY_RUN_DIR=...), or
 # explicit URLs from the environment (CATSDOGS_MANAGEMENT_URL, CATSDOGS_INFERENCE_URL,
 # CATSDOGS_KEY_FILE, CATSDOGS_MODEL_STORE). See docs/deploy-versions.md.

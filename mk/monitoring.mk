@@ -1,4 +1,4 @@
-# Monitoring (issue 6): Prometheus rules and config checks, live evaluation, drift. See docs/monitoring.md.
+# Monitoring: Prometheus rules and config checks, live evaluation, drift. See docs/monitoring.md.
 PROMTOOL ?= promtool
 MONITOR_IMAGES ?= $(shell $(PY) -c 'from catsdogs.contract import SHARED_PHOTOS; print(SHARED_PHOTOS)' 2>/dev/null)
 MONITOR_SAMPLE ?= 200

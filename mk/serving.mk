@@ -1,4 +1,4 @@
-# Serving (issue 3): build the .mar, run TorchServe in the background, check readiness, benchmark.
+# Serving: build the .mar, run TorchServe in the background, check readiness, benchmark.
 SERVE_ARGS ?=
 
 .PHONY: mar serve stop ready token benchmark-serving benchmark-engines

@@ -147,7 +147,7 @@ def compile_openvino(ov_model, precision: str, threads: int = 0) -> OpenVinoForw
 
 
 def compile_forward(module, example: torch.Tensor, engine: str, precision: str, rtol: float | None = None,
-                    normalize: dict | None = None):
+                    normalize: dict | None = None, converted: dict | None = None):
     """A callable forward of `module` on `engine` at `precision`: NCHW batch -> outputs (float32).
 
     Without `normalize` it takes float batches like `example`. With `normalize` (model-meta.json's mean/std) it
@@ -157,7 +157,8 @@ def compile_forward(module, example: torch.Tensor, engine: str, precision: str, 
     openvino: converted and compiled here. Checked on `example` (best a real batch) against the module
     (check_agreement): within `rtol`, by default 1e-3 for f32 and 0.25 for bf16, which catches a broken conversion
     but not a small loss of accuracy: whether a precision is accurate enough to serve is the export's test-split
-    gate (training/export.py); callers that need closer agreement pass a smaller rtol. EngineError otherwise."""
+    gate (training/export.py); callers that need closer agreement pass a smaller rtol. EngineError otherwise.
+    `converted`: a dict the caller keeps to reuse one OpenVINO conversion when it tries several precisions."""
     from model.preprocess import eval_normalize
     from model.runtime import channels_last, for_cpu_inference
 
@@ -172,7 +173,10 @@ def compile_forward(module, example: torch.Tensor, engine: str, precision: str, 
         raise EngineError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     with torch.no_grad():
         expected = module.eval()(example_float).float()
-    forward = compile_openvino(openvino_model(module, example_float, normalize), precision)
+    converted = {} if converted is None else converted
+    if "openvino" not in converted:
+        converted["openvino"] = openvino_model(module, example_float, normalize)
+    forward = compile_openvino(converted["openvino"], precision)
     rtol = rtol if rtol is not None else 1e-3 if precision == "f32" else 0.25
     check_agreement(forward(example), expected, rtol, f"OpenVINO {precision}")
     return forward

