@@ -200,6 +200,8 @@ def serving_forward(model, meta: dict, device: torch.device, optimize: bool, ask
         raise RuntimeError(f"building the {engine} {precision} forward pass failed ({exc}); set serve.engine: "
                            "torchscript in params.yaml (or CATSDOGS_ENGINE=torchscript for the workers), or "
                            "handler.optimize: false in model-config.yaml") from exc
+    if engine == "openvino":
+        engines.leave_cores_to_openvino()
     return forward, engine, precision, reason
 
 

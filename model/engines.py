@@ -146,6 +146,16 @@ def compile_openvino(ov_model, precision: str, threads: int = 0) -> OpenVinoForw
     return OpenVinoForward(ov.Core().compile_model(ov_model, "CPU", config), precision)
 
 
+def leave_cores_to_openvino() -> int:
+    """One torch thread from now on (returns the previous count): once OpenVINO's compiled model has its threads,
+    torch only runs the preprocessing, and OpenMP threads of torch's that wait for work by spinning would compete
+    with OpenVINO's for the cores (measured on 2 cores: a decode + resize + bf16 forward of one photo took 7.4 ms
+    p50 with torch's 2 threads beside OpenVINO's, 3.8 ms with one; docs/engines.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return before
+
+
 def compile_forward(module, example: torch.Tensor, engine: str, precision: str, rtol: float | None = None,
                     normalize: dict | None = None, converted: dict | None = None):
     """A callable forward of `module` on `engine` at `precision`: NCHW batch -> outputs (float32).

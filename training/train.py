@@ -207,10 +207,12 @@ def train_finetune(trainer: Trainer, params: dict, meta: dict, rows: dict, gener
     example = first_batch(rows["train"], meta, min(batch, 8)).to(ctx.device)
     trunk, engine = trunk_forward(trunk, example, meta, ctx.device, str(cfg.get("trunk_engine", "auto")),
                                   float(cfg.get("trunk_tolerance", TRUNK_TOLERANCE)))
+    threads = engines.leave_cores_to_openvino() if engine.startswith("openvino") else torch.get_num_threads()
     train_x, train_y = cache_outputs(trunk, rows["train"], classes, meta, ctx, mirror=bool(cfg.get("hflip", True)),
                                      batch_size=batch, desc="frozen trunk: train")
     val_x, val_y = cache_outputs(trunk, rows["val"], classes, meta, ctx, mirror=False, batch_size=batch,
                                  desc="frozen trunk: val")
+    torch.set_num_threads(threads)  # the classifier trains in torch
     trainer.trunk = {"trunk_engine": engine, "trunk_seconds": round(time.time() - t0, 1)}
     if ctx.is_main:
         print(f"frozen trunk outputs {tuple(train_x.shape[1:])} for {len(train_x)} train / {len(val_x)} val "
