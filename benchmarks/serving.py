@@ -3,7 +3,7 @@ in one Python process, and a version swap under load.
 
 Engines (--engines): `torchscript` and `auto` (what the archive serves by default on this machine: OpenVINO, bf16
 where native; model/engines.py), each set for the workers with CATSDOGS_ENGINE / CATSDOGS_PRECISION.
-In-process: the repo's decode + eval transform + the engine's forward (the handler's serving_forward) on one JPEG,
+In-process: the repo's decode + resize/crop + the engine's forward (the handler's serving_forward) on one JPEG,
 in a loop for a fixed time, at batch 1 (latency per image) and batch 8 (throughput). Served: a .mar built from
 the export directory with handler/model-config.yaml (or the W:T:B:D variants given), one TorchServe per engine
 started with the repo's config.properties on free loopback ports (plus any --set overrides), and `wrk` (a C load
@@ -252,8 +252,11 @@ def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict
         steady_row = run_wrk(url, token, body, connections, steady)
         where = ["--run-dir", str(work / "run"), "--model-store", str(store),
                  "--tracking-uri", f"sqlite:///{work / 'no-registry.db'}"]
-        # the deploy's own golden set (test split of the prepare output) when there is one, else drawn cartoons
-        golden = [] if (REPO_ROOT / DeployOptions.prepared).is_dir() else ["--synthetic-golden"]
+        # the golden set: the test split the model was trained with (beside the model in benchmark work folders,
+        # else the repository's prepare output), else drawn cartoons
+        prepared = next((p for p in (model_dir.parent / "prepared", REPO_ROOT / DeployOptions.prepared) if p.is_dir()),
+                        None)
+        golden = ["--prepared", str(prepared)] if prepared else ["--synthetic-golden"]
         load = subprocess.Popen(wrk_command(url, connections, 900), stdout=subprocess.PIPE, text=True,
                                 env=wrk_env(token, body))
         steps = {}
@@ -401,7 +404,7 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
              "(median of a configuration's rounds), per served run in the table."),
              (f"- Engines (model/engines.py): `auto` = what the archive serves by default here; OpenVINO's CPU "
               f"capabilities: {', '.join(report['capabilities']) or 'OpenVINO not installed'}."),
-             "", ("In-process (decode + eval transform + the engine's forward as the handler builds it, one Python "
+             "", ("In-process (decode + resize/crop + the engine's forward as the handler builds it, one Python "
              "process; latency per forward):"),
              "", "| engine | runs on | torch threads | batch | images/s | p50 ms | p95 ms | p99 ms |",
              "|---|---|---|---|---|---|---|---|"]
