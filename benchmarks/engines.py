@@ -14,7 +14,8 @@ output, and normalising them itself as model.engines does; every engine runs on 
                  TorchScript file) through torch.export and aoti_compile_and_package, built in a child process
                  that --aoti-timeout bounds (a cold Inductor cache: the build time is a first build's)
 For each: build time; images/s at every --batches size (forward only) and the p50 time of a call; the same with
-JPEG decode + resize/crop (model/preprocess.py) of test-split images at --decode-batches; test-split accuracy,
+JPEG decode + resize/crop (model/preprocess.py) of test-split images at --decode-batches (torch on one thread
+beside OpenVINO, as the handler runs it); test-split accuracy,
 log loss, top-1 agreement and largest probability difference against torchscript. A variant that cannot run
 here is a row with the reason, never a failure. Rounds interleave every variant and batch size, so that a slow
 spell of the machine hits all alike; the tables give medians, the JSON every round. The conditions (CPU model
@@ -114,12 +115,12 @@ def onnxruntime_forward(module, example: torch.Tensor, path: Path, meta: dict):
     except ImportError as exc:
         raise Skipped(f"{exc.name} not installed ({BENCH_REQUIREMENTS})") from None
     to_float = eval_normalize(meta)
-    example = to_float(example)
+    example_float = to_float(example)
     with torch.no_grad():
-        expected = module(example).float()
+        expected = module(example_float).float()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+        torch.onnx.export(module, (example_float,), str(path), dynamo=False, opset_version=17, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     onnx.checker.check_model(str(path), full_check=True)
     options = onnxruntime.SessionOptions()
@@ -130,7 +131,7 @@ def onnxruntime_forward(module, example: torch.Tensor, path: Path, meta: dict):
         return torch.from_numpy(session.run(None, {"input": to_float(x).contiguous().numpy()})[0])
 
     check_agreement(forward(example), expected, 1e-3, "ONNX Runtime")
-    return lambda x: forward(to_float(x))
+    return forward
 
 
 def aoti_forward(train_dir: Path, reference, example: torch.Tensor, package: Path, max_batch: int,
@@ -461,16 +462,26 @@ def main(argv=None) -> int:
 
         transform = eval_geometry(meta)
 
-        def decoded(forward):
-            return lambda batch: forward(torch.stack([transform(decode_image(data, draft_size=meta["resize_size"]))
-                                                      for data in batch]))
+        def decoded(forward, torch_threads: int):
+            """Decode + resize/crop on `torch_threads` torch threads, then the forward: beside OpenVINO one,
+            as the handler runs it (model.engines.leave_cores_to_openvino)."""
+            def run(batch):
+                before = torch.get_num_threads()
+                torch.set_num_threads(torch_threads)
+                try:
+                    return forward(torch.stack([transform(decode_image(data, draft_size=meta["resize_size"]))
+                                                for data in batch]))
+                finally:
+                    torch.set_num_threads(before)
+            return run
 
         runs, shapes = {}, []
         for mode, batches in (("forward", args.batches), ("decode", args.decode_batches)):
             for b in batches:
                 pick = [i % len(rows) for i in range(b)]
                 for v in ready:
-                    fn = v["forward"] if mode == "forward" else decoded(v["forward"])
+                    threads = 1 if v["variant"].startswith("openvino") else args.threads
+                    fn = v["forward"] if mode == "forward" else decoded(v["forward"], threads)
                     runs[v["variant"], mode, b] = (fn, x_test[pick] if mode == "forward" else [jpegs[i] for i in pick])
                 shapes.append((mode, b))
         samples = interleaved(runs, args.rounds, args.seconds, measure=call_times)

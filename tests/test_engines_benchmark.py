@@ -2,6 +2,7 @@
 (no speed is asserted anywhere)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -139,11 +140,13 @@ def test_end_to_end_on_a_tiny_model(tmp_path):
     out, doc = tmp_path / "engines.json", tmp_path / "engines.md"
     assert engines.main(["--model-dir", str(model_dir), "--prepared", str(prepared), "--seconds", "0.2",
                          "--rounds", "1", "--batches", "1", "--decode-batches", "1", "--engines", "torchscript",
-                         "openvino-f32", "--out", str(out), "--docs", str(doc)]) == 0
+                         "openvino-f32", "onnxruntime", "--out", str(out), "--docs", str(doc)]) == 0
     r = json.loads(out.read_text())
     variants = {v["variant"]: v for v in r["variants"]}
-    assert list(variants) == ["torchscript", "openvino-f32"]
-    expected = {"torchscript": "built", "openvino-f32": "built" if engines.openvino_available() else "skipped"}
+    assert list(variants) == ["torchscript", "openvino-f32", "onnxruntime"]
+    has_ort = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    expected = {"torchscript": "built", "openvino-f32": "built" if engines.openvino_available() else "skipped",
+                "onnxruntime": "built" if has_ort else "skipped"}
     assert {name: v["status"] for name, v in variants.items()} == expected
     for v in variants.values():
         if v["status"] == "built":     # the red-vs-blue model gets its whole test split right
