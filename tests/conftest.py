@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_TAR = SHARED_PHOTOS  # ../shared/data/dogs-vs-cats-10k.tar, next to the repository
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """torch's thread count is process-wide, and building an OpenVINO forward drops it to one
+    (model.engines.leave_cores_to_openvino): each test gets the count the previous one started with."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def image_bytes(color=(200, 40, 40), size=(64, 48), fmt="JPEG", mode="RGB", **save_kwargs) -> bytes:
     img = Image.new("RGB", size, color)
     if mode != "RGB":

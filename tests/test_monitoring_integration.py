@@ -26,6 +26,7 @@ import requests
 import torch
 import yaml
 
+from model import engines
 from model.export import META_FILE, read_metadata
 from model.preprocess import decode_image, eval_transform
 from model.runtime import channels_last, for_cpu_inference
@@ -48,7 +49,13 @@ def served(synthetic_model, tmp_path_factory):
     """TorchServe on free ports with the synthetic model and monitoring/log4j2.xml; yields a dict."""
     model_dir, prepared = synthetic_model
     work = tmp_path_factory.mktemp("monitor-serve")
-    state = serve_model_dir(model_dir, work, extra={"vmargs": f"-Dlog4j.configurationFile={LOG4J.as_uri()}"})
+    # f32, so that served answers are the offline model's to 1e-6 and live and offline accuracies can be compared
+    # exactly (a bf16 server may flip an image or two, within the export gate; that is not what these tests check)
+    os.environ[engines.PRECISION_ENV] = "f32"
+    try:
+        state = serve_model_dir(model_dir, work, extra={"vmargs": f"-Dlog4j.configurationFile={LOG4J.as_uri()}"})
+    finally:
+        del os.environ[engines.PRECISION_ENV]
     test_rows = read_manifest(prepared, "test")
     images = work / "test-images"   # the held-out originals, in their class folders
     for row in test_rows:
