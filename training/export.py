@@ -23,6 +23,7 @@ from model.preprocess import eval_geometry, eval_normalize, eval_transform
 from monitoring.drift import baseline_from_predictions, summarise
 from training import tracking
 from training.dataset import load_uint8
+from training.metrics import classification_metrics
 from training.prepare import read_manifest, read_stats
 from training.train import load_trained
 
@@ -56,19 +57,20 @@ def test_batches(prepared_dir: Path, meta: dict, batch_size: int = 64):
 
 def test_scores(forwards: dict, prepared_dir: Path, meta: dict) -> dict:
     """name -> {"accuracy", "log_loss"} of each forward (uint8 NCHW batch -> logits, as model.engines.compile_forward
-    builds them with normalize=meta) on the test split, every batch decoded once for all of them."""
-    correct, loss, seen = dict.fromkeys(forwards, 0), dict.fromkeys(forwards, 0.0), 0
+    builds them with normalize=meta) on the test split, every batch decoded once for all of them; the metrics are
+    training.metrics.classification_metrics', as the evaluate stage reports them."""
+    probs, labels = {name: [] for name in forwards}, []
     with torch.inference_mode():
         for x, y in test_batches(prepared_dir, meta):
             for name, forward in forwards.items():
-                logits = forward(x).float()
-                correct[name] += int((logits.argmax(1) == y).sum())
-                probs = torch.softmax(logits, 1).clamp_min(1e-7)
-                loss[name] += float(-probs.gather(1, y[:, None]).log().sum())
-            seen += len(y)
-    seen = max(1, seen)
-    return {name: {"accuracy": round(correct[name] / seen, 5), "log_loss": round(loss[name] / seen, 5)}
-            for name in forwards}
+                probs[name].append(torch.softmax(forward(x).double(), 1))
+            labels.append(y)
+    y = torch.cat(labels).numpy()
+    scores = {}
+    for name, parts in probs.items():
+        m = classification_metrics(y, torch.cat(parts).numpy(), list(meta["classes"]))
+        scores[name] = {"accuracy": round(m["accuracy"], 5), "log_loss": round(m["log_loss"], 5)}
+    return scores
 
 
 def on_uint8(module, meta: dict):
