@@ -202,7 +202,8 @@ def record(args, work: Path, result: dict) -> int:
 
 def recipe(r: dict) -> str:
     m, t = r["model"], r["train"]
-    text = f"{m['arch']} @ {m['image_size']} px, weights {m.get('pretrained')}, {t.get('recipe', 'scratch')}"
+    text = (f"{m['arch']} @ {m['image_size']} px, weights {m.get('pretrained')}, {t.get('recipe', 'scratch')}"
+            + (", mirror TTA" if m.get("tta", "none") != "none" else ""))
     if t.get("recipe") == "finetune":
         text += (f": head {t['head_epochs']} ep, last {t['finetune_blocks']} stages {t['finetune_epochs']} ep"
                  f"{', mirror cached' if t.get('hflip', True) else ''}")

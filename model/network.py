@@ -119,6 +119,31 @@ def split_model(net: nn.Module, blocks: int) -> tuple[nn.Sequential, nn.Sequenti
     return nn.Sequential(*trunk), nn.Sequential(*body), head
 
 
+class MirrorAverage(nn.Module):
+    """Mirror test-time augmentation (params.yaml model.tta: mirror): `net` runs on the image and its mirror image
+    in one batch; softmax of the output is the mean of the two softmax outputs (it returns the log of that mean),
+    so every consumer that applies softmax to logits gets the averaged probabilities. Twice the forward work."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(self.net(torch.cat([x, x.flip(-1)])).float(), dim=1)
+        plain, mirrored = probabilities.chunk(2)
+        return torch.log((plain + mirrored) / 2)
+
+
+TTA = ("none", "mirror")
+
+
+def with_tta(net: nn.Module, tta: str) -> nn.Module:
+    """`net` as evaluated and served under params.yaml model.tta (none | mirror)."""
+    if tta not in TTA:
+        raise ValueError(f"model.tta must be one of {', '.join(TTA)}, not {tta!r}")
+    return MirrorAverage(net) if tta == "mirror" else net
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 

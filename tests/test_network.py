@@ -9,7 +9,7 @@ from model.export import (
     to_torchscript,
     write_metadata,
 )
-from model.network import build_model
+from model.network import build_model, with_tta
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0",
@@ -47,3 +47,25 @@ def test_parity_check_detects_a_different_model():
         b.fc.bias += 5
     with pytest.raises(RuntimeError, match="differs"):
         check_parity(a, torch.jit.trace(b, torch.randn(1, 3, 32, 32)), torch.randn(2, 3, 32, 32))
+
+
+def test_mirror_tta_averages_the_probabilities_of_the_image_and_its_mirror():
+    net = build_model("resnet18", 2).eval()
+    tta = with_tta(net, "mirror").eval()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = (torch.softmax(net(x), 1) + torch.softmax(net(x.flip(-1)), 1)) / 2
+        got = torch.softmax(tta(x), 1)
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert torch.allclose(torch.softmax(tta(x.flip(-1)), 1), got, atol=1e-6)  # mirror-invariant by design
+    assert with_tta(net, "none") is net
+    with pytest.raises(ValueError, match="model.tta"):
+        with_tta(net, "rotate")
+
+
+def test_mirror_tta_survives_torchscript_export():
+    net = with_tta(build_model("resnet18", 2).eval(), "mirror").eval()
+    x = torch.rand(2, 3, 64, 64)
+    scripted = to_torchscript(net, x)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)

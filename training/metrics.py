@@ -26,6 +26,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
     y_pred = proba.argmax(axis=1)
+    clipped = np.clip(proba, 1e-7, 1)  # a probability of exactly 0 would make the log loss infinite
+    clipped /= clipped.sum(axis=1, keepdims=True)
     labels = list(range(len(classes)))
     binary = len(classes) == 2
     average = "binary" if binary else "macro"
@@ -37,7 +39,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
         "roc_auc": (float(skm.roc_auc_score(y_true, proba[:, 1] if binary else proba, multi_class="ovr"))
                     if both_present else float("nan")),
-        "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-7, 1), labels=labels)),
+        "log_loss": float(skm.log_loss(y_true, clipped, labels=labels)),
         "ece": expected_calibration_error(y_true, proba),
         "n": len(y_true),
     }

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import yaml
 
+from model.network import TTA
 from model.weights import SOURCES as SOURCES_OF_WEIGHTS
 from model.weights import normalization
 
@@ -54,6 +55,8 @@ def check_params(params: dict, where: Path | str = "params.yaml") -> None:
                           f"{', '.join(SOURCES_OF_WEIGHTS)} (see model/weights.py)")
     if model["pretrained"] == "file" and not model.get("weights_file"):
         raise ParamsError(f"{where}: model.pretrained: file needs model.weights_file (a state-dict .pth file)")
+    if model.get("tta", "none") not in TTA:
+        raise ParamsError(f"{where}: model.tta={model['tta']!r}; use one of {', '.join(TTA)}")
     recipe = params["train"]["recipe"]
     if recipe not in RECIPE_KEYS:
         raise ParamsError(f"{where}: train.recipe={recipe!r}; use one of {', '.join(RECIPE_KEYS)}")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model import engines
-from model.network import build_model, count_parameters, split_model
+from model.network import build_model, count_parameters, split_model, with_tta
 from model.preprocess import eval_geometry, eval_transform, train_transform
 from training import devices, tracking
 from training.dataset import CachedImages, load_uint8
@@ -342,7 +342,8 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 def load_trained(train_dir: Path) -> tuple[nn.Module, dict]:
-    """(eval-mode float32 network, preprocessing meta) rebuilt from best.pt's own config, not today's params.yaml."""
+    """(eval-mode float32 network as evaluated and served, with the test-time augmentation of model.tta; preprocessing
+    meta) rebuilt from best.pt's own config, not today's params.yaml."""
     path = Path(train_dir) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m training train` first")
@@ -354,4 +355,4 @@ def load_trained(train_dir: Path) -> tuple[nn.Module, dict]:
             "recipe": checkpoint["recipe"]}
     net = build_model(model["arch"], len(meta["classes"]), pretrained="none")
     net.load_state_dict(checkpoint["state_dict"])
-    return net.eval(), meta
+    return with_tta(net, str(model.get("tta", "none"))).eval(), meta
