@@ -35,11 +35,11 @@ open(f"{sys.argv[1]}/params.yaml", "w").write(yaml.safe_dump(params, sort_keys=F
 EOF
 P=(--params "$WORK/params.yaml")
 
-step "1. train the synthetic default on CUDA with AMP, evaluate, export"
+step "1. train the synthetic default on $DEVICE with AMP, evaluate, export"
 "$PY" -m training "${P[@]}" synthesize --out "$WORK/synthetic"
 "$PY" -m training "${P[@]}" prepare --source "$WORK/synthetic" --out "$WORK/prepared"
 "$PY" -m training "${P[@]}" train --prepared "$WORK/prepared" --out "$WORK/train" | tee "$WORK/train.log"
-grep -q "device $DEVICE" "$WORK/train.log" || { echo "FAIL: training did not run on CUDA"; exit 1; }
+grep -q "device $DEVICE" "$WORK/train.log" || { echo "FAIL: training did not run on $DEVICE"; exit 1; }
 ! gpu || grep -Eq "amp (bfloat16|float16)" "$WORK/train.log" || { echo "FAIL: training did not use AMP"; exit 1; }
 "$PY" -m training "${P[@]}" evaluate --prepared "$WORK/prepared" --train-dir "$WORK/train" --out "$WORK/eval"
 "$PY" -m training "${P[@]}" export --prepared "$WORK/prepared" --train-dir "$WORK/train" --eval-dir "$WORK/eval" \
@@ -49,9 +49,9 @@ NPROC=${NPROC:-$(gpu && nvidia-smi -L | wc -l || echo 1)}
 step "2. torchrun, $NPROC process(es), one per GPU"
 "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training "${P[@]}" train \
     --prepared "$WORK/prepared" --out "$WORK/train-ddp" | tee "$WORK/train-ddp.log"
-grep -q "device $DEVICE.* x $NPROC process" "$WORK/train-ddp.log" || { echo "FAIL: torchrun did not train on CUDA"; exit 1; }
+grep -q "device $DEVICE.* x $NPROC process" "$WORK/train-ddp.log" || { echo "FAIL: torchrun did not train on $DEVICE"; exit 1; }
 
-step "3. serve the archive with a GPU worker"
+step "3. serve the archive with a worker on $DEVICE"
 "$PY" -m serving archive --model-dir "$WORK/model" --export-path "$WORK/store"
 trap '"$PY" -m serving stop --run-dir "$WORK/run" || true' EXIT
 "$PY" -m serving start --run-dir "$WORK/run" --log-dir "$WORK/logs" --model-store "$WORK/store" \

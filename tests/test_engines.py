@@ -143,3 +143,45 @@ def test_the_trunk_pass_takes_the_fastest_engine_within_its_tolerance(lite0_and_
         assert name == wanted, (tolerance, name)
         error = engines.check_agreement(forward(batch), expected, max(tolerance, 1e-3), name)
         assert error <= max(tolerance, 1e-3)
+
+
+def test_agreement_is_absolute_for_small_outputs_and_relative_for_large_ones():
+    """An uncertain classifier's logits sit near 0: 0.03 off there is agreement, not a broken conversion; a trunk's
+    large outputs 50 % off is not."""
+    near_zero = torch.tensor([[0.02, -0.02]])
+    assert engines.check_agreement(near_zero + 0.03, near_zero, 0.25, "small") < 0.05
+    large = torch.full((1, 64), 10.0)
+    assert engines.check_agreement(large * 1.1, large, 0.25, "large") == pytest.approx(0.1, rel=1e-3)
+    with pytest.raises(EngineError, match="differs from TorchScript"):
+        engines.check_agreement(large * 1.5, large, 0.25, "large")
+
+
+@pytest.mark.slow
+def test_the_export_refuses_a_reduced_precision_whose_conversion_disagrees(tmp_path, monkeypatch):
+    """training.export.engine_record: a bf16 build that fails compile_forward's check is the gate refusing bf16
+    (f32 is served), not a failed export; asked for explicitly (serve.precision: bf16), it stops the export."""
+    from model.export import to_torchscript
+    from training.export import EngineGateError, engine_record, example_batch
+    from training.prepare import prepare
+    from training.synthetic import generate
+
+    generate(tmp_path / "images", ["cat", "dog"], 8, 64, 1, progress=False)
+    prepare(tmp_path / "images", tmp_path / "prepared", ["cat", "dog"], resize_size=64, val_ratio=0.25,
+            test_ratio=0.5, seed=1, max_pixels=40_000_000)
+    meta = {"classes": ["cat", "dog"], "image_size": 64, "resize_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
+    example = example_batch(tmp_path / "prepared", meta)
+    scripted = to_torchscript(build_model("resnet18", 2).eval(), eval_normalize(meta)(example))
+    original = engines.compile_forward
+
+    def bf16_disagrees(module, example, engine, precision, **kwargs):
+        if precision == "bf16":
+            raise EngineError("OpenVINO bf16 differs from TorchScript by 1.3e+00")
+        return original(module, example, engine, precision, **kwargs)
+
+    monkeypatch.setattr(engines, "compile_forward", bf16_disagrees)
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
+    record = engine_record(scripted, example, tmp_path / "prepared", meta, {})
+    assert record["gate"]["bf16"].startswith("refused: OpenVINO bf16 differs"), record["gate"]
+    assert "bf16" not in record["gated"] and set(record["scores"]) == {"torchscript-f32", "openvino-f32"}
+    with pytest.raises(EngineGateError, match="serve.precision bf16"):
+        engine_record(scripted, example, tmp_path / "prepared", meta, {"precision": "bf16"})

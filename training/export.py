@@ -126,8 +126,16 @@ def engine_record(scripted, example: torch.Tensor, prepared_dir: Path, meta: dic
             if precision != "f32" and precision.upper() not in capabilities:
                 record["gate"][precision] = f"not measured: this CPU has no native {precision}"
                 continue
-            forwards[f"openvino-{precision}"] = engines.compile_forward(scripted, example, "openvino", precision,
-                                                                        normalize=meta)
+            try:
+                forwards[f"openvino-{precision}"] = engines.compile_forward(scripted, example, "openvino", precision,
+                                                                            normalize=meta)
+            except engines.EngineError as exc:
+                if precision == "f32":
+                    raise  # a broken conversion, not a loss of precision
+                if asked_precision == precision:
+                    raise EngineGateError(f"serve.precision {precision}: {exc}; serve f32 (serve.precision: f32 or "
+                                          f"auto)") from exc
+                record["gate"][precision] = f"refused: {exc}"
     record["scores"] = scores = test_scores(forwards, prepared_dir, meta)
     for name in scores:
         precision = name.rsplit("-", 1)[1]
