@@ -46,7 +46,7 @@ grep -q "device $DEVICE" "$WORK/train.log" || { echo "FAIL: training did not run
     --out "$WORK/model"
 
 NPROC=${NPROC:-$(gpu && nvidia-smi -L | wc -l || echo 1)}
-step "2. torchrun, $NPROC process(es), one per GPU"
+step "2. torchrun, $NPROC process(es)"
 "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training "${P[@]}" train \
     --prepared "$WORK/prepared" --out "$WORK/train-ddp" | tee "$WORK/train-ddp.log"
 grep -q "device $DEVICE.* x $NPROC process" "$WORK/train-ddp.log" || { echo "FAIL: torchrun did not train on $DEVICE"; exit 1; }
@@ -59,7 +59,7 @@ trap '"$PY" -m serving stop --run-dir "$WORK/run" || true' EXIT
     --grpc-inference-port 17070 --grpc-management-port 17071 --timeout 300
 TOKEN=$("$PY" -m serving token --run-dir "$WORK/run")
 NAME=$("$PY" -c 'from catsdogs.contract import model_name; print(model_name())')
-IMAGE=$(find "$WORK/synthetic" -name '*.jpg' | head -1)
+IMAGE=$(find "$WORK/synthetic" -name '*.jpg' -print -quit)
 ANSWER=$(curl -sf -H "Authorization: Bearer $TOKEN" -T "$IMAGE" "http://127.0.0.1:18080/predictions/$NAME")
 echo "answer: $ANSWER"
 echo "$ANSWER" | grep -q '"label"' || { echo "FAIL: no prediction"; exit 1; }
