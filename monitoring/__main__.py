@@ -178,9 +178,9 @@ def cmd_feedback_report(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    from monitoring import drift
     from monitoring.feedback import parse_window
     from monitoring.logs import answered, parse_time, read_records
+    from training import drift
 
     meta = json.loads(Path(args.meta).read_text()) if args.meta and Path(args.meta).is_file() else None
     classes = list(meta["classes"]) if meta else load_classes(None)
@@ -196,14 +196,10 @@ def cmd_drift(args) -> int:
         baseline = drift.baseline_from_predictions(args.baseline, classes)
     elif meta and meta.get("drift_baseline"):
         baseline = {**meta["drift_baseline"], "source": f"{args.meta} drift_baseline"}
-    elif EVAL_PREDICTIONS.is_file():
-        baseline = drift.baseline_from_predictions(EVAL_PREDICTIONS, classes)
-    elif meta and meta.get("test_metrics"):
-        baseline = {"label_shares": drift.predicted_shares_from_metrics(meta["test_metrics"], classes),
-                    "n": meta["test_metrics"].get("n"), "source": f"{args.meta} test_metrics"}
     else:
-        raise UsageError(f"no baseline: {args.meta} has no drift_baseline (nor test_metrics) and {EVAL_PREDICTIONS} "
-                         f"is missing; run the pipeline (make pipeline) or pass --baseline predictions.csv")
+        raise UsageError(f"no drift baseline: {args.meta} has no drift_baseline (written by the export stage since "
+                         f"drift monitoring exists); re-export the model (make pipeline) or pass --baseline "
+                         f"{EVAL_PREDICTIONS}")
     scope = f"model version {version}" if version and not args.all_versions else "all versions"
     if len(records) < args.min_samples:
         print(f"drift: only {len(records)} answered predictions for {scope} in {log} (need {args.min_samples}); "
@@ -306,8 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
     add_log_options(p)
     p.add_argument("--baseline", type=Path,
-                   help="an evaluate-stage predictions.csv (default: --meta's drift_baseline, else "
-                        f"{EVAL_PREDICTIONS}, else the label shares implied by --meta's test_metrics)")
+                   help=f"an evaluate-stage predictions.csv, e.g. {EVAL_PREDICTIONS} (default: --meta's drift_baseline)")
     p.add_argument("--model-version", help="only predictions of this served version (default --meta's version)")
     p.add_argument("--all-versions", action="store_true", help="use predictions of every version in the log")
     p.add_argument("--window", help="only predictions logged in this window (e.g. 24h)")

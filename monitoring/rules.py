@@ -1,7 +1,7 @@
 """Prometheus recording rules holding the drift baseline of one model, generated from its model-meta.json.
 
 The export stage summarises the model's own test-split predictions into model-meta.json `drift_baseline`
-(monitoring/drift.py summarise); this turns it into constants the alerts of monitoring/alerts.yml compare
+(training/drift.py summarise); this turns it into constants the alerts of monitoring/alerts.yml compare
 the live answers with (`make drift-rules`, the DVC stage baseline-rules). Nothing here is typed by hand:
 a new model gets its own baseline with its rules.
 """

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from monitoring import drift, evaluate, feedback, logs, promql
+from monitoring import evaluate, feedback, logs, promql
+from training import drift
 from monitoring.__main__ import main
 from training.metrics import classification_metrics
 
@@ -73,16 +74,16 @@ def test_compare_flags_a_confidence_shift_and_not_a_resample():
     assert unsure["mean_confidence"]["live"] < unsure["mean_confidence"]["baseline"]
 
 
-def test_predicted_shares_are_recovered_from_binary_test_metrics():
-    rng = np.random.default_rng(3)
-    y_true = rng.integers(0, 2, 500)
-    p_dog = np.clip(y_true * 0.6 + rng.normal(0.2, 0.25, 500), 0.01, 0.99)
-    proba = np.stack([1 - p_dog, p_dog], axis=1)
-    metrics = classification_metrics(y_true, proba, CLASSES)
-    shares = drift.predicted_shares_from_metrics(metrics, CLASSES)
-    assert shares[1] == pytest.approx(float((proba.argmax(1) == 1).mean()), abs=1e-9)
-    with pytest.raises(ValueError):
-        drift.predicted_shares_from_metrics({"accuracy": 1.0, "precision": 1.0, "recall": 1.0}, CLASSES)
+def test_drift_without_a_baseline_is_a_clear_error(tmp_path, capsys):
+    """A model-meta.json without drift_baseline (an old export) is refused with what to do, not guessed at."""
+    from monitoring.__main__ import main
+
+    meta = tmp_path / "model-meta.json"
+    meta.write_text(json.dumps({"classes": CLASSES, "version": "1", "test_metrics": {"accuracy": 0.9}}))
+    log = tmp_path / "model_log.log"
+    log.write_text("")
+    assert main(["drift", "--meta", str(meta), "--log", str(log), "--out", str(tmp_path)]) == 2
+    assert "no drift baseline" in capsys.readouterr().err
 
 
 def test_baseline_from_the_evaluate_stage_csv(tmp_path):

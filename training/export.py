@@ -20,7 +20,7 @@ from catsdogs import contract
 from model import engines
 from model.export import to_torchscript, write_metadata
 from model.preprocess import eval_geometry, eval_normalize, eval_transform
-from monitoring.drift import baseline_from_predictions, summarise
+from training.drift import baseline_from_predictions, summarise
 from training import tracking
 from training.dataset import load_uint8
 from training.metrics import classification_metrics
