@@ -16,6 +16,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import requests
+
 from catsdogs import contract
 from catsdogs.contract import EVAL_DIR, META_FILE, MODEL_DIR, RUN_DIR, add_server_args
 from serving.client import ServingClient, client_from_args
@@ -31,14 +33,12 @@ class UsageError(RuntimeError):
 
 def deployed_metadata(client: ServingClient) -> dict:
     try:
-        response = client.request("management", "GET", f"/models/{client.model_name}", params={"customized": "true"})
+        return contract.parse_description(client.describe(customized=True))
+    except requests.HTTPError as exc:
+        raise UsageError(f"describe-model {client.model_name} answered {exc}") from exc
     except Exception as exc:  # requests errors, missing key file: all mean "cannot reach the server"
         raise UsageError(f"cannot reach the management API at {client.urls['management']}: {exc}. Is TorchServe "
                          f"running (make serve / make ready), and is --run-dir the one it was started with?") from exc
-    if response.status_code != 200:
-        raise UsageError(f"describe-model {client.model_name} answered HTTP {response.status_code}: "
-                         f"{response.text.strip()[:300]}")
-    return contract.parse_description(response.json())
 
 
 def default_log(run_dir: Path) -> Path:

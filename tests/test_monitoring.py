@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from monitoring import evaluate, feedback, logs, promql
-from training import drift
 from monitoring.__main__ import main
+from training import drift
 from training.metrics import classification_metrics
 
 CLASSES = ["cat", "dog"]
