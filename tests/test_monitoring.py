@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from monitoring import evaluate, feedback, logs, promql
+from monitoring import dashboard, evaluate, feedback, logs
 from monitoring.__main__ import main
+from tests import promql_names as promql
 from training import drift
 from training.metrics import classification_metrics
 
@@ -304,12 +305,12 @@ def test_exposition_names_and_grafana_variables():
     text = ("# HELP Requests2XX x\n# TYPE Requests2XX counter\nRequests2XX{Level=\"Host\",} 3.0\n"
             "h_bucket{le=\"0.1\",} 1.0\nh_sum 2.0\nh_count 1.0\n")
     assert promql.exposition_names(text) == {"Requests2XX", "h_bucket", "h_sum", "h_count"}
-    assert promql.substitute_variables("rate(x{m=~\"$model\"}[$__rate_interval])") == 'rate(x{m=~".*"}[5m])'
+    assert dashboard.substitute_variables("rate(x{m=~\"$model\"}[$__rate_interval])") == 'rate(x{m=~".*"}[5m])'
 
 
 def test_dashboard_is_json_with_targets_that_use_only_exported_metrics():
-    dashboard = promql.load_dashboard()
-    targets = promql.dashboard_targets(dashboard)
+    board = dashboard.load_dashboard()
+    targets = dashboard.dashboard_targets(board)
     assert len(targets) >= 8
     known = promql.exposition_names(promql.METRICS_SNAPSHOT.read_text())
     import yaml
@@ -317,8 +318,8 @@ def test_dashboard_is_json_with_targets_that_use_only_exported_metrics():
     from monitoring.rules import RECORDS
 
     known |= promql.recording_rules(yaml.safe_load(promql.ALERTS.read_text())) | set(RECORDS)
-    assert promql.unknown_metrics(dashboard, known) == {}
-    rules = promql.dashboard_rules(dashboard)["groups"][0]["rules"]
+    assert promql.unknown_metrics(board, known) == {}
+    rules = dashboard.dashboard_rules(board)["groups"][0]["rules"]
     assert len(rules) == len(targets) and all("$" not in r["expr"] for r in rules)
     assert promql.unknown_metrics({"panels": [{"title": "t", "targets": [{"expr": "rate(nope_total[5m])"}]}]},
                                   known) == {"t / ?": {"nope_total"}}
@@ -328,7 +329,7 @@ def test_log4j2_config_is_xml_and_its_predictions_filter_matches_handler_records
     import re
     import xml.etree.ElementTree as ET
 
-    root = ET.parse(promql.MONITORING / "log4j2.xml").getroot()
+    root = ET.parse(dashboard.MONITORING / "log4j2.xml").getroot()
     appenders = {a.get("name"): a for a in root.find("Appenders")}
     assert {"model_log", "access_log", "ts_log", "predictions"} <= set(appenders)
     regex = appenders["predictions"].find("RegexFilter").get("regex")
