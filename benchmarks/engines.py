@@ -350,7 +350,8 @@ def render(r: dict) -> list[str]:
               f"{r['rounds']} round(s) of {r['seconds']} s per variant and batch; test split of {r['data']}."),
              *([(f"- int8: NNCF preset {r['int8']['preset']}, calibrated on {r['int8']['calibration_images']} "
                 "training-split images.")] if r["int8"]["calibration_images"] else []), "",
-             "| variant | status | build s | test accuracy | log loss | top-1 agreement | max prob. difference | note |",
+             ("| variant | status | build s | test accuracy | log loss | top-1 agreement | max prob. difference "
+              "| note |"),
              "|---|---|---|---|---|---|---|---|"]
     for v in r["variants"]:
         q = v.get("test") or {}
@@ -371,7 +372,8 @@ def render(r: dict) -> list[str]:
         for s in rows:
             rounds = ", ".join(str(v) for v in s["rounds_images_per_s"])
             lines.append(f"| {s['variant']} | {s['batch_size']} | {s['images_per_s']} | "
-                         f"{'n/a' if s['vs_torchscript'] is None else 'x' + str(s['vs_torchscript'])} | {s['p50_ms']} | {rounds} |")
+                         f"{'n/a' if s['vs_torchscript'] is None else 'x' + str(s['vs_torchscript'])} | "
+                         f"{s['p50_ms']} | {rounds} |")
         lines.append("")
     lines += [("p50 ms per call at batch 1 is the single-image latency. The decode rows use the prepare stage's "
                "cached JPEGs (short side = resize_size), so decoding costs less than on full-size photos.")]
@@ -400,12 +402,14 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8],
                         help="batch sizes with decode (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per variant, batch and round (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="seconds per variant, batch and round (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="threads of every engine (default: torch's, %(default)s here)")
     parser.add_argument("--test-images", type=int, help="the first N test-split images only (default: all)")
     parser.add_argument("--calibration", type=int, default=300, help="training images for int8 (default: 300)")
-    parser.add_argument("--aoti-timeout", type=float, default=600, help="seconds the aoti build may take (default: %(default)s)")
+    parser.add_argument("--aoti-timeout", type=float, default=600,
+                        help="seconds the aoti build may take (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("reports/engines.json"), help="default: %(default)s")
     parser.add_argument("--docs", type=Path, default=Path("docs/engines.md"), help="default: %(default)s")
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")

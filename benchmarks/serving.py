@@ -190,7 +190,8 @@ def served(model_dir: Path, cfg: dict, props: dict, handler: dict, work: Path, e
         os.environ.pop(engines.ENGINE_ENV) if before is None else os.environ.update({engines.ENGINE_ENV: before})
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        yield state, f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference"), work / "store"
+        url = f"{state['inference_url']}/predictions/{client.model_name}"
+        yield state, url, client.key("inference"), work / "store"
     finally:
         stop(work / "run")
 
@@ -268,13 +269,15 @@ def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict
                                       text=True, cwd=REPO_ROOT, timeout=600)
                 steps[name] = {"seconds": round(time.monotonic() - began, 1), "exit": done.returncode}
                 if done.returncode != 0:
-                    raise RuntimeError(f"python -m deploy {name} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+                    raise RuntimeError(f"python -m deploy {name} failed (exit "
+                                       f"{done.returncode}):\n{done.stdout}{done.stderr}")
                 time.sleep(3)
         finally:
             load.send_signal(signal.SIGINT)  # wrk stops and prints its summary
             out, _ = load.communicate(timeout=60)
         swap_row = parse_wrk(out, connections)
-    return {"connections": connections, "steady_seconds": steady, "steady": steady_row, "swap": swap_row, "steps": steps,
+    return {"connections": connections, "steady_seconds": steady, "steady": steady_row, "swap": swap_row,
+            "steps": steps,
             "p99_ratio": round(swap_row["p99_ms"] / steady_row["p99_ms"], 2)}
 
 
@@ -335,7 +338,8 @@ def main(argv=None) -> int:
         print(json.dumps(swap))
     report = {"conditions": conditions(), "load": {"before": load_before, "after": load_average()},
               "payload": described, "set": props, "handler": handler,
-              "capabilities": sorted(engines.cpu_capabilities()), "rounds": args.rounds, "in_process": baseline, "served": results,
+              "capabilities": sorted(engines.cpu_capabilities()), "rounds": args.rounds, "in_process": baseline,
+              "served": results,
               "in_process_runs": inproc_runs, "served_runs": served_runs, "swap": swap,
               "verdict": verdict(baseline, results, inproc_runs, served_runs, swap)}
     print(json.dumps(report["verdict"]))
@@ -360,7 +364,8 @@ def targets(baseline: list[dict], results: list[dict]) -> dict:
         if ("auto", 1) in rows and "auto" in single:
             entry["c1_gap_ms"] = round(rows["auto", 1]["p50_ms"] - single["auto"], 1)
         if ("auto", 16) in rows and ("torchscript", 16) in rows:
-            entry["c16_ratio"] = round(rows["auto", 16]["requests_per_s"] / rows["torchscript", 16]["requests_per_s"], 2)
+            entry["c16_ratio"] = round(rows["auto", 16]["requests_per_s"] / rows["torchscript", 16]["requests_per_s"],
+                                       2)
         out["configs"].append(entry)
     return out
 
@@ -411,7 +416,8 @@ def render(report: dict, meta: dict, args) -> list[str]:
     lines += [f"| {r['engine']} | {r['runs_on']} | {r['threads']} | {r['batch_size']} | {r['images_per_s']} | "
               f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |" for r in report["in_process"]]
     lines += ["", "Served:", "",
-              ("| engine | workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | p99 ms "
+              ("| engine | workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | "
+               "p99 ms "
                "| failed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     cores = c.get("cores") or os.cpu_count()
     lines += [f"| {r['engine']} | {r['workers']} | {r['threads'] or f'all ({cores})'} | {r['batch_size']} | "
@@ -432,11 +438,14 @@ def render(report: dict, meta: dict, args) -> list[str]:
     swap = report["swap"]
     if swap:
         steps = ", ".join(f"{name} {step['seconds']} s" for name, step in swap["steps"].items())
-        lines += ["", (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
+        lines += ["",
+                  (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
                        f"as committed, default engine; wrk -c{swap['connections']} posting the payload throughout; "
-                       f"`python -m deploy deploy` of a second version of the same weights, gates included, against an MLflow URI "
+                       f"`python -m deploy deploy` of a second version of the same weights, gates included, "
+                       f"against an MLflow URI "
                        f"without a store (no registry work), then "
-                       f"`python -m deploy rollback`; {steps}; steady window {swap['steady_seconds']} s before it):"), "",
+                       f"`python -m deploy rollback`; {steps}; "
+                       f"steady window {swap['steady_seconds']} s before it):"), "",
                   "| window | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms | over 1 s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, r in (("steady (before)", swap["steady"]), ("deploy + rollback", swap["swap"])):

@@ -299,8 +299,8 @@ def run_metrics(environment) -> dict:
                        failures_before_fault=before, failures_after_recovery=after,
                        failures_during_recovery=len(RUN.failures) - before - (after or 0))
     elif opts.kill_after > 0:
-        metrics.update(recovered=False, fault_error=RUN.fault.get("error", "the run ended before the kill; "
-                                                                            "use -t/--run-time longer than --kill-after"))
+        too_short = "the run ended before the kill; use -t/--run-time longer than --kill-after"
+        metrics.update(recovered=False, fault_error=RUN.fault.get("error", too_short))
     return metrics
 
 
@@ -320,7 +320,8 @@ def on_quitting(environment, **_):
                "endpoints": [gate.entry_metrics(e) for e in environment.stats.entries.values()],
                "accuracy": RUN.tally.to_dict(), "first_schema_error": RUN.first_schema_error,
                "model_name": RUN.model_name, "model_version": RUN.version,
-               "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes", "pretrained")}, "images": opts.images,
+               "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes",
+                                                           "pretrained")}, "images": opts.images,
                "n_images": len(RUN.samples), "peak_users": RUN.peak_users,
                "n_labelled_images": sum(s.label is not None for s in RUN.samples),
                "fault": dict(RUN.fault), "pid": os.getpid(), "load": {**RUN.load, "after": load_average()}}

@@ -98,7 +98,8 @@ def _fmt(value, digits: int = 1) -> str:
 
 def endpoint_table(endpoints: list[dict], total: dict) -> list[str]:
     """Markdown rows: name, requests, failures, req/s, p50, p95, p99, max."""
-    lines = ["| endpoint | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| endpoint | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in sorted(endpoints, key=lambda e: -e["requests"]) + [{**total, "name": "**all**", "method": ""}]:
         lines.append(f"| {(e['method'] + ' ') if e['method'] else ''}{e['name']} | {e['requests']} | {e['failures']} | "
                      f"{_fmt(e['rps'])} | {_fmt(e['p50_ms'], 0)} | {_fmt(e['p95_ms'], 0)} | {_fmt(e['p99_ms'], 0)} | "
@@ -111,7 +112,8 @@ def analyse(mode: str, out: Path) -> dict:
     summary = json.loads((out / f"{PREFIX}_summary.json").read_text())
     result = {"mode": mode, "summary": summary}
     m = summary["metrics"]
-    print(f"{mode}: {m['requests']} requests, {m['failures']} failed, {_fmt(m['rps'])} req/s, p50 {_fmt(m['p50_ms'], 0)} ms, "
+    print(f"{mode}: {m['requests']} requests, {m['failures']} failed, {_fmt(m['rps'])} req/s, p50 "
+          f"{_fmt(m['p50_ms'], 0)} ms, "
           f"p95 {_fmt(m['p95_ms'], 0)} ms, p99 {_fmt(m['p99_ms'], 0)} ms; accuracy {_fmt(m.get('accuracy'), 3)} on "
           f"labelled images vs {_fmt(m.get('offline_accuracy'), 3)} offline; "
           f"gate {'PASSED' if summary['passed'] else 'FAILED'}")
@@ -146,18 +148,21 @@ def docs_lines(result: dict, out: Path) -> list[str]:
              f"Run {when}. Machine: {describe_machine(machine())}. {model_line(summary.get('model_meta') or {})}.",
              (f"{summary['n_images']} images from `{summary['images']}` ({summary['n_labelled_images']} with the label "
               f"in their path); up to {summary['peak_users']} users; Locust and TorchServe on the same machine."),
-             *([f"Machine load (1-min load average) {summary['load']['before']} before, {summary['load']['after']} after."]
+             *([(f"Machine load (1-min load average) {summary['load']['before']} before, "
+                 f"{summary['load']['after']} after.")]
                if summary.get("load") else []), ""]
     lines += endpoint_table(summary["endpoints"], m)
     lines += ["", (f"Accuracy on the labelled images: {_fmt(acc['accuracy'], 3)} ({acc['correct']}/{acc['labelled']}); "
                    f"the served model's offline test accuracy: {_fmt(m.get('offline_accuracy'), 3)}; schema errors "
                    f"{m.get('schema_errors', 0)}; token refreshes {m.get('token_refreshes', 0)}.")]
     if result.get("steps"):
-        lines += ["", "| users | seconds | req/s | failed | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| users | seconds | req/s | failed | p50 ms | p95 ms | p99 ms |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {s['users']} | {s['seconds']:g} | {_fmt(s['rps'])} | {s['failures']} | {_fmt(s['p50_ms'], 0)} | "
                   f"{_fmt(s['p95_ms'], 0)} | {_fmt(s['p99_ms'], 0)} |" for s in result["steps"]]
         knee = result.get("knee")
-        lines += ["", f"Knee: {knee['users']} users, {knee['rps']} req/s (first step within 5 % of the best throughput)."
+        lines += ["",
+                  f"Knee: {knee['users']} users, {knee['rps']} req/s (first step within 5 % of the best throughput)."
                   if knee else "Knee: not found."]
     if "rss_growth_pct" in m:
         lines += ["", (f"Backend worker RSS {_fmt(m.get('rss_start_mb'))} -> {_fmt(m.get('rss_end_mb'))} MB (growth "

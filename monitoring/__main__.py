@@ -53,7 +53,8 @@ def load_classes(meta_path: Path | None) -> list[str]:
     try:
         return list(contract.read_params()["data"]["classes"])
     except contract.ContractError as exc:
-        raise UsageError(f"no class list: {meta_path} is missing and {exc}; pass --meta path/to/model-meta.json") from exc
+        raise UsageError(f"no class list: {meta_path} is missing and {exc}; "
+                         "pass --meta path/to/model-meta.json") from exc
 
 
 def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
@@ -169,7 +170,8 @@ def cmd_feedback_report(args) -> int:
         return 0
     metrics = feedback.window_metrics(rows, classes)
     print_metrics(f"feedback last {args.window}:", metrics)
-    print(f"confusion matrix (rows = true {classes}): {metrics['confusion_matrix']}; versions {metrics['model_versions']}")
+    print(f"confusion matrix (rows = true {classes}): {metrics['confusion_matrix']}; versions "
+          f"{metrics['model_versions']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"window": args.window, **metrics}, indent=2) + "\n")
@@ -301,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
     add_log_options(p)
     p.add_argument("--baseline", type=Path,
-                   help=f"an evaluate-stage predictions.csv, e.g. {EVAL_PREDICTIONS} (default: --meta's drift_baseline)")
+                   help=f"an evaluate-stage predictions.csv, e.g. {EVAL_PREDICTIONS} "
+                        "(default: --meta's drift_baseline)")
     p.add_argument("--model-version", help="only predictions of this served version (default --meta's version)")
     p.add_argument("--all-versions", action="store_true", help="use predictions of every version in the log")
     p.add_argument("--window", help="only predictions logged in this window (e.g. 24h)")
@@ -313,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rules", help="Prometheus recording rules with the model's drift baseline (model-meta.json)")
     p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (default %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"), help="rules file to write")
+    p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"),
+                   help="rules file to write")
     p.set_defaults(func=cmd_rules)
 
     from monitoring.dashboard import DASHBOARD

@@ -189,7 +189,8 @@ def markdown_report(*, source: str, meta: dict, live: dict, comparison: dict, cl
         (f"- registered model: {meta.get('registered_model', '?')} v{meta.get('mlflow_model_version', '?')}, "
          f"training run {meta.get('mlflow_run_id', '?')}"),
         f"- MLflow monitoring run: {mlflow_run or 'not logged'}",
-        f"- latency per request (client side): p50 {live['latency_ms_p50']:.1f} ms, p95 {live['latency_ms_p95']:.1f} ms",
+        (f"- latency per request (client side): p50 {live['latency_ms_p50']:.1f} ms, "
+         f"p95 {live['latency_ms_p95']:.1f} ms"),
         f"- verdict: **{verdict}**: {comparison['reason']}",
         "",
         "## Metrics",

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drain", help="preStop hook: keep serving while the endpoint is removed, then wait until no "
                                      "request is in flight",
-                       description="For Kubernetes' preStop: serve on for --settle seconds (the Service and the gateway "
+                       description="For Kubernetes' preStop: serve on for --settle seconds (the Service and the "
+                                   "gateway "
                                    "stop routing to this pod meanwhile), then wait until the inference port has had "
                                    "no open connection for --quiet-for seconds (at most --timeout in all). SIGTERM "
                                    "follows, with nothing left in flight. Always exits 0.")

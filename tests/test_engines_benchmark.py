@@ -87,7 +87,8 @@ def test_render_states_conditions_and_every_variant_with_its_reason():
     assert "| torchscript | 8 | 40.0 | n/a | 200.0 | 40.0 |" in block
     assert "0.4 before the run, 1.5 after" in block
     assert "calibrated on 300" in block
-    assert "calibrated on" not in "\n".join(engines.render(report(int8={"preset": "performance", "calibration_images": 0})))
+    assert "calibrated on" not in "\n".join(engines.render(report(int8={"preset": "performance",
+                                                                        "calibration_images": 0})))
 
 
 def test_the_docs_block_replaces_only_itself(tmp_path):

@@ -93,7 +93,8 @@ def test_gate_fails_when_nothing_or_not_the_metric_was_measured():
 def test_fault_gate_needs_recovery():
     limits = {"require_recovery": True, "max_recovery_s": 60, "max_failures_after_recovery": 0,
               "max_failures_before_fault": 0}
-    ok = {"requests": 10, "recovered": True, "recovery_s": 8.5, "failures_after_recovery": 0, "failures_before_fault": 0}
+    ok = {"requests": 10, "recovered": True, "recovery_s": 8.5, "failures_after_recovery": 0,
+          "failures_before_fault": 0}
     assert gate.passed(gate.evaluate(ok, limits))
     assert not gate.passed(gate.evaluate({**ok, "recovered": False, "recovery_s": None,
                                           "failures_after_recovery": None}, limits))
@@ -210,10 +211,12 @@ def write_history(path: Path, seconds: int = 12) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
-        writer.writerow([1700000000, 0, "", "Aggregated", "0.000000", "0.000000"] + ["N/A"] * 11 + [0, 0, 0, 0, 0, 0, 0])
+        writer.writerow([1700000000, 0, "", "Aggregated", "0.000000", "0.000000"] + ["N/A"] * 11 + [0, 0, 0, 0, 0, 0,
+                                                                                                    0])
         for i in range(1, seconds):
             p = [40 + i, 45, 50, 55, 70, 90 + i, 100, 120, 130, 130, 130]
-            writer.writerow([1700000000 + i, 4, "POST", "/predictions/catsdogs", "30", "0"] + p + [30 * i, 0] + [45] * 5)
+            writer.writerow([1700000000 + i, 4, "POST", "/predictions/catsdogs", "30", "0"] + p + [30 * i,
+                                                                                                   0] + [45] * 5)
             writer.writerow([1700000000 + i, 4, "", "Aggregated", f"{30 + i:.6f}", "0.000000"] + p
                             + [30 * i, 0, 45, 50.1, 12, 130, 150])
     return path
@@ -222,7 +225,8 @@ def write_history(path: Path, seconds: int = 12) -> Path:
 def test_history_is_read(tmp_path):
     history = report.read_history(write_history(tmp_path / "locust_stats_history.csv"))
     assert len(history) == 12 and history[0]["p95_ms"] is None and history[0]["t"] == 0
-    assert history[-1] == {"t": 11.0, "ts": 1700000011.0, "users": 4, "rps": 41.0, "fps": 0.0, "p50_ms": 51.0, "p95_ms": 101.0,
+    assert history[-1] == {"t": 11.0, "ts": 1700000011.0, "users": 4, "rps": 41.0, "fps": 0.0, "p50_ms": 51.0,
+                           "p95_ms": 101.0,
                            "p99_ms": 120.0, "requests": 330, "failures": 0}
 
 

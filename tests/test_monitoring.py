@@ -278,7 +278,8 @@ def test_drift_cli_exits_1_on_shifted_predictions_and_0_on_the_baseline_itself(t
     args = ["--baseline", str(baseline), "--meta", str(meta), "--out", str(tmp_path / "reports")]
     assert main(["drift", "--log", str(same), *args]) == 0
     assert main(["drift", "--log", str(shifted), *args]) == 1
-    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text())
+    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"),
+                            key=lambda p: p.stat().st_mtime_ns).read_text())
     assert report["n_live"] == 300 and report["scope"] == "model version 3.abc1234"
     assert report["drifted"] == ["label_psi", "confidence_psi"]
     assert main(["drift", "--log", str(tmp_path / "nope.log"), *args]) == 2

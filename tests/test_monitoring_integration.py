@@ -186,7 +186,8 @@ def test_worker_restart_alert_fires_and_no_worker_answers_503(served, prometheus
     assert fired and fired[0]["labels"]["WorkerName"].startswith("W-"), fired
 
     scale = {"synchronous": "true"}
-    response = client.request("management", "PUT", "/models/catsdogs", params={**scale, "min_worker": 0, "max_worker": 0})
+    response = client.request("management", "PUT", "/models/catsdogs", params={**scale, "min_worker": 0,
+                                                                               "max_worker": 0})
     assert response.status_code == 200, response.text
     try:
         statuses = [r.status_code for r in send_traffic(served, good=3, bad=0)]
@@ -349,7 +350,8 @@ def test_drift_and_feedback_on_the_real_log(served, tmp_path, monkeypatch, capsy
     code = main(["drift", "--log", str(log_dir), "--baseline", str(baseline), "--meta", str(meta_path),
                  "--min-samples", "20", "--out", str(tmp_path / "reports")])
     out = capsys.readouterr().out
-    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text())
+    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"),
+                            key=lambda p: p.stat().st_mtime_ns).read_text())
     assert report["n_live"] >= len(responses)
     # served originals vs the evaluate stage's cached resized copies of the same images: same population
     assert report["label_psi"] < 0.1, out

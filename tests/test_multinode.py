@@ -127,7 +127,8 @@ def test_readme_torchrun_command_trains_across_two_hosts(two_hosts, node_dirs):
     except subprocess.TimeoutExpired:
         codes = {host: proc.poll() for host, proc in procs.items()}
     logs = {host: (node_dirs[host] / "torchrun.log").read_text() for host in procs}
-    states = {h: f"exit {code}" if code is not None else f"still running after {TIMEOUT_S} s" for h, code in codes.items()}
+    states = {h: f"exit {code}" if code is not None else f"still running after {TIMEOUT_S} s" for h,
+              code in codes.items()}
     assert codes == {"a": 0, "b": 0}, "\n".join(f"--- host {h} ({states[h]}):\n{logs[h][-3000:]}" for h in logs)
 
     assert "device cpu x 2 process(es)" in logs["a"] + logs["b"]

@@ -215,5 +215,6 @@ def test_files_sharing_one_field_name_arrive_as_one(served):
     headers = {"Authorization": f"Bearer {client.key('inference')}"}
     good = [original_bytes(row) for row in rows[:2]]
     response = requests.post(url, headers=headers, timeout=30,
-                             files=[("data", ("a.jpg", good[0], "image/jpeg")), ("data", ("b.jpg", good[1], "image/jpeg"))])
+                             files=[("data", ("a.jpg", good[0], "image/jpeg")), ("data", ("b.jpg", good[1],
+                                                                                          "image/jpeg"))])
     assert response.status_code == 200 and response.json() == client.predict(good[1]).json()

@@ -104,7 +104,8 @@ def compare(baseline: dict, live_labels: Sequence[str], live_confidences: Sequen
         edges = quantile_edges(baseline["confidences"], bins)
         expected_bins, mean = histogram(baseline["confidences"], edges), float(np.mean(baseline["confidences"]))
     elif baseline.get("confidence_shares"):  # a summarise()d baseline: its own bins
-        edges, expected_bins, mean = baseline["confidence_edges"], baseline["confidence_shares"], baseline["mean_confidence"]
+        edges, expected_bins = baseline["confidence_edges"], baseline["confidence_shares"]
+        mean = baseline["mean_confidence"]
     else:
         return result
     result.update(confidence_edges=edges, confidence_psi=psi(expected_bins, histogram(live_confidences, edges)),
