@@ -6,15 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
-from catsdogs.contract import MAX_IMAGE_PIXELS
+from catsdogs.contract import EVAL_DIR, MAX_IMAGE_PIXELS, MODEL_DIR
 from model.runtime import reuse_freed_memory
 from model.weights import WeightsError
 from training.params import ParamsError, load_params
 
 PREPARED = Path("data/prepared")
 TRAIN_DIR = Path("artifacts/train")
-EVAL_DIR = Path("artifacts/eval")
-MODEL_DIR = Path("artifacts/model")
 
 
 def source_path(params: dict) -> Path:
