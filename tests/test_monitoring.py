@@ -15,6 +15,7 @@ from monitoring import dashboard, evaluate, feedback, logs
 from monitoring.__main__ import main
 from tests import promql_names as promql
 from training import drift
+from training.ingest import LabelledImage
 from training.metrics import classification_metrics
 
 CLASSES = ["cat", "dog"]
@@ -165,8 +166,8 @@ def test_compare_metrics_fails_only_beyond_the_allowed_drop():
 
 
 def test_score_uses_training_metrics_and_counts_refusals():
-    samples = [evaluate.Sample("cat.1.jpg", "cat", b""), evaluate.Sample("dog.1.jpg", "dog", b""),
-               evaluate.Sample("dog.2.jpg", "dog", b""), evaluate.Sample("dog.3.jpg", "dog", b"")]
+    samples = [LabelledImage("cat.1.jpg", "cat", b""), LabelledImage("dog.1.jpg", "dog", b""),
+               LabelledImage("dog.2.jpg", "dog", b""), LabelledImage("dog.3.jpg", "dog", b"")]
     answers = [{"cat": 0.8, "dog": 0.2}, {"cat": 0.3, "dog": 0.7}, {"cat": 0.6, "dog": 0.4}]
     results = [{"status": 200, "body": {"label": max(a, key=a.get), "probabilities": a, "model_version": "v"},
                 "request_id": str(i), "seconds": 0.01} for i, a in enumerate(answers)]
