@@ -22,14 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import (
-    load_average,
-    measured,
-    measured_line,
-    model_line,
-    write_block,
-    write_json,
-)
+from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
 from model.export import read_metadata
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 

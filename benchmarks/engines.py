@@ -43,15 +43,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.cpu_inference import interleaved
-from benchmarks.report import (
-    load_average,
-    markers,
-    measured,
-    measured_line,
-    model_line,
-    write_block,
-    write_json,
-)
+from benchmarks.report import load_average, markers, measured, measured_line, model_line, write_block, write_json
 from catsdogs.contract import REPO_ROOT
 from model.engines import (
     check_agreement,

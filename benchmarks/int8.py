@@ -20,14 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.cpu_inference import interleaved
-from benchmarks.report import (
-    load_average,
-    measured,
-    measured_line,
-    model_line,
-    write_block,
-    write_json,
-)
+from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
 from model.export import read_metadata
 from model.quantize import preprocessed_batches, quantize_static
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory

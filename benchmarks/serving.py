@@ -40,15 +40,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.report import (
-    describe_machine,
-    load_average,
-    load_line,
-    machine,
-    model_line,
-    write_block,
-    write_json,
-)
+from benchmarks.report import describe_machine, load_average, load_line, machine, model_line, write_block, write_json
 from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS
 from deploy.deployer import DeployOptions
 from handler.catsdogs_handler import serving_forward
