@@ -53,15 +53,16 @@ def cmd_start(args) -> int:
 
 
 def generated_data_note(run_dir: Path, prepared: Path = Path("data/prepared")) -> str | None:
-    """A warning when the served model learnt from the generated cartoons: this checkout's prepare stage read
-    data/synthetic and the served model carries that data hash. None otherwise (or when it cannot tell)."""
+    """A warning when the served model learnt from the generated cartoons: params.yaml says data.source synthetic
+    and the prepare output holds the data the served model was trained on (same data hash). None otherwise, or
+    when it cannot tell (no prepare output, no model metadata)."""
     try:
-        stats = json.loads((prepared / "stats.json").read_text())
-        meta = ServingClient.from_run_dir(run_dir).describe(customized=True)
-        trained_on = contract.parse_description(meta).get("data_hash")
-    except Exception:  # noqa: BLE001 - no prepare output, no metadata: nothing to say
+        synthetic = contract.read_params()["data"]["source"] == "synthetic"
+        prepared_hash = json.loads((Path(prepared) / "stats.json").read_text())["data_hash"]
+        served = contract.parse_description(ServingClient.from_run_dir(run_dir).describe(customized=True))
+    except Exception:  # noqa: BLE001 - nothing to compare: say nothing
         return None
-    if Path(str(stats.get("source", ""))).name != "synthetic" or trained_on != stats.get("data_hash"):
+    if not synthetic or served.get("data_hash") != prepared_hash:
         return None
     return ("NOTE: this model was trained on generated cartoon cats and dogs (params.yaml data.source: synthetic). "
             "It answers real photos at about chance (0.53 measured on 200 unseen photos). For a real-photo model "
