@@ -39,7 +39,7 @@ from catsdogs import contract
 from catsdogs.contract import RUN_DIR, check_prediction, read_serve_state
 from loadtest import gate, workers
 from loadtest.images import load_samples
-from loadtest.schema import Tally
+from loadtest.tally import Tally
 from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")

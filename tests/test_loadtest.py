@@ -22,7 +22,7 @@ from loadtest import gate, report, workers
 from loadtest.images import evenly, load_samples
 from loadtest.ramp import find_knee, ramp_steps, step_target
 from loadtest.report import MODES
-from loadtest.schema import Tally
+from loadtest.tally import Tally
 from tests.conftest import ROOT, image_bytes
 
 # ------------------------------------------------------------------------------------------ images ---
