@@ -489,18 +489,34 @@ def test_a_model_that_always_answers_cat_fails_the_load_test_gate(synthetic_mode
     assert summary["metrics"]["failures"] == 0 and summary["metrics"]["accuracy"] < 0.6
 
 
+def run_summary() -> dict:
+    """A locust_summary.json as the locustfile's gate writes it (made-up numbers)."""
+    metrics = {"requests": 10, "failures": 0, "error_ratio": 0.0, "rps": 5.0, "p50_ms": 10.0, "p95_ms": 20.0,
+               "p99_ms": 30.0, "max_ms": 40.0, "accuracy": 0.9, "offline_accuracy": 0.95, "schema_errors": 0}
+    return {"metrics": metrics, "accuracy": {"accuracy": 0.9, "correct": 9, "labelled": 10},
+            "endpoints": [{**metrics, "name": "/predictions/m", "method": "POST"}], "n_images": 10,
+            "images": "data/synthetic", "n_labelled_images": 10, "peak_users": 2, "fault": {}, "passed": True,
+            "checks": [{"ok": True, "text": "accuracy_drop 0.05 <= 0.05"}], "load": {"before": 0.5, "after": 1.7},
+            "model_meta": {"arch": "resnet18", "image_size": 96, "version": "1.abc", "pretrained": "none"}}
+
+
 def test_docs_block_states_detected_conditions_and_only_measured_numbers(tmp_path):
     from benchmarks.report import machine
 
-    metrics = {"requests": 10, "failures": 0, "error_ratio": 0.0, "rps": 5.0, "p50_ms": 10.0, "p95_ms": 20.0,
-               "p99_ms": 30.0, "max_ms": 40.0, "accuracy": 0.9, "offline_accuracy": 0.95, "schema_errors": 0}
-    summary = {"metrics": metrics, "accuracy": {"accuracy": 0.9, "correct": 9, "labelled": 10},
-               "endpoints": [{**metrics, "name": "/predictions/m", "method": "POST"}], "n_images": 10,
-               "images": "data/synthetic", "n_labelled_images": 10, "peak_users": 2, "fault": {}, "passed": True,
-               "checks": [{"ok": True, "text": "accuracy_drop 0.05 <= 0.05"}], "load": {"before": 0.5, "after": 1.7},
-               "model_meta": {"arch": "resnet18", "image_size": 96, "version": "1.abc", "pretrained": "none"}}
     (tmp_path / "report.json").write_text("{}")
-    text = "\n".join(report.docs_lines({"mode": "run", "summary": summary}, tmp_path))
+    text = "\n".join(report.docs_lines({"mode": "run", "summary": run_summary()}, tmp_path))
     assert machine()["cpu"] in text and machine()["gpu"] in text  # detected, not typed
     assert "random initialisation" in text and "offline test accuracy: 0.950" in text
     assert "**PASSED**" in text and "0.5 before, 1.7 after" in text
+
+
+def test_report_of_a_run_writes_report_json_and_only_its_docs_block(tmp_path, capsys):
+    """What `make loadtest-docs` runs: the run's block of the docs, the rest of the file kept."""
+    (tmp_path / "locust_summary.json").write_text(json.dumps(run_summary()))
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\nkept\n")
+    assert report.main(["run", "--out", str(tmp_path), "--docs", str(doc)]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["mode"] == "run"
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nkept\n") and "<!-- loadtest:run:start -->" in text
+    assert "Gate: **PASSED**" in text and "gate PASSED" in capsys.readouterr().out
