@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
+from catsdogs.contract import MODEL_DIR
 from model.export import read_metadata
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 
@@ -122,7 +123,7 @@ def render(report: dict) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="export stage output")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant (default: %(default)s)")

@@ -44,7 +44,7 @@ import torch
 
 from benchmarks.cpu_inference import interleaved
 from benchmarks.report import load_average, markers, measured, measured_line, model_line, write_block, write_json
-from catsdogs.contract import REPO_ROOT
+from catsdogs.contract import MODEL_DIR, PREPARED_DIR, REPO_ROOT
 from model.engines import (
     check_agreement,
     compile_forward,
@@ -376,7 +376,7 @@ def render(r: dict) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"),
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
                         help="export stage output: model.pt + model-meta.json (default: %(default)s)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--prepared", type=Path, help="prepare stage output with the test split (default: data/prepared)")
@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
         work = Path(tmp)
         prepared = (prepared_from_photos(args.data, work / "prepared", meta, args.params) if args.data
-                    else args.prepared or Path("data/prepared"))
+                    else args.prepared or PREPARED_DIR)
         rows = split_rows(prepared, "test", args.test_images)
         x_test, y_test = transformed(rows, meta)
         example = x_test[:2] if len(x_test) >= 2 else torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)

@@ -52,7 +52,7 @@ def cmd_start(args) -> int:
     return 0
 
 
-def generated_data_note(run_dir: Path, prepared: Path = Path("data/prepared")) -> str | None:
+def generated_data_note(run_dir: Path, prepared: Path = contract.PREPARED_DIR) -> str | None:
     """A warning when the served model learnt from the generated cartoons: params.yaml says data.source synthetic
     and the prepare output holds the data the served model was trained on (same data hash). None otherwise, or
     when it cannot tell (no prepare output, no model metadata)."""
