@@ -21,8 +21,7 @@ pytestmark = pytest.mark.slow
 def tiny_params(tmp: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update(image_size=64, resize_size=72)
-    params["train"].update(batch_size=16, head_epochs=3, finetune_blocks=1, finetune_epochs=2, patience=5,
-                           num_threads=1,
+    params["train"].update(batch_size=16, head_epochs=3, finetune_blocks=1, finetune_epochs=2, patience=5, num_threads=1,
                            trunk_tolerance=0.01)  # the trunk as torch computes it (OpenVINO f32): these tests train
     # for two or three epochs on 72 images of 64 px, where bf16's rounding of the trunk outputs (within the default
     # tolerance) left the classifier at chance in one run
