@@ -8,14 +8,13 @@ is (`malloc default`) and with model.runtime.reuse_freed_memory (`malloc reuse`)
                  channels_last inputs
   channels_last+optimize  the same built with one thread: + torch.jit.optimize_for_inference
 Rounds are interleaved; the table (docs/cpu-inference.md, reports/cpu-inference.json) gives the median images/s
-and the ratio to `exported`, with other processes' CPU. Nothing is asserted.
+and the ratio to `exported`, with the machine's load. Nothing is asserted.
 
     python -m benchmarks.cpu_inference --model-dir build/bench-real/pretrained/model --batches 1 8 64
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
@@ -23,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.conditions import measured, measured_line, model_line
-from loadtest.contention import CpuWatcher
+from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
+from catsdogs.contract import MODEL_DIR
 from model.export import read_metadata
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 
@@ -98,7 +97,7 @@ def measure(model_file: Path, size: int, batches: list[int], threads: list[int],
     return rows
 
 
-def render(report: dict) -> str:
+def render(report: dict) -> list[str]:
     lines = ["# CPU inference: which form of the exported model runs fastest", "",
              ("Written by `python -m benchmarks.cpu_inference`; every number below was measured by it in one run, "
              "variants interleaved round by round."), "",
@@ -118,13 +117,13 @@ def render(report: dict) -> str:
               "use the form for their thread count. *malloc default* = glibc's initial "
               "settings (blocks above 128 KiB are mmapped and unmapped on free); *malloc reuse* = "
               "`model.runtime.reuse_freed_memory()` (freed memory kept for the next forward), which the training "
-              "CLI, the handler and the benchmarks call at start."), ""]
-    return "\n".join(lines)
+              "CLI, the handler and the benchmarks call at start.")]
+    return lines
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"), help="export stage output")
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="export stage output")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant (default: %(default)s)")
@@ -133,22 +132,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
     meta = read_metadata(args.model_dir / "model-meta.json")
-    with CpuWatcher(every=1.0) as watcher:
-        rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
-                       args.seconds)
-    report = {**measured(watcher.summary["others_cores"], meta), "model_dir": str(args.model_dir),
+    load_before = load_average()
+    rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
+                   args.seconds)
+    report = {**measured(load_before, meta), "model_dir": str(args.model_dir),
               "rounds": args.rounds, "seconds": args.seconds, "rows": rows}
-    save(report, Path("reports/cpu-inference.json"), None if args.no_docs else args.report, render)
+    write_json("reports/cpu-inference.json", report)
+    if not args.no_docs:
+        write_block(args.report, render(report))
     return 0
-
-
-def save(report: dict, json_path: Path, doc: Path | None, render) -> None:
-    """The measurements as JSON (reports/) and, unless doc is None, rendered into doc."""
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    if doc is not None:
-        doc.write_text(render(report))
-        print(f"wrote {doc}")
 
 
 if __name__ == "__main__":

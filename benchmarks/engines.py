@@ -19,7 +19,7 @@ beside OpenVINO, as the handler runs it); test-split accuracy,
 log loss, top-1 agreement and largest probability difference against torchscript. A variant that cannot run
 here is a row with the reason, never a failure. Rounds interleave every variant and batch size, so that a slow
 spell of the machine hits all alike; the tables give medians, the JSON every round. The conditions (CPU model
-and flags, OpenVINO's capabilities, package versions, other processes' CPU use) are detected and written next
+and flags, OpenVINO's capabilities, package versions, the machine's load) are detected and written next
 to the numbers: reports/engines.json and a block between markers in docs/engines.md. Nothing is asserted.
 
     python -m benchmarks.engines --model-dir artifacts/model --prepared data/prepared
@@ -42,11 +42,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.conditions import measured, measured_line, model_line
-from benchmarks.cpu_inference import interleaved, save
-from catsdogs.contract import REPO_ROOT
-from loadtest.contention import CpuWatcher
-from loadtest.report import replace_block
+from benchmarks.cpu_inference import interleaved
+from benchmarks.report import load_average, markers, measured, measured_line, model_line, write_block, write_json
+from catsdogs.contract import MODEL_DIR, PREPARED_DIR, REPO_ROOT
 from model.engines import (
     check_agreement,
     compile_forward,
@@ -61,7 +59,8 @@ from model.runtime import reuse_freed_memory
 
 VARIANTS = ("torchscript", "openvino-f32", "openvino-bf16", "openvino-int8", "onnxruntime", "aoti")
 PACKAGES = ("torch", "torchvision", "openvino", "nncf", "onnxruntime", "onnx")
-START, END = "<!-- engines-benchmark:start -->", "<!-- engines-benchmark:end -->"
+BLOCK = "engines-benchmark"  # docs/engines.md's block between its markers
+START, END = markers(BLOCK)
 EVAL_BATCH = 32  # batch size of the accuracy pass
 BENCH_REQUIREMENTS = "pip install -r benchmarks/requirements.txt"
 
@@ -327,24 +326,24 @@ def _num(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-def render(r: dict) -> str:
-    """The docs block (markers included) from a results dict."""
+def render(r: dict) -> list[str]:
+    """The docs block's lines (markers left to write_block) from a results dict."""
     ov = r.get("openvino")
     ov_text = (f"OpenVINO sees {ov['device']} with capabilities {', '.join(ov['capabilities'])}" if ov
                else "OpenVINO not installed")
     versions = ", ".join(f"{k} {v or 'not installed'}" for k, v in r["packages"].items())
-    busiest = ", ".join(f"{b['name']} {b['cores']}" for b in r.get("busiest_others", [])) or "none"
-    lines = [START, "## Measured", "",
+    lines = ["## Measured", "",
              ("Written by `python -m benchmarks.engines` (`make benchmark-engines`); every number below was measured "
               "by it in one run, variants and batch sizes interleaved round by round. Noisy when the machine is "
-              "shared: see other processes' CPU use."), "",
-             measured_line(r) + f" Busiest others: {busiest}.",
+              "shared: see the machine's load."), "",
+             measured_line(r),
              f"- {ov_text}. Packages: {versions}.",
              (f"- {model_line(r['model'])} ({r['model_dir']}); {r['threads']} thread(s) for every engine; "
               f"{r['rounds']} round(s) of {r['seconds']} s per variant and batch; test split of {r['data']}."),
              *([(f"- int8: NNCF preset {r['int8']['preset']}, calibrated on {r['int8']['calibration_images']} "
                 "training-split images.")] if r["int8"]["calibration_images"] else []), "",
-             "| variant | status | build s | test accuracy | log loss | top-1 agreement | max prob. difference | note |",
+             ("| variant | status | build s | test accuracy | log loss | top-1 agreement | max prob. difference "
+              "| note |"),
              "|---|---|---|---|---|---|---|---|"]
     for v in r["variants"]:
         q = v.get("test") or {}
@@ -365,26 +364,19 @@ def render(r: dict) -> str:
         for s in rows:
             rounds = ", ".join(str(v) for v in s["rounds_images_per_s"])
             lines.append(f"| {s['variant']} | {s['batch_size']} | {s['images_per_s']} | "
-                         f"{'n/a' if s['vs_torchscript'] is None else 'x' + str(s['vs_torchscript'])} | {s['p50_ms']} | {rounds} |")
+                         f"{'n/a' if s['vs_torchscript'] is None else 'x' + str(s['vs_torchscript'])} | "
+                         f"{s['p50_ms']} | {rounds} |")
         lines.append("")
     lines += [("p50 ms per call at batch 1 is the single-image latency. The decode rows use the prepare stage's "
-               "cached JPEGs (short side = resize_size), so decoding costs less than on full-size photos."), END]
-    return "\n".join(lines)
-
-
-def update_docs(doc: Path, block: str) -> None:
-    """`block` between the markers of `doc` (the rest of the file kept; appended when the markers are missing)."""
-    text = doc.read_text() if doc.exists() else "# Inference engines\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(replace_block(text, START, END, block).rstrip() + "\n")
-    print(f"wrote {doc}")
+               "cached JPEGs (short side = resize_size), so decoding costs less than on full-size photos.")]
+    return lines
 
 
 # ---- main --------------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"),
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
                         help="export stage output: model.pt + model-meta.json (default: %(default)s)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--prepared", type=Path, help="prepare stage output with the test split (default: data/prepared)")
@@ -402,12 +394,14 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8],
                         help="batch sizes with decode (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per variant, batch and round (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="seconds per variant, batch and round (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="threads of every engine (default: torch's, %(default)s here)")
     parser.add_argument("--test-images", type=int, help="the first N test-split images only (default: all)")
     parser.add_argument("--calibration", type=int, default=300, help="training images for int8 (default: 300)")
-    parser.add_argument("--aoti-timeout", type=float, default=600, help="seconds the aoti build may take (default: %(default)s)")
+    parser.add_argument("--aoti-timeout", type=float, default=600,
+                        help="seconds the aoti build may take (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("reports/engines.json"), help="default: %(default)s")
     parser.add_argument("--docs", type=Path, default=Path("docs/engines.md"), help="default: %(default)s")
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
@@ -420,10 +414,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"{model_file} not found: run `make pipeline` or pass --model-dir")
     size, classes = int(meta["image_size"]), list(meta["classes"])
 
-    with tempfile.TemporaryDirectory(prefix="engines-") as tmp, CpuWatcher(every=1.0) as watcher:
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
         work = Path(tmp)
         prepared = (prepared_from_photos(args.data, work / "prepared", meta, args.params) if args.data
-                    else args.prepared or Path("data/prepared"))
+                    else args.prepared or PREPARED_DIR)
         rows = split_rows(prepared, "test", args.test_images)
         x_test, y_test = transformed(rows, meta)
         example = x_test[:2] if len(x_test) >= 2 else torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
@@ -491,17 +486,15 @@ def main(argv=None) -> int:
             print(f"{s['variant']:<14} {s['mode']:<8} batch {s['batch_size']:>2} {s['images_per_s']:8.1f} images/s "
                   f"x{s['vs_torchscript']} p50 {s['p50_ms']} ms", flush=True)
 
-    cpu = watcher.summary
-    report = {**measured(cpu["others_cores"], meta), "busiest_others": cpu["busiest_others"],
+    report = {**measured(load_before, meta),
               "model_dir": str(args.model_dir), "data": str(args.data or prepared), "threads": args.threads,
               "rounds": args.rounds, "seconds": args.seconds, "openvino": openvino_info(), "packages": packages(),
               "int8": int8,
               "variants": [{k: v for k, v in variant.items() if k != "forward"} for variant in variants],
               "speed": speed}
-    save(report, args.out, None, render)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json(args.out, report)}")
     if not args.no_docs:
-        update_docs(args.docs, render(report))
+        write_block(args.docs, render(report), BLOCK)
     return 0
 
 

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.conditions import measured, measured_line, model_line
-from benchmarks.cpu_inference import interleaved, save
-from loadtest.contention import CpuWatcher
+from benchmarks.cpu_inference import interleaved
+from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
 from model.export import read_metadata
 from model.quantize import preprocessed_batches, quantize_static
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
@@ -74,8 +73,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     reuse_freed_memory()
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
-    watcher = CpuWatcher(every=1.0)
-    watcher.start()
+    load_before = load_average()
 
     meta = read_metadata(args.run / "model" / "model-meta.json")
     classes, size = list(meta["classes"]), int(meta["image_size"])
@@ -113,15 +111,17 @@ def main(argv=None) -> int:
     profiles = {"fp32": top_ops(fp32, channels_last(x)), "int8": top_ops(int8, x)}
     for k, ops in profiles.items():
         print(k, "batch 4:", "; ".join(f"{o['op']} {o['share']:.0%}" for o in ops), flush=True)
-    report = {**measured(watcher.result()["others_cores"], meta), "run": str(args.run),
+    report = {**measured(load_before, meta), "run": str(args.run),
               "calibration_images": len(calibration), "quantize_s": quantize_s, "threads": args.threads,
               "backend": torch.backends.quantized.engine, "accuracy": accuracy, "speed": speed,
               "profiles": profiles}
-    save(report, Path("reports/int8.json"), None if args.no_docs else args.report, render)
+    write_json("reports/int8.json", report)
+    if not args.no_docs:
+        write_block(args.report, render(report))
     return 0
 
 
-def render(r: dict) -> str:
+def render(r: dict) -> list[str]:
     a = r["accuracy"]
     lines = ["# int8: post-training static quantization against the served float model", "",
              "Written by `python -m benchmarks.int8`; every number below was measured by it in one run.", "",
@@ -141,8 +141,8 @@ def render(r: dict) -> str:
         lines += [f"| `{o['op']}` | {o['calls_per_pass']} | {o['ms_per_pass']} | {o['share']:.1%} |" for o in ops]
     lines += ["", ("fp32 = the exported TorchScript model as the handler serves it (channels_last + freeze, "
               "model/runtime.py); int8 = model/quantize.py (FX graph mode, per-channel int8 weights, "
-              "activations calibrated on training images), traced and frozen. Median of interleaved rounds."), ""]
-    return "\n".join(lines)
+              "activations calibrated on training images), traced and frozen. Median of interleaved rounds.")]
+    return lines
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ The servers are up together; every round runs each engine's in-process and serve
 rounds), so a slow spell of the machine hits all engines alike; the tables give the medians.
 Swap: under steady wrk load, `python -m deploy deploy` of a second version (same weights, gates included) and
 `python -m deploy rollback`; failed requests, requests over 1 s and p99 against the steady p99.
-The conditions (CPU model and flags, GPU, other processes' CPU during every run, from psutil) are
-detected and written next to the numbers. Nothing is asserted: it prints the numbers and writes the tables
+The conditions (CPU model and flags, GPU, the machine's load before and after) are detected and
+written next to the numbers. Nothing is asserted: it prints the numbers and writes the tables
 into docs/performance.md between markers (the rest of that file is kept) and reports/serving-benchmark.json.
 
     python -m benchmarks.serving                                  # artifacts/model, committed configuration
@@ -40,11 +40,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.conditions import describe_machine, machine, model_line
+from benchmarks.report import describe_machine, load_average, load_line, machine, model_line, write_block, write_json
 from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS
 from deploy.deployer import DeployOptions
 from handler.catsdogs_handler import serving_forward
-from loadtest.contention import CpuWatcher
 from model import engines
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_geometry
@@ -54,7 +53,7 @@ from serving.client import ServingClient
 from serving.config import DEFAULT_CONFIG
 from serving.server import free_ports, start, stop
 
-START, END = "<!-- serving-benchmark:start -->", "<!-- serving-benchmark:end -->"
+BLOCK = "serving-benchmark"  # docs/performance.md's block between its markers
 LUA = Path(__file__).with_name("wrk_post_image.lua")
 SHARED_TAR = SHARED_PHOTOS
 
@@ -78,7 +77,7 @@ def payload(source: Path | None) -> tuple[bytes, str]:
 
 
 def conditions() -> dict:
-    """What the numbers depend on, read from this machine (benchmarks.conditions) plus the wrk binary."""
+    """What the numbers depend on, read from this machine (benchmarks.report) plus the wrk binary."""
     return {**machine(), "wrk": shutil.which("wrk")}
 
 
@@ -183,7 +182,8 @@ def served(model_dir: Path, cfg: dict, props: dict, handler: dict, work: Path, e
         os.environ.pop(engines.ENGINE_ENV) if before is None else os.environ.update({engines.ENGINE_ENV: before})
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        yield state, f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference"), work / "store"
+        url = f"{state['inference_url']}/predictions/{client.model_name}"
+        yield state, url, client.key("inference"), work / "store"
     finally:
         stop(work / "run")
 
@@ -203,18 +203,11 @@ def measure(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict,
             run_wrk(url, token, body, 4, args.warmup)  # the frontend's JIT compiler, the worker's first batches
         for round_ in range(args.rounds):
             for engine, (state, url, token, _) in servers.items():
-                watcher = CpuWatcher(every=1.0)
-                watcher.start()
                 runs = [in_process(model_dir, data, engine, b, cores, min(args.seconds, 6)) for b in (1, 8)]
-                others = watcher.result()["others_cores"]
-                inproc += [{**run, "round": round_, "others_cores": others} for run in runs]
+                inproc += [{**run, "round": round_} for run in runs]
                 for c in args.concurrency:
-                    watcher = CpuWatcher(roots=[state["pid"]], every=1.0)
-                    watcher.start()
                     row = run_wrk(url, token, body, c, args.seconds)
-                    cpu = watcher.result()
-                    rows.append({**cfg, "engine": engine, **row, "round": round_, "ours_cores": cpu["ours_cores"],
-                                 "others_cores": cpu["others_cores"], "busiest_others": cpu["busiest_others"]})
+                    rows.append({**cfg, "engine": engine, **row, "round": round_})
     return inproc, rows
 
 
@@ -268,13 +261,15 @@ def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict
                                       text=True, cwd=REPO_ROOT, timeout=600)
                 steps[name] = {"seconds": round(time.monotonic() - began, 1), "exit": done.returncode}
                 if done.returncode != 0:
-                    raise RuntimeError(f"python -m deploy {name} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+                    raise RuntimeError(f"python -m deploy {name} failed (exit "
+                                       f"{done.returncode}):\n{done.stdout}{done.stderr}")
                 time.sleep(3)
         finally:
             load.send_signal(signal.SIGINT)  # wrk stops and prints its summary
             out, _ = load.communicate(timeout=60)
         swap_row = parse_wrk(out, connections)
-    return {"connections": connections, "steady_seconds": steady, "steady": steady_row, "swap": swap_row, "steps": steps,
+    return {"connections": connections, "steady_seconds": steady, "steady": steady_row, "swap": swap_row,
+            "steps": steps,
             "p99_ratio": round(swap_row["p99_ms"] / steady_row["p99_ms"], 2)}
 
 
@@ -314,6 +309,7 @@ def main(argv=None) -> int:
     handler = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.handler)}
     configs = [parse_config(c) for c in args.configs] if args.configs else [committed_config()]
     print(f"payload: {described}; model {args.model_dir}")
+    load_before = load_average()
     inproc_runs, served_runs = [], []
     for cfg in configs:
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -323,25 +319,26 @@ def main(argv=None) -> int:
         for row in runs + rows:
             print(json.dumps(row))
     baseline = medians(inproc_runs, ("engine", "runs_on", "threads", "batch_size"),
-                       ("images_per_s", "p50_ms", "p95_ms", "p99_ms", "others_cores"))
+                       ("images_per_s", "p50_ms", "p95_ms", "p99_ms"))
     results = medians(served_runs, ("engine", "workers", "threads", "batch_size", "max_batch_delay", "concurrency"),
-                      ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "failed", "others_cores"))
+                      ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "failed"))
     swap = None
     if not args.no_swap:
         with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
             swap = run_swap(args.model_dir, data, configs[0], props, handler, args.swap_connections, args.swap_steady,
                             args.warmup, Path(tmp))
         print(json.dumps(swap))
-    report = {"conditions": conditions(), "payload": described, "set": props, "handler": handler,
-              "capabilities": sorted(engines.cpu_capabilities()), "rounds": args.rounds, "in_process": baseline, "served": results,
+    report = {"conditions": conditions(), "load": {"before": load_before, "after": load_average()},
+              "payload": described, "set": props, "handler": handler,
+              "capabilities": sorted(engines.cpu_capabilities()), "rounds": args.rounds, "in_process": baseline,
+              "served": results,
               "in_process_runs": inproc_runs, "served_runs": served_runs, "swap": swap,
               "verdict": verdict(baseline, results, inproc_runs, served_runs, swap)}
     print(json.dumps(report["verdict"]))
     meta = read_metadata(args.model_dir / "model-meta.json")
+    write_json("reports/serving-benchmark.json", report)
     if not args.no_docs:
-        write_report(args.report, meta, args, report)
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/serving-benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_block(args.report, render(report, meta, args), BLOCK)
     return 0
 
 
@@ -359,7 +356,8 @@ def targets(baseline: list[dict], results: list[dict]) -> dict:
         if ("auto", 1) in rows and "auto" in single:
             entry["c1_gap_ms"] = round(rows["auto", 1]["p50_ms"] - single["auto"], 1)
         if ("auto", 16) in rows and ("torchscript", 16) in rows:
-            entry["c16_ratio"] = round(rows["auto", 16]["requests_per_s"] / rows["torchscript", 16]["requests_per_s"], 2)
+            entry["c16_ratio"] = round(rows["auto", 16]["requests_per_s"] / rows["torchscript", 16]["requests_per_s"],
+                                       2)
         out["configs"].append(entry)
     return out
 
@@ -377,7 +375,8 @@ def verdict(baseline: list[dict], results: list[dict], inproc_runs: list[dict], 
     return out
 
 
-def write_report(path: Path, meta: dict, args, report: dict) -> None:
+def render(report: dict, meta: dict, args) -> list[str]:
+    """docs/performance.md's serving-benchmark block (markers left to write_block)."""
     c = report["conditions"]
     default_model = args.model_dir == MODEL_DIR
     command = "`make benchmark-serving`" if not (args.configs or args.set or args.handler) else (
@@ -386,7 +385,7 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
         + (f" --handler {' '.join(args.handler)}" if args.handler else "") + "`")
     if not default_model:
         command += f" with `--model-dir {args.model_dir}`"
-    lines = [START, "## Serving benchmark (TorchServe + wrk vs in-process)", "",
+    lines = ["## Serving benchmark (TorchServe + wrk vs in-process)", "",
              f"Written by {command} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); do not edit by hand.",
              "",
              f"- Machine: {describe_machine(c)}.",
@@ -398,10 +397,8 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
              "Failed = wrk's connect/read/write/timeout errors + non-2xx answers."),
              (f"- {args.rounds} rounds with one server per engine ({', '.join(args.engines)}), all up together; each "
               "round runs every engine's in-process runs (servers idle) then its served runs; the tables give the "
-              "median over the rounds (other processes' CPU included), the targets below also each round's own."),
-             (f"- Other processes' CPU (psutil, everything outside this benchmark, TorchServe and wrk): "
-             f"{max(r['others_cores'] for r in report['in_process'])} cores at most during the in-process runs "
-             "(median of a configuration's rounds), per served run in the table."),
+              "median over the rounds, the targets below also each round's own."),
+             f"- The {load_line(report['load'])}.",
              (f"- Engines (model/engines.py): `auto` = what the archive serves by default here; OpenVINO's CPU "
               f"capabilities: {', '.join(report['capabilities']) or 'OpenVINO not installed'}."),
              "", ("In-process (decode + resize/crop + the engine's forward as the handler builds it, one Python "
@@ -411,12 +408,13 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
     lines += [f"| {r['engine']} | {r['runs_on']} | {r['threads']} | {r['batch_size']} | {r['images_per_s']} | "
               f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |" for r in report["in_process"]]
     lines += ["", "Served:", "",
-              ("| engine | workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | p99 ms "
-               "| failed | others' cores |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              ("| engine | workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | "
+               "p99 ms "
+               "| failed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     cores = c.get("cores") or os.cpu_count()
     lines += [f"| {r['engine']} | {r['workers']} | {r['threads'] or f'all ({cores})'} | {r['batch_size']} | "
               f"{r['max_batch_delay']} | {r['concurrency']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
-              f"{r['p99_ms']} | {r['failed']} | {r['others_cores']} |" for r in report["served"]]
+              f"{r['p99_ms']} | {r['failed']} |" for r in report["served"]]
     v = report["verdict"]
     bf16 = "BF16" in report["capabilities"]
     lines += ["", (f"Targets: the default engine (`auto`) against TorchScript on the same model, concurrency 16 "
@@ -432,11 +430,14 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
     swap = report["swap"]
     if swap:
         steps = ", ".join(f"{name} {step['seconds']} s" for name, step in swap["steps"].items())
-        lines += ["", (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
+        lines += ["",
+                  (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
                        f"as committed, default engine; wrk -c{swap['connections']} posting the payload throughout; "
-                       f"`python -m deploy deploy` of a second version of the same weights, gates included, against an MLflow URI "
+                       f"`python -m deploy deploy` of a second version of the same weights, gates included, "
+                       f"against an MLflow URI "
                        f"without a store (no registry work), then "
-                       f"`python -m deploy rollback`; {steps}; steady window {swap['steady_seconds']} s before it):"), "",
+                       f"`python -m deploy rollback`; {steps}; "
+                       f"steady window {swap['steady_seconds']} s before it):"), "",
                   "| window | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms | over 1 s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, r in (("steady (before)", swap["steady"]), ("deploy + rollback", swap["swap"])):
@@ -444,15 +445,7 @@ def write_report(path: Path, meta: dict, args, report: dict) -> None:
                          f"{r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['over_1s']} |")
         lines += ["", (f"- Swap targets: failed {v['swap']['failed']} (target 0), over 1 s {v['swap']['over_1s']} "
                        f"(target 0), p99 {v['swap']['p99_ratio']}x the steady p99 (target <= 2).")]
-    lines += ["", END]
-    block = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Performance\n\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    return lines
 
 
 if __name__ == "__main__":

@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.conditions import machine
 from benchmarks.cpu_inference import images_per_s
+from benchmarks.report import machine, machine_load, write_block
 from handler.catsdogs_handler import serving_forward
-from loadtest.contention import CpuWatcher
 from model.export import read_metadata
 from model.preprocess import decode_image, eval_geometry
 from model.runtime import reuse_freed_memory
@@ -71,21 +70,19 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
 
 def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
     """The exported model served by TorchServe with the committed handler/model-config.yaml, loaded by wrk
-    posting `data` at concurrency 1 and 16 (req/s, p50/p99, failures, other processes' CPU)."""
+    posting `data` at concurrency 1 and 16 (req/s, p50/p99, failures)."""
     from benchmarks import serving
 
     cfg = serving.committed_config()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-real-serve-") as tmp, \
-            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (state, url, token, _):
+            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (_, url, token, _):
         body = Path(tmp) / "payload.jpg"
         body.write_bytes(data)
         serving.run_wrk(url, token, body, 4, 10)  # warm-up: the frontend's JIT compiler, the worker's first batches
         for connections in (1, 16):
-            with CpuWatcher(roots=[state["pid"]], every=1.0) as watcher:
-                row = serving.run_wrk(url, token, body, connections, seconds)
-            rows.append({**row, "others_cores": watcher.summary["others_cores"]})
-    keep = ("concurrency", "requests_per_s", "p50_ms", "p99_ms", "failed", "others_cores")
+            rows.append(serving.run_wrk(url, token, body, connections, seconds))
+    keep = ("concurrency", "requests_per_s", "p50_ms", "p99_ms", "failed")
     return {"config": cfg, "seconds": seconds, "runs": [{k: r[k] for k in keep} for r in rows]}
 
 
@@ -138,7 +135,7 @@ def main(argv=None) -> int:
     from training.train import train
 
     timings = {}
-    with CpuWatcher(every=1.0) as load:
+    with machine_load() as load:
         t0 = time.time()
         prepare(args.data, work / "prepared", list(params["data"]["classes"]),
                 resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
@@ -160,7 +157,7 @@ def main(argv=None) -> int:
               "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
               **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
               "model_version": meta["version"],
-              "conditions": {**conditions(), "other_processes_cores": load.summary["others_cores"]},
+              "conditions": {**conditions(), "machine_load": load},
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if serve:
         result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
@@ -180,12 +177,12 @@ def remeasure(args, serve: bool) -> int:
         raise SystemExit(f"{work / 'benchmark.json'} not found: run without --serve-only first")
     result = json.loads((work / "benchmark.json").read_text())
     images = test_images(work)
-    with CpuWatcher(every=1.0) as load:
+    with machine_load() as load:
         result["latency"] = single_image_latency(work / "model", images)
         if serve:
             result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
     result["serving_measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    result["conditions"]["serving_other_processes_cores"] = load.summary["others_cores"]
+    result["conditions"]["serving_machine_load"] = load
     return record(args, work, result)
 
 
@@ -195,7 +192,7 @@ def record(args, work: Path, result: dict) -> int:
     runs = [r for r in runs if r["label"] != args.label] + [result]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(runs, indent=2) + "\n")
-    args.report.write_text(render(runs))
+    write_block(args.report, render(runs))
     print(json.dumps({k: result.get(k) for k in ("label", "total_s", "train_s", "test", "latency", "served")}, indent=2))
     return 0
 
@@ -217,15 +214,15 @@ def served_note(r: dict) -> str:
         return "; serving not measured"
     cfg, runs = r["served"]["config"], r["served"]["runs"]
     failed = sum(x["failed"] for x in runs)
-    others = ", ".join(f"c={x['concurrency']} {x['others_cores']}" for x in runs)
+    others = ", ".join(f"c={x['concurrency']} {x['others_cores']}" for x in runs if "others_cores" in x)
     when = r.get("serving_measured_at", r["measured_at"])
     return (f"; served {when}: {cfg['workers']} workers x {cfg['threads'] or 'default'} torch threads, batch "
             f"{cfg['batch_size']}, max delay {cfg['max_batch_delay']} ms, {r['served']['seconds']} s per level, "
             f"{failed} failed requests, p99 " + ", ".join(f"c={x['concurrency']} {x['p99_ms']} ms" for x in runs)
-            + f", other processes' CPU {others} cores")
+            + (f", other processes' CPU {others} cores" if others else ""))
 
 
-def render(runs: list[dict]) -> str:
+def render(runs: list[dict]) -> list[str]:
     """docs/training-benchmark.md: every recorded run, written by this script only."""
     lines = ["# Training benchmark: recipes on real photos", "",
              ("Written by `python -m benchmarks.train_real_data` from `benchmarks/results/train_real_data.json`; "
@@ -244,14 +241,15 @@ def render(runs: list[dict]) -> str:
             f"| {r['label']} | {recipe(r)} | {r['train_s'] / 60:.1f} min | {r['total_s'] / 60:.1f} min | "
             f"{t['accuracy']:.4f} | {t['log_loss']:.4f} | {t['ece']:.4f} | {t['roc_auc']:.4f} | "
             f"{lat.get('engine', 'torchscript f32')} | {lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
-            f"{r['conditions'].get('other_processes_cores', '-')} cores | {r['measured_at']} |")
+            f"{cpu_load(r['conditions'])} | {r['measured_at']} |")
     lines += ["", ("Columns: *train* and *total* are wall time (total = prepare + train + evaluate + export); "
               "*engine* is what the handler serves the exported model with (runs measured before the engine choice "
               "existed ran TorchScript); *1-image p50* is decode + preprocess + forward of one photo on that engine; "
               "*batch-8 img/s* is that forward alone on batches of 8 (in-process); *served* is the exported model in a real "
               "TorchServe (handler/model-config.yaml as committed) loaded by `wrk` posting one test photo, "
               "concurrency 1 (median latency) and 16 (requests/s); *other CPU load* is the CPU time other "
-              "processes used during the run, in cores."), ""]
+              "processes used during the run, in cores (older runs), or the machine's 1-minute load average "
+              "before -> after the run (newer runs)."), ""]
     for r in runs:
         c = r["conditions"]
         lines.append(f"- **{r['label']}**: {c['cpu']}, {c['logical_cpus']} logical CPUs, {c['torch_threads']} torch "
@@ -261,7 +259,13 @@ def render(runs: list[dict]) -> str:
                         if "trunk_seconds" in r["summary"] else "") + "precision / recall "
                      f"{r['test']['precision']:.4f} / {r['test']['recall']:.4f}; model {r['model_version']}"
                      + served_note(r) + ".")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def cpu_load(c: dict) -> str:
+    if "machine_load" in c:
+        return f"load {c['machine_load']['before']} -> {c['machine_load']['after']}"
+    return f"{c.get('other_processes_cores', '-')} cores"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 
 # --- paths (relative to the repo root, where make and dvc run) --------------------------------------
+PREPARED_DIR = Path("data/prepared")        # prepare stage output: manifest.csv, stats.json, the image cache
+TRAIN_DIR = Path("artifacts/train")          # train stage output: best.pt, history
 MODEL_DIR = Path("artifacts/model")          # export stage output: model.pt, model-meta.json, index_to_name.json
 EVAL_DIR = Path("artifacts/eval")            # evaluate stage output: metrics.json, predictions.csv
 MODEL_STORE = Path("model-store")            # archive stage output: <model name>.mar

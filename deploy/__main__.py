@@ -39,7 +39,8 @@ def api_from(args) -> Management:
 
 def cmd_deploy(args) -> int:
     # an earlier deploy's result must not survive a run that fails before deploy() starts
-    deployer.write_result(args.result, {"status": "failed", "version": None, "previous": None, "error": "did not start"})
+    deployer.write_result(args.result, {"status": "failed", "version": None, "previous": None,
+                                        "error": "did not start"})
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(deployer.DeployOptions) if hasattr(args, f.name)}
     options = deployer.DeployOptions(**{**given, "tracking_uri": args.tracking_uri, "result_file": args.result})
     if options.keep < 1:
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("deploy", parents=[common], help="register an archive as a new version, gate it, make it default",
+    p = sub.add_parser("deploy", parents=[common],
+                       help="register an archive as a new version, gate it, make it default",
                        description="Place the .mar in the model store as <model>-<version>.mar, register it next "
                                    "to the serving version, wait for READY workers, run the smoke test and the "
                                    "golden-set gate on /predictions/<model>/<version>, then set it as default "
@@ -116,16 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--golden-cache", type=Path, default=REPO_ROOT / DEFAULTS.golden_cache,
                    help="where the synthetic golden set is drawn once and reused")
     p.add_argument("--golden-per-class", type=int, default=DEFAULTS.golden_per_class, help="golden images per class")
-    p.add_argument("--golden-size", type=int, default=DEFAULTS.golden_size, help="synthetic golden image side in pixels")
-    p.add_argument("--min-accuracy", type=float, default=DEFAULTS.min_accuracy, help="golden accuracy the candidate must reach")
+    p.add_argument("--golden-size", type=int, default=DEFAULTS.golden_size,
+                   help="synthetic golden image side in pixels")
+    p.add_argument("--min-accuracy", type=float, default=DEFAULTS.min_accuracy,
+                   help="golden accuracy the candidate must reach")
     p.add_argument("--margin", type=float, default=DEFAULTS.margin,
                    help="the candidate may score at most this much below the current default on the golden set")
     p.add_argument("--keep", type=int, default=DEFAULTS.keep, help="versions kept registered, the new default included "
                                                       "(2 = previous one stays warm for rollback)")
     p.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                    help="an old version is unregistered after receiving no request for this long")
-    p.add_argument("--drain-timeout", type=float, default=DEFAULTS.drain_timeout, help="unregister anyway after this long")
-    p.add_argument("--ready-timeout", type=float, default=DEFAULTS.ready_timeout, help="seconds for the new workers to be READY")
+    p.add_argument("--drain-timeout", type=float, default=DEFAULTS.drain_timeout,
+                   help="unregister anyway after this long")
+    p.add_argument("--ready-timeout", type=float, default=DEFAULTS.ready_timeout,
+                   help="seconds for the new workers to be READY")
     p.add_argument("--require-registry", action="store_true",
                    help="fail (before any change) when the archive's MLflow model version is not in the registry")
     p.add_argument("--result", type=Path,

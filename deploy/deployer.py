@@ -39,7 +39,7 @@ class GateFailed(DeployError):
 class DeployOptions:
     workers: int | None = None          # None: as many as the current default version has
     golden: Path | None = None          # labelled folder; None: test split of `prepared` (or synthetic)
-    prepared: Path = Path("data/prepared")  # prepare output the candidate was trained on (manifest.csv)
+    prepared: Path = contract.PREPARED_DIR  # prepare output the candidate was trained on (manifest.csv)
     synthetic_golden: bool = False      # cartoons from training.synthetic instead of the test split
     golden_cache: Path = Path("data/golden")
     golden_per_class: int = 20

@@ -146,7 +146,8 @@ class Management:
                     pid = int(worker.get("pid") or -1)
                     if pid > 0 and first_pid.setdefault(str(worker.get("id")), pid) != pid:
                         raise ManagementError(f"version {version}: the process loading worker {worker.get('id')} "
-                                              f"died and TorchServe restarted it (pid {first_pid[str(worker.get('id'))]}"
+                                              f"died and TorchServe restarted it "
+                                              f"(pid {first_pid[str(worker.get('id'))]}"
                                               f" -> {pid}): the model fails to load; see TorchServe's model_log.log")
                 states = [w.get("status") for w in description.get("workers") or []]
                 last = f"{ready}/{max(wanted, 1)} workers READY ({', '.join(states) or 'no workers'})"

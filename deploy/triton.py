@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except (contract.ContractError, FileNotFoundError) as exc:
         print(f"triton: {exc}", file=sys.stderr)
         return 1
-    print(f"triton: model repository {args.out} ({', '.join(sorted(str(p.relative_to(args.out)) for p in folder.rglob('*') if p.is_file()))})")
+    print(f"triton: model repository {args.out} "
+          f"({', '.join(sorted(str(p.relative_to(args.out)) for p in folder.rglob('*') if p.is_file()))})")
     return 0
 
 

@@ -3,9 +3,10 @@
 It derives <TS_RUN_DIR>/config.properties (serving.server.prepare_run) changing only: the inference/management/
 metrics hosts -> TS_BIND_ADDRESS (default 0.0.0.0: the loopback cannot be published; docker-compose.yml
 publishes on the host's 127.0.0.1), gRPC -> TS_GRPC_BIND_ADDRESS (default 127.0.0.1), model_store ->
-TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar, and, when the config sets no `vmargs`, the frontend's JVM heap
-(-Xmx: a quarter of the container's memory limit, within contract.JVM_HEAP_MB). It writes serve.json (the
-HEALTHCHECK and the Kubernetes probes, `python -m serving ready --run-dir $TS_RUN_DIR`, read it and key_file.json),
+TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar, and, when the config sets no
+`vmargs`, the frontend's JVM heap (-Xmx: a quarter of the container's memory limit, within
+contract.JVM_HEAP_MB). It writes serve.json (the HEALTHCHECK and the Kubernetes probes,
+`python -m serving ready --run-dir $TS_RUN_DIR`, read it and key_file.json),
 sets CATSDOGS_TORCH_THREADS from the container's CPU limit when it is unset (cgroup v2 cpu.max, v1 CFS quota),
 runs `torchserve --foreground`, forwards SIGTERM/SIGINT to the Java frontend and exits with TorchServe's status.
 Also read: TS_CONFIG (default /app/config.properties), LOG_LOCATION.

@@ -1,1 +1,1 @@
-"""Locust load tests of the served catsdogs model, used as a quality gate (`python -m loadtest --help`)."""
+"""Locust load tests of the served catsdogs model, used as a quality gate (`make loadtest`, loadtest/locustfile.py)."""

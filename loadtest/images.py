@@ -2,18 +2,10 @@
 path says (cats/x.jpg, cat.12.jpg); unlabelled files are sent but not scored."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from catsdogs.contract import IMAGE_SUFFIXES
-from training.ingest import labelled
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str            # path relative to the source (what label_from_path saw)
-    label: str | None    # None: the path does not say
-    data: bytes
+from training.ingest import LabelledImage, labelled
 
 
 def evenly(items: list, limit: int) -> list:
@@ -24,7 +16,7 @@ def evenly(items: list, limit: int) -> list:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def load_samples(source: Path | str, limit: int = 400, classes=("cat", "dog")) -> list[Sample]:
+def load_samples(source: Path | str, limit: int = 400, classes=("cat", "dog")) -> list[LabelledImage]:
     """Up to `limit` image files from a folder (recursively) or an archive, spread evenly over its sorted list."""
     source = Path(source)
     if not source.exists():
@@ -33,4 +25,4 @@ def load_samples(source: Path | str, limit: int = 400, classes=("cat", "dog")) -
     found = [e for e in labelled(source, list(classes)) if e[0].lower().endswith(IMAGE_SUFFIXES)]
     if not found:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {source}")
-    return [Sample(relpath, label, read()) for relpath, label, read in evenly(found, limit)]
+    return [LabelledImage(relpath, label, read()) for relpath, label, read in evenly(found, limit)]

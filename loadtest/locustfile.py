@@ -1,9 +1,10 @@
 """Locust load test of the served model (params.yaml serve.model_name), with its quality gate.
 
-Each mode is a config file, loadtest/<mode>.conf, run by `python -m loadtest <mode>` or from the repo root:
+Each mode is a config file, loadtest/<mode>.conf, run by `make loadtest[-<mode>]` or from the repo root:
 
     locust --config loadtest/run.conf --run-dir .serve          # -H defaults to serve.json's inference URL
     locust --config loadtest/ramp.conf -u 12 --step-seconds 10  # any line of the file overridden
+    python -m loadtest.report ramp                              # then: summary, the ramp's knee, worker chart
 
 Users POST image bytes to /predictions/<model> (and /<version>) and GET /ping through serving.client (a refused
 token is refreshed and retried, not counted). Answers are checked against the contract's schema and, where the
@@ -33,11 +34,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `locust -f .../loadtest/locustfile.py` from another directory
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.report import load_average
 from catsdogs import contract
 from catsdogs.contract import RUN_DIR, check_prediction, read_serve_state
 from loadtest import gate, workers
 from loadtest.images import load_samples
-from loadtest.schema import Tally
+from loadtest.tally import Tally
 from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")
@@ -77,6 +79,7 @@ class Run:
         self.fault = {}
         self.peak_users = 0
         self.meta = {}
+        self.load = {}                # the machine's 1-minute load average at the start and at the end
 
 
 RUN = Run()
@@ -142,10 +145,7 @@ def on_init(environment, **_):
     if not environment.host:  # serve.json's URL, else config.properties'
         environment.host = ServingClient.from_run_dir(opts.run_dir).urls["inference"]
     try:
-        response = management_client(environment).request("management", "GET",
-                                                           f"/models/{RUN.model_name}?customized=true")
-        response.raise_for_status()
-        described = response.json()
+        described = management_client(environment).describe(customized=True)
         RUN.version = described[0].get("modelVersion")
         RUN.meta = contract.parse_description(described)
         RUN.classes = RUN.meta.get("classes")
@@ -160,6 +160,7 @@ def on_test_start(environment, **_):
     if isinstance(environment.runner, MasterRunner):
         return
     RUN.started = time.time()
+    RUN.load = {"before": load_average()}
     opts = options(environment)
     if opts.monitor_every > 0:
         gevent.spawn(monitor, environment, opts.monitor_every)
@@ -298,8 +299,8 @@ def run_metrics(environment) -> dict:
                        failures_before_fault=before, failures_after_recovery=after,
                        failures_during_recovery=len(RUN.failures) - before - (after or 0))
     elif opts.kill_after > 0:
-        metrics.update(recovered=False, fault_error=RUN.fault.get("error", "the run ended before the kill; "
-                                                                            "use -t/--run-time longer than --kill-after"))
+        too_short = "the run ended before the kill; use -t/--run-time longer than --kill-after"
+        metrics.update(recovered=False, fault_error=RUN.fault.get("error", too_short))
     return metrics
 
 
@@ -319,10 +320,11 @@ def on_quitting(environment, **_):
                "endpoints": [gate.entry_metrics(e) for e in environment.stats.entries.values()],
                "accuracy": RUN.tally.to_dict(), "first_schema_error": RUN.first_schema_error,
                "model_name": RUN.model_name, "model_version": RUN.version,
-               "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes", "pretrained")}, "images": opts.images,
+               "model_meta": {k: RUN.meta.get(k) for k in ("arch", "image_size", "version", "classes",
+                                                           "pretrained")}, "images": opts.images,
                "n_images": len(RUN.samples), "peak_users": RUN.peak_users,
                "n_labelled_images": sum(s.label is not None for s in RUN.samples),
-               "fault": dict(RUN.fault), "pid": os.getpid()}
+               "fault": dict(RUN.fault), "pid": os.getpid(), "load": {**RUN.load, "after": load_average()}}
     path = output_path(environment, "summary.json")
     if path:
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -1,7 +1,16 @@
-"""What Locust's own report lacks: the per-worker RSS chart, the ramp's step table, the docs block."""
+"""`python -m loadtest.report MODE`: what Locust's own report lacks, read from the files Locust wrote.
+
+After `locust --config loadtest/MODE.conf` (make loadtest*): prints the run's summary line, the ramp's steps
+and knee (from Locust's stats history), draws the worker RSS chart (soak, fault) and writes report.json beside
+Locust's files. With --docs it writes MODE's block of docs/performance.md from them (make loadtest-docs).
+"""
 from __future__ import annotations
 
+import argparse
 import csv
+import json
+import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -9,10 +18,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from benchmarks.report import describe_machine, machine, model_line, write_block
 from loadtest import workers
+from loadtest.ramp import find_knee, ramp_steps
 
-DOCS_START, DOCS_END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
-MODES = ("run", "ramp", "fault", "soak")  # the order of their blocks in the docs
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("run", "ramp", "soak", "fault")
+PREFIX = "locust"  # the csv / json-file prefix of loadtest/<mode>.conf
+TITLES = {"run": "Steady load", "ramp": "Step ramp", "soak": "Soak", "fault": "Fault injection"}
 
 
 def _num(text: str | None) -> float | None:
@@ -26,7 +39,7 @@ def read_history(path: Path | str) -> list[dict]:
     """The Aggregated rows of Locust's `<prefix>_stats_history.csv`, as numbers, `t` in s from the first row.
 
     With --csv-full-history Locust writes the current-window (last ~10 s) percentiles in every row;
-    without it the percentiles are cumulative since the start (python -m loadtest always passes it).
+    without it the percentiles are cumulative since the start (every loadtest/<mode>.conf sets it).
     """
     with open(path, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("Name") == "Aggregated"]
@@ -85,7 +98,8 @@ def _fmt(value, digits: int = 1) -> str:
 
 def endpoint_table(endpoints: list[dict], total: dict) -> list[str]:
     """Markdown rows: name, requests, failures, req/s, p50, p95, p99, max."""
-    lines = ["| endpoint | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| endpoint | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in sorted(endpoints, key=lambda e: -e["requests"]) + [{**total, "name": "**all**", "method": ""}]:
         lines.append(f"| {(e['method'] + ' ') if e['method'] else ''}{e['name']} | {e['requests']} | {e['failures']} | "
                      f"{_fmt(e['rps'])} | {_fmt(e['p50_ms'], 0)} | {_fmt(e['p95_ms'], 0)} | {_fmt(e['p99_ms'], 0)} | "
@@ -93,35 +107,96 @@ def endpoint_table(endpoints: list[dict], total: dict) -> list[str]:
     return lines
 
 
-def replace_block(text: str, start: str, end: str, block: str) -> str:
-    """`text` with the part from `start` to `end` (markers included) replaced by `block`, or `block` appended."""
-    if start in text and end in text and text.index(start) < text.index(end):
-        return text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    return text.rstrip() + "\n\n" + block + "\n"
+def analyse(mode: str, out: Path) -> dict:
+    """report.json: Locust's summary (written by the locustfile's gate), the ramp's steps and knee, the chart."""
+    summary = json.loads((out / f"{PREFIX}_summary.json").read_text())
+    result = {"mode": mode, "summary": summary}
+    m = summary["metrics"]
+    print(f"{mode}: {m['requests']} requests, {m['failures']} failed, {_fmt(m['rps'])} req/s, p50 "
+          f"{_fmt(m['p50_ms'], 0)} ms, "
+          f"p95 {_fmt(m['p95_ms'], 0)} ms, p99 {_fmt(m['p99_ms'], 0)} ms; accuracy {_fmt(m.get('accuracy'), 3)} on "
+          f"labelled images vs {_fmt(m.get('offline_accuracy'), 3)} offline; "
+          f"gate {'PASSED' if summary['passed'] else 'FAILED'}")
+    if mode == "ramp":
+        steps = ramp_steps(read_history(out / f"{PREFIX}_stats_history.csv"))
+        result.update(steps=steps, knee=find_knee(steps))
+        for s in steps:
+            print(f"step {s['users']:>3} users: {_fmt(s['rps'])} req/s, p95 {_fmt(s['p95_ms'], 0)} ms, "
+                  f"{s['failures']} failed")
+        knee = result["knee"]
+        print(f"knee: {knee['users']} users, {knee['rps']} req/s (first step within 5 % of the best throughput)"
+              if knee else "knee: not found (no step measured)")
+    samples = out / f"{PREFIX}_workers.csv"
+    if samples.is_file():
+        fault = summary.get("fault") or {}
+        events = {"kill": fault["killed_at_s"]} if fault.get("killed_at_s") is not None else {}
+        if events and fault.get("recovery_s") is not None:
+            events["recovered"] = fault["killed_at_s"] + fault["recovery_s"]
+        chart = plot_workers(workers.read_rows(samples), out / "workers.png", f"{mode}: TorchServe processes", events)
+        print(f"worker chart: {chart}")
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"reports: {out}/ (report.html is Locust's, with its charts)")
+    return result
 
 
-def mode_markers(mode: str) -> tuple[str, str]:
-    return f"<!-- loadtest:{mode}:start -->", f"<!-- loadtest:{mode}:end -->"
+def docs_lines(result: dict, out: Path) -> list[str]:
+    """docs/performance.md's block of one run: numbers the run measured, conditions detected now."""
+    summary, mode = result["summary"], result["mode"]
+    m, acc = summary["metrics"], summary["accuracy"]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((out / "report.json").stat().st_mtime))
+    lines = [f"### {TITLES[mode]} (`make loadtest{'' if mode == 'run' else '-' + mode}`, loadtest/{mode}.conf)", "",
+             f"Run {when}. Machine: {describe_machine(machine())}. {model_line(summary.get('model_meta') or {})}.",
+             (f"{summary['n_images']} images from `{summary['images']}` ({summary['n_labelled_images']} with the label "
+              f"in their path); up to {summary['peak_users']} users; Locust and TorchServe on the same machine."),
+             *([(f"Machine load (1-min load average) {summary['load']['before']} before, "
+                 f"{summary['load']['after']} after.")]
+               if summary.get("load") else []), ""]
+    lines += endpoint_table(summary["endpoints"], m)
+    lines += ["", (f"Accuracy on the labelled images: {_fmt(acc['accuracy'], 3)} ({acc['correct']}/{acc['labelled']}); "
+                   f"the served model's offline test accuracy: {_fmt(m.get('offline_accuracy'), 3)}; schema errors "
+                   f"{m.get('schema_errors', 0)}; token refreshes {m.get('token_refreshes', 0)}.")]
+    if result.get("steps"):
+        lines += ["", "| users | seconds | req/s | failed | p50 ms | p95 ms | p99 ms |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['users']} | {s['seconds']:g} | {_fmt(s['rps'])} | {s['failures']} | {_fmt(s['p50_ms'], 0)} | "
+                  f"{_fmt(s['p95_ms'], 0)} | {_fmt(s['p99_ms'], 0)} |" for s in result["steps"]]
+        knee = result.get("knee")
+        lines += ["",
+                  f"Knee: {knee['users']} users, {knee['rps']} req/s (first step within 5 % of the best throughput)."
+                  if knee else "Knee: not found."]
+    if "rss_growth_pct" in m:
+        lines += ["", (f"Backend worker RSS {_fmt(m.get('rss_start_mb'))} -> {_fmt(m.get('rss_end_mb'))} MB (growth "
+                       f"{_fmt(m.get('rss_growth_pct'), 2)} %), frontend RSS growth "
+                       f"{_fmt(m.get('frontend_rss_growth_pct'), 2)} %, worker restarts {m.get('worker_restarts')}.")]
+    fault = summary.get("fault") or {}
+    if fault.get("killed_pid"):
+        lines += ["", (f"Killed worker pid {fault['killed_pid']} at {fault.get('killed_at_s')} s; recovered: "
+                       f"{m.get('recovered')} in {_fmt(m.get('recovery_s'), 2)} s; failed requests {m['failures']} "
+                       f"({m.get('failures_before_fault')} before the kill, {m.get('failures_during_recovery')} while "
+                       f"recovering, {m.get('failures_after_recovery')} after).")]
+    checks = "; ".join(f"{'PASS' if c['ok'] else 'FAIL'} {c['text']}" for c in summary["checks"])
+    lines += ["", f"Gate: **{'PASSED' if summary['passed'] else 'FAILED'}** ({checks})."]
+    return lines
 
 
-def update_docs(path: Path | str, mode: str, lines: list[str]) -> Path:
-    """Write this mode's block inside the loadtest section of docs/performance.md (blocks in MODES order)."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else "# Performance\n"
-    if DOCS_START not in text or DOCS_END not in text:
-        intro = ("Written by `make loadtest-docs` (`python -m loadtest docs <mode>`) from the last "
-                 "`python -m loadtest <mode>` run's reports/loadtest/<mode>/ (Locust's HTML report with its charts, "
-                 "CSV, JSON: not committed); each mode replaces its own block.")
-        header = [DOCS_START, "## Load tests (Locust, `python -m loadtest`)", "", intro, "", DOCS_END]
-        text = replace_block(text, DOCS_START, DOCS_END, "\n".join(header))
-    start, end = mode_markers(mode)
-    block = "\n".join([start, *lines, end])
-    if start in text and end in text:
-        text = replace_block(text, start, end, block)
-    else:  # before the first block of a later mode, else at the end of the section
-        later = [m for m in (mode_markers(m)[0] for m in MODES[MODES.index(mode) + 1:]) if m in text]
-        at = text.index(later[0] if later else DOCS_END)
-        text = text[:at].rstrip() + "\n\n" + block + ("\n\n" if later else "\n") + text[at:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=MODES)
+    parser.add_argument("--out", type=Path, help="the run's folder (default reports/loadtest/<mode>, the config's)")
+    parser.add_argument("--docs", type=Path, nargs="?", const=ROOT / "docs" / "performance.md",
+                        help="also write the mode's block of this markdown file (default docs/performance.md)")
+    args = parser.parse_args(argv)
+    out = args.out or ROOT / "reports" / "loadtest" / args.mode
+    if not (out / f"{PREFIX}_summary.json").is_file():
+        print(f"loadtest report: no {out / (PREFIX + '_summary.json')}: run `make loadtest"
+              f"{'' if args.mode == 'run' else '-' + args.mode}` first (or pass --out)", file=sys.stderr)
+        return 2
+    result = analyse(args.mode, out)
+    if args.docs:
+        write_block(args.docs, docs_lines(result, out), f"loadtest:{args.mode}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

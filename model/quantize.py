@@ -26,8 +26,9 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], examp
                     backend: str = "x86") -> torch.jit.ScriptModule:
     """Float eager `model` -> int8 TorchScript, observers calibrated on every batch of `calibration`.
 
-    `model` is not modified; TF-"same" convolutions get the fixed padding of `example`'s size. Raises ValueError when `calibration` is empty (an uncalibrated model is garbage)
-    or the backend is not available in this PyTorch build.
+    `model` is not modified; TF-"same" convolutions get the fixed padding of `example`'s size. Raises ValueError
+    when `calibration` is empty (an uncalibrated model is garbage) or the backend is not available in this PyTorch
+    build.
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx

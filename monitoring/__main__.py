@@ -4,7 +4,7 @@
   feedback         store true labels for served request ids (add / import) and score a time window (report)
   drift            PSI of live predicted labels and confidences (model_log.log) against the test split
   rules            the model's drift baseline as Prometheus recording rules (make drift-rules)
-  check-dashboard  the Grafana dashboard's PromQL parses and uses only metrics TorchServe exports
+  check-dashboard  every PromQL expression of the Grafana dashboard parses (promtool)
 See docs/monitoring.md.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import requests
 
 from catsdogs import contract
 from catsdogs.contract import EVAL_DIR, META_FILE, MODEL_DIR, RUN_DIR, add_server_args
@@ -31,14 +33,12 @@ class UsageError(RuntimeError):
 
 def deployed_metadata(client: ServingClient) -> dict:
     try:
-        response = client.request("management", "GET", f"/models/{client.model_name}", params={"customized": "true"})
+        return contract.parse_description(client.describe(customized=True))
+    except requests.HTTPError as exc:
+        raise UsageError(f"describe-model {client.model_name} answered {exc}") from exc
     except Exception as exc:  # requests errors, missing key file: all mean "cannot reach the server"
         raise UsageError(f"cannot reach the management API at {client.urls['management']}: {exc}. Is TorchServe "
                          f"running (make serve / make ready), and is --run-dir the one it was started with?") from exc
-    if response.status_code != 200:
-        raise UsageError(f"describe-model {client.model_name} answered HTTP {response.status_code}: "
-                         f"{response.text.strip()[:300]}")
-    return contract.parse_description(response.json())
 
 
 def default_log(run_dir: Path) -> Path:
@@ -53,7 +53,8 @@ def load_classes(meta_path: Path | None) -> list[str]:
     try:
         return list(contract.read_params()["data"]["classes"])
     except contract.ContractError as exc:
-        raise UsageError(f"no class list: {meta_path} is missing and {exc}; pass --meta path/to/model-meta.json") from exc
+        raise UsageError(f"no class list: {meta_path} is missing and {exc}; "
+                         "pass --meta path/to/model-meta.json") from exc
 
 
 def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
@@ -169,7 +170,8 @@ def cmd_feedback_report(args) -> int:
         return 0
     metrics = feedback.window_metrics(rows, classes)
     print_metrics(f"feedback last {args.window}:", metrics)
-    print(f"confusion matrix (rows = true {classes}): {metrics['confusion_matrix']}; versions {metrics['model_versions']}")
+    print(f"confusion matrix (rows = true {classes}): {metrics['confusion_matrix']}; versions "
+          f"{metrics['model_versions']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"window": args.window, **metrics}, indent=2) + "\n")
@@ -178,9 +180,9 @@ def cmd_feedback_report(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    from monitoring import drift
     from monitoring.feedback import parse_window
     from monitoring.logs import answered, parse_time, read_records
+    from training import drift
 
     meta = json.loads(Path(args.meta).read_text()) if args.meta and Path(args.meta).is_file() else None
     classes = list(meta["classes"]) if meta else load_classes(None)
@@ -196,14 +198,10 @@ def cmd_drift(args) -> int:
         baseline = drift.baseline_from_predictions(args.baseline, classes)
     elif meta and meta.get("drift_baseline"):
         baseline = {**meta["drift_baseline"], "source": f"{args.meta} drift_baseline"}
-    elif EVAL_PREDICTIONS.is_file():
-        baseline = drift.baseline_from_predictions(EVAL_PREDICTIONS, classes)
-    elif meta and meta.get("test_metrics"):
-        baseline = {"label_shares": drift.predicted_shares_from_metrics(meta["test_metrics"], classes),
-                    "n": meta["test_metrics"].get("n"), "source": f"{args.meta} test_metrics"}
     else:
-        raise UsageError(f"no baseline: {args.meta} has no drift_baseline (nor test_metrics) and {EVAL_PREDICTIONS} "
-                         f"is missing; run the pipeline (make pipeline) or pass --baseline predictions.csv")
+        raise UsageError(f"no drift baseline: {args.meta} has no drift_baseline (written by the export stage since "
+                         f"drift monitoring exists); re-export the model (make pipeline) or pass --baseline "
+                         f"{EVAL_PREDICTIONS}")
     scope = f"model version {version}" if version and not args.all_versions else "all versions"
     if len(records) < args.min_samples:
         print(f"drift: only {len(records)} answered predictions for {scope} in {log} (need {args.min_samples}); "
@@ -242,15 +240,14 @@ def cmd_rules(args) -> int:
 
 
 def cmd_check_dashboard(args) -> int:
-    from monitoring import promql
+    from monitoring import dashboard
 
-    problems = promql.check_dashboard(args.dashboard, args.metrics, args.alerts, args.promtool)
+    problems = dashboard.check_dashboard(args.dashboard, args.promtool)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
-        n = len(promql.dashboard_targets(promql.load_dashboard(args.dashboard)))
-        print(f"dashboard: {n} expressions parse (promtool) and use only metrics in {args.metrics.name} "
-              f"or recording rules")
+        n = len(dashboard.dashboard_targets(dashboard.load_dashboard(args.dashboard)))
+        print(f"dashboard: {n} expressions parse (promtool)")
     return 1 if problems else 0
 
 
@@ -306,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
     add_log_options(p)
     p.add_argument("--baseline", type=Path,
-                   help="an evaluate-stage predictions.csv (default: --meta's drift_baseline, else "
-                        f"{EVAL_PREDICTIONS}, else the label shares implied by --meta's test_metrics)")
+                   help=f"an evaluate-stage predictions.csv, e.g. {EVAL_PREDICTIONS} "
+                        "(default: --meta's drift_baseline)")
     p.add_argument("--model-version", help="only predictions of this served version (default --meta's version)")
     p.add_argument("--all-versions", action="store_true", help="use predictions of every version in the log")
     p.add_argument("--window", help="only predictions logged in this window (e.g. 24h)")
@@ -319,16 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rules", help="Prometheus recording rules with the model's drift baseline (model-meta.json)")
     p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (default %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"), help="rules file to write")
+    p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"),
+                   help="rules file to write")
     p.set_defaults(func=cmd_rules)
 
-    from monitoring import promql
+    from monitoring.dashboard import DASHBOARD
 
-    p = sub.add_parser("check-dashboard", help="dashboard PromQL parses (promtool) and uses only exported metrics")
-    p.add_argument("--dashboard", type=Path, default=promql.DASHBOARD)
-    p.add_argument("--metrics", type=Path, default=promql.METRICS_SNAPSHOT,
-                   help="a /metrics scrape of TorchServe (default: the snapshot in monitoring/tests/)")
-    p.add_argument("--alerts", type=Path, default=promql.ALERTS, help="rules file with the recording rules")
+    p = sub.add_parser("check-dashboard", help="every dashboard PromQL expression parses (promtool)")
+    p.add_argument("--dashboard", type=Path, default=DASHBOARD)
     p.add_argument("--promtool", help="promtool binary (default: from PATH)")
     p.set_defaults(func=cmd_check_dashboard)
     return parser

@@ -16,24 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import requests
 
-from training.ingest import labelled
+from training.ingest import LabelledImage, labelled
 from training.metrics import classification_metrics
 
 COMPARED = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
 LOWER_IS_BETTER = {"log_loss", "ece"}
-
-
-@dataclass
-class Sample:
-    relpath: str
-    label: str
-    data: bytes
 
 
 def choose(items: Sequence[tuple[str, str]], classes: Sequence[str], *, limit: int | None = None,
@@ -99,16 +91,17 @@ def list_labelled(source: Path, classes: Sequence[str]) -> list[tuple[str, str]]
     return found
 
 
-def read_samples(source: Path, chosen: Sequence[tuple[str, str]]) -> list[Sample]:
+def read_samples(source: Path, chosen: Sequence[tuple[str, str]]) -> list[LabelledImage]:
     """The bytes of the chosen files (one more pass over the folder or archive)."""
     wanted = dict(chosen)
-    return [Sample(relpath, wanted[relpath], read()) for relpath, _, read in labelled(source, []) if relpath in wanted]
+    return [LabelledImage(relpath, wanted[relpath], read())
+            for relpath, _, read in labelled(source, []) if relpath in wanted]
 
 
-def send(predict: Callable[[bytes], requests.Response], samples: Sequence[Sample],
+def send(predict: Callable[[bytes], requests.Response], samples: Sequence[LabelledImage],
          concurrency: int = 4) -> list[dict]:
     """POST every sample; returns per sample {"status", "body", "request_id", "seconds"} in input order."""
-    def one(sample: Sample) -> dict:
+    def one(sample: LabelledImage) -> dict:
         began = time.perf_counter()
         try:
             response = predict(sample.data)
@@ -126,7 +119,7 @@ def send(predict: Callable[[bytes], requests.Response], samples: Sequence[Sample
         return list(pool.map(one, samples))
 
 
-def score(samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[str]) -> dict:
+def score(samples: Sequence[LabelledImage], results: Sequence[dict], classes: Sequence[str]) -> dict:
     """Metrics over the answered samples (training/metrics.py), plus counts of the refused ones."""
     ok = [r["status"] == 200 and isinstance(r["body"], dict) and "probabilities" in r["body"] for r in results]
     answered = [(s, r) for s, r, good in zip(samples, results, ok) if good]
@@ -151,7 +144,8 @@ def _count(values) -> dict:
     return dict(sorted(Counter(values).items()))
 
 
-def write_predictions(path: Path, samples: Sequence[Sample], results: Sequence[dict], classes: Sequence[str]) -> None:
+def write_predictions(path: Path, samples: Sequence[LabelledImage], results: Sequence[dict],
+                      classes: Sequence[str]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "actual", "predicted", *[f"p_{c}" for c in classes], "status", "request_id",
@@ -159,7 +153,7 @@ def write_predictions(path: Path, samples: Sequence[Sample], results: Sequence[d
         for sample, result in zip(samples, results):
             body = result["body"] if isinstance(result["body"], dict) else {}
             probs = body.get("probabilities") or {}
-            writer.writerow([sample.relpath, sample.label, body.get("label", ""),
+            writer.writerow([sample.name, sample.label, body.get("label", ""),
                              *[probs.get(c, "") for c in classes], result["status"], result["request_id"] or "",
                              body.get("model_version", "")])
 
@@ -189,7 +183,8 @@ def markdown_report(*, source: str, meta: dict, live: dict, comparison: dict, cl
         (f"- registered model: {meta.get('registered_model', '?')} v{meta.get('mlflow_model_version', '?')}, "
          f"training run {meta.get('mlflow_run_id', '?')}"),
         f"- MLflow monitoring run: {mlflow_run or 'not logged'}",
-        f"- latency per request (client side): p50 {live['latency_ms_p50']:.1f} ms, p95 {live['latency_ms_p95']:.1f} ms",
+        (f"- latency per request (client side): p50 {live['latency_ms_p50']:.1f} ms, "
+         f"p95 {live['latency_ms_p95']:.1f} ms"),
         f"- verdict: **{verdict}**: {comparison['reason']}",
         "",
         "## Metrics",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the pinned validators used by `make validate` (issue 4) and the system tools later CI stages need.
+# Install the pinned validators used by `make validate` and the system tools later CI stages need.
 # Idempotent: a tool already at its pinned version is left alone; anything else is (re)installed. Prints what
 # it did.
 #   Debian packages (apt, only when the command is missing; root or sudo): prometheus (promtool for

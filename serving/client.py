@@ -171,8 +171,10 @@ class ServingClient:
             return False
         return response.status_code == 200 and response.json().get("status") == "Healthy"
 
-    def describe(self, model_name: str | None = None) -> list[dict]:
-        response = self.request("management", "GET", f"/models/{model_name or self.model_name}")
+    def describe(self, model_name: str | None = None, customized: bool = False) -> list[dict]:
+        """describe-model: one entry per version; `customized` adds the handler's model metadata."""
+        params = {"customized": "true"} if customized else None
+        response = self.request("management", "GET", f"/models/{model_name or self.model_name}", params=params)
         response.raise_for_status()
         return response.json()
 

@@ -182,7 +182,8 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
            "--model-store", props["model_store"]]
     console = log_dir / "torchserve.console.log"
     with open(console, "ab") as out:
-        launched = subprocess.run(cmd, check=False, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60)
+        launched = subprocess.run(cmd, check=False, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=60)
     pid_file = run_dir / "tmp" / TS_PID_FILE
     if launched.returncode != 0 or not pid_file.is_file():
         raise ServeError(f"`{' '.join(cmd)}` failed (exit {launched.returncode}); see {console}:\n{tail(console)}")

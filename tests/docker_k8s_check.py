@@ -182,7 +182,8 @@ def wait_started(pod: dict, limit_s: float | None = None) -> float:
     limit = limit_s or probe["periodSeconds"] * probe["failureThreshold"]
     while time.monotonic() - pod["started"] < limit:
         running = docker("inspect", "--format", "{{.State.Running}}", pod["name"]).stdout.strip()
-        assert running == "true", f"{pod['name']} exited: {docker('logs', '--tail', '60', pod['name'], check=False).stdout[-4000:]}"
+        logs = docker("logs", "--tail", "60", pod["name"], check=False).stdout[-4000:] if running != "true" else ""
+        assert running == "true", f"{pod['name']} exited: {logs}"
         if exec_probe(pod["name"], probe) == 0:
             return time.monotonic() - pod["started"]
         time.sleep(probe["periodSeconds"])
@@ -241,8 +242,9 @@ def test_the_image_has_no_params_yaml_and_the_probes_name_no_model(pod, image):
 
 def test_every_probe_passes_from_the_image_alone_once_the_worker_is_ready(pod):
     seconds = wait_started(pod)
+    startup = pod["container"]["startupProbe"]
     report(f"k8s pod: startupProbe passed after {seconds:.0f} s (budget "
-           f"{pod['container']['startupProbe']['periodSeconds'] * pod['container']['startupProbe']['failureThreshold']} s)")
+           f"{startup['periodSeconds'] * startup['failureThreshold']} s)")
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         began = time.monotonic()
         assert exec_probe(pod["name"], pod["container"][kind]) == 0, kind
@@ -263,7 +265,8 @@ def test_the_container_is_sized_by_its_limits(pod):
     threads = re.findall(rf"^{contract.TORCH_THREADS_ENV}=(\d+)$", environs, re.MULTILINE)
     java = processes(pod["name"], "java", "cmdline")
     heap = re.search(r"-Xmx(\d+)m", java)
-    report(f"k8s pod: CPU quota {cpu_max} -> worker {contract.TORCH_THREADS_ENV}={threads}, JVM -Xmx{heap and heap.group(1)}m")
+    report(f"k8s pod: CPU quota {cpu_max} -> worker {contract.TORCH_THREADS_ENV}={threads}, JVM "
+           f"-Xmx{heap and heap.group(1)}m")
     assert threads and set(threads) == {str(int(limit))}, (cpu_max, environs[-2000:])
     memory = memory_bytes(pod["container"]["resources"]["limits"]["memory"])
     low, high = contract.JVM_HEAP_MB
@@ -402,7 +405,8 @@ def gateway_conf(work: Path, port: int, upstreams: list[int]) -> str:
     text = text.replace("/etc/catsdogs-gateway/tokens/tokens.map", str(work / "tokens.map"))
     # the container's stdout; here a file (an unprivileged nginx cannot reopen the test's stdout)
     text = text.replace("access_log /dev/stdout;", f"access_log {work}/access.log;")
-    assert "/dev/stdout" not in text and "catsdogs:8080" not in text and "listen 8080" not in text and "/etc/catsdogs-gateway" not in text, text
+    for left_over in ("/dev/stdout", "catsdogs:8080", "listen 8080", "/etc/catsdogs-gateway"):
+        assert left_over not in text, text
     return text
 
 

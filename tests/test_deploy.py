@@ -380,7 +380,8 @@ def test_champion_alias_moves_and_missing_versions_warn_or_fail(tmp_path):
 
 @pytest.mark.parametrize("command", [[], ["deploy"], ["rollback"], ["status"], ["scale"]])
 def test_every_command_has_help(command):
-    result = subprocess.run([sys.executable, "-m", "deploy", *command, "--help"], check=False, cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "deploy", *command, "--help"], check=False, cwd=ROOT,
+                            capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "usage: python -m deploy" in result.stdout, result.stderr
 
@@ -508,7 +509,8 @@ class Load:
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     began = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "deploy", *args], check=False, cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "deploy", *args], check=False, cwd=ROOT, capture_output=True,
+                            text=True,
                             timeout=timeout)
     print(f"\n$ python -m deploy {' '.join(args)}   ({time.monotonic() - began:.1f} s, exit {result.returncode})\n"
           f"{result.stdout}{result.stderr}")
@@ -566,7 +568,8 @@ def test_zero_downtime_swap_golden_gate_rollback_and_champion(synthetic_model, t
     api = management_api(state)
     items, _ = manifest_golden(prepared, CLASSES, 12, meta_a["data_hash"])
     measured = score(lambda data: api.predict(version_a, data), items, CLASSES, version_a)
-    assert measured.errors == 0 and measured.accuracy >= 0.75, f"the test model is too weak to test a gate: {measured.summary()}"
+    assert measured.errors == 0 and measured.accuracy >= 0.75, \
+        f"the test model is too weak to test a gate: {measured.summary()}"
     threshold = round(measured.accuracy - 0.1, 3)
     gates = ["--prepared", str(prepared), "--golden-per-class", "12", "--min-accuracy", str(threshold),
              "--drain-seconds", "1"]

@@ -11,15 +11,16 @@ import pytest
 import torch
 
 from benchmarks import engines
+from benchmarks.report import write_block
 
 
 def report(**overrides) -> dict:
     """A results dict shaped like main()'s."""
-    base = {"measured_at": "2026-01-01 00:00 UTC", "others_cores": 0.4,
+    base = {"measured_at": "2026-01-01 00:00 UTC", "load": {"before": 0.4, "after": 1.5},
             "conditions": {"cpu": "Test CPU 9000", "cores": 2, "flags": ["avx2", "avx512_bf16"], "gpu": "no GPU",
                            "torch": "2.14.1"},
             "model": {"arch": "tiny", "image_size": 32, "pretrained": "none", "version": "t.1"},
-            "busiest_others": [{"name": "dockerd", "cores": 0.3}], "model_dir": "m", "data": "p", "threads": 2,
+            "model_dir": "m", "data": "p", "threads": 2,
             "rounds": 1, "seconds": 0.2, "openvino": {"device": "Test CPU 9000", "capabilities": ["BF16", "FP32"]},
             "packages": {"torch": "2.14.1", "onnxruntime": None}, "int8": {"preset": "performance",
                                                                           "calibration_images": 300},
@@ -77,24 +78,24 @@ def test_spread_picks_evenly_and_never_more_than_there_are():
 
 
 def test_render_states_conditions_and_every_variant_with_its_reason():
-    block = engines.render(report())
-    assert block.startswith(engines.START) and block.endswith(engines.END)
+    block = "\n".join(engines.render(report()))
     assert "Test CPU 9000" in block and "avx512_bf16" in block and "BF16, FP32" in block
     assert "onnxruntime not installed" in block                   # packages: missing ones named
     assert "| onnxruntime | skipped |" in block and "| aoti | did not build |" in block
     assert "| torchscript | built | 0.5 | 0.9 | 0.25 | 1.0 | 0.0 |" in block
     assert "| torchscript | 1 | 50.0 | x1.0 | 20.0 | 50.0 |" in block
     assert "| torchscript | 8 | 40.0 | n/a | 200.0 | 40.0 |" in block
-    assert "dockerd 0.3" in block and "other processes used 0.4 cores" in block
+    assert "0.4 before the run, 1.5 after" in block
     assert "calibrated on 300" in block
-    assert "calibrated on" not in engines.render(report(int8={"preset": "performance", "calibration_images": 0}))
+    assert "calibrated on" not in "\n".join(engines.render(report(int8={"preset": "performance",
+                                                                        "calibration_images": 0})))
 
 
-def test_update_docs_replaces_only_the_block(tmp_path):
+def test_the_docs_block_replaces_only_itself(tmp_path):
     doc = tmp_path / "engines.md"
     doc.write_text(f"# Engines\n\nintro\n\n{engines.START}\nold numbers\n{engines.END}\n\n## Why these packages\n"
                    "kept\n")
-    engines.update_docs(doc, engines.render(report()))
+    write_block(doc, engines.render(report()), engines.BLOCK)
     text = doc.read_text()
     assert "old numbers" not in text and text.count(engines.START) == 1 and text.count(engines.END) == 1
     assert text.startswith("# Engines\n\nintro\n") and text.endswith("## Why these packages\nkept\n")

@@ -303,7 +303,8 @@ def test_list_and_single_requests_share_one_forward_pass(handler_and_context):
     handler.forward = lambda x: calls.append(x.shape[0]) or model(x)
     results = run_batch(handler, context, [
         wire(image_bytes(RED)),
-        multipart(("x", image_bytes(BLUE), "image/jpeg"), ("y", b"", "image/jpeg"), ("z", image_bytes(RED), "image/jpeg")),
+        multipart(("x", image_bytes(BLUE), "image/jpeg"), ("y", b"", "image/jpeg"), ("z", image_bytes(RED),
+                                                                                     "image/jpeg")),
         wire(b""),
     ])
     assert calls == [3]
@@ -458,7 +459,8 @@ def test_a_precision_the_gate_did_not_pass_is_served_as_f32(model_dir, monkeypat
     assert "f32" in handler.engine_reason
 
 
-@pytest.mark.skipif(not can_restore_priority(os.getpriority(os.PRIO_PROCESS, 0)) or os.getpriority(os.PRIO_PROCESS, 0) >= 19,
+@pytest.mark.skipif(not can_restore_priority(os.getpriority(os.PRIO_PROCESS, 0)) or os.getpriority(os.PRIO_PROCESS,
+                                                                                                   0) >= 19,
                     reason="needs root or RLIMIT_NICE to raise the priority again, and a priority above nice 19")
 def test_background_requests_run_at_background_priority(model_dir):
     """A batch whose requests all carry contract.BACKGROUND_HEADER (deploy's gates) runs at background_nice;

@@ -254,7 +254,8 @@ def test_image_has_a_readiness_healthcheck_and_the_serving_files():
     assert len(checks) == 1 and "NONE" not in checks[0]
     assert "serving ready" in checks[0]
     copies = " ".join(args for word, args in DOCKERFILE if word == "COPY")
-    for needed in ("config.properties", "catsdogs/", "serving/", "model-store/${MODEL_NAME}.mar", "docker/entrypoint.py"):
+    for needed in ("config.properties", "catsdogs/", "serving/", "model-store/${MODEL_NAME}.mar",
+                   "docker/entrypoint.py"):
         assert needed in copies
     assert "MODEL_NAME" in [a for w, a in DOCKERFILE if w == "ARG"]  # make docker-build passes params.yaml's
     assert next(args for word, args in DOCKERFILE if word == "FROM") == "${BASE_IMAGE}"
@@ -362,7 +363,8 @@ def test_entrypoint_reads_cpu_and_memory_limits_from_cgroup_v2_and_v1(tmp_path):
     assert entry.cpu_limit(v2) == 1.5 and entry.memory_limit(v2) == 4 * 2**30
     unlimited = fake_cgroup(tmp_path / "v2max", {"cpu.max": "max 100000", "memory.max": "max"})
     assert entry.cpu_limit(unlimited) is None and entry.memory_limit(unlimited) is None
-    v1 = fake_cgroup(tmp_path / "v1", {"cpu,cpuacct/cpu.cfs_quota_us": "300000", "cpu,cpuacct/cpu.cfs_period_us": "100000",
+    v1 = fake_cgroup(tmp_path / "v1", {"cpu,cpuacct/cpu.cfs_quota_us": "300000",
+                                       "cpu,cpuacct/cpu.cfs_period_us": "100000",
                                       "memory/memory.limit_in_bytes": str(2 * 2**30)})
     assert entry.cpu_limit(v1) == 3.0 and entry.memory_limit(v1) == 2 * 2**30
     v1_free = fake_cgroup(tmp_path / "v1free", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000",
@@ -451,7 +453,8 @@ def k8s_objects() -> dict[str, dict]:
     docs = [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
             for doc in load_yaml_docs(path)]
     named = {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs}
-    serving = {doc["kind"]: doc for doc in docs if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"}
+    serving = {doc["kind"]: doc for doc in docs
+               if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"}
     return {**named, **serving}
 
 
@@ -549,7 +552,8 @@ def test_kustomize_renders_every_manifest_once_with_the_image_set(tmp_path):
     names = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert names == sorted(k for k in k8s_objects() if "/" in k)
     images = {c["image"] for d in docs if d["kind"] == "Deployment"
-              for c in d["spec"]["template"]["spec"].get("initContainers", []) + d["spec"]["template"]["spec"]["containers"]}
+              for c in d["spec"]["template"]["spec"].get("initContainers",
+                                                         []) + d["spec"]["template"]["spec"]["containers"]}
     assert "catsdogs-serving:latest" in images, images
     (tmp_path / "k8s" / "kustomization.yaml").write_text(
         (K8S / "kustomization.yaml").read_text().replace("  - pdb.yaml\n", "  - missing.yaml\n"))
@@ -566,13 +570,15 @@ def test_kustomization_lists_every_manifest():
 
 def docker_engine_reachable() -> bool:
     docker = shutil.which("docker")
-    return bool(docker) and subprocess.run([docker, "info"], check=False, capture_output=True, timeout=30).returncode == 0
+    return bool(docker) and subprocess.run([docker, "info"], check=False, capture_output=True,
+                                           timeout=30).returncode == 0
 
 
 def test_docker_targets_fail_clearly_without_an_engine():
     if docker_engine_reachable():
         pytest.skip("a Docker engine is reachable here")
-    result = subprocess.run(["make", "--no-print-directory", "docker-build"], check=False, cwd=ROOT, capture_output=True,
+    result = subprocess.run(["make", "--no-print-directory", "docker-build"], check=False, cwd=ROOT,
+                            capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0
     assert "Docker" in result.stderr and ("docker info" in result.stderr or "not installed" in result.stderr)
@@ -621,7 +627,8 @@ with open({str(log)!r}, "a") as out:
 # --- integration: the real validators ----------------------------------------------------------------
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], check=False, cwd=kwargs.pop("cwd", ROOT), capture_output=True, text=True,
+    return subprocess.run([str(c) for c in cmd], check=False, cwd=kwargs.pop("cwd", ROOT), capture_output=True,
+                          text=True,
                           timeout=kwargs.pop("timeout", 180), **kwargs)
 
 
@@ -768,7 +775,8 @@ def test_entrypoint_serves_passes_its_healthcheck_and_stops_on_sigterm(tmp_path)
     run_dir = tmp_path / "run"
     env = {**os.environ, "TS_CONFIG": str(base), "TS_RUN_DIR": str(run_dir), "TS_MODEL_STORE": str(tmp_path / "store"),
            "LOG_LOCATION": str(tmp_path / "logs"), "TS_BIND_ADDRESS": "127.0.0.1", "PYTHONPATH": str(ROOT)}
-    healthcheck = [sys.executable, "-m", "serving", "ready", "--quiet", "--run-dir", str(run_dir), "--model", "catsdogs"]
+    healthcheck = [sys.executable, "-m", "serving", "ready", "--quiet", "--run-dir", str(run_dir), "--model",
+                   "catsdogs"]
     console = tmp_path / "console.log"
     with open(console, "wb") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "docker" / "entrypoint.py")], env=env, cwd=tmp_path,

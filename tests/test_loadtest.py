@@ -1,7 +1,8 @@
 """Load tests (loadtest/): the pure parts, and real Locust runs against a real TorchServe.
 
 Unit tests never import locust (it monkey-patches the whole process with gevent); the integration
-tests run `python -m loadtest` in a subprocess, as `make loadtest` does.
+tests run `locust --config loadtest/<mode>.conf` and `python -m loadtest.report` in subprocesses, or the make
+target itself, as CI does.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loadtest import contention, gate, report, workers
-from loadtest.cli import MODES, build_parser, config_file, default_out, locust_command
+from loadtest import gate, report, workers
 from loadtest.images import evenly, load_samples
 from loadtest.ramp import find_knee, ramp_steps, step_target
-from loadtest.schema import Tally
+from loadtest.report import MODES
+from loadtest.tally import Tally
 from tests.conftest import ROOT, image_bytes
 
 # ------------------------------------------------------------------------------------------ images ---
@@ -92,12 +93,17 @@ def test_gate_fails_when_nothing_or_not_the_metric_was_measured():
 def test_fault_gate_needs_recovery():
     limits = {"require_recovery": True, "max_recovery_s": 60, "max_failures_after_recovery": 0,
               "max_failures_before_fault": 0}
-    ok = {"requests": 10, "recovered": True, "recovery_s": 8.5, "failures_after_recovery": 0, "failures_before_fault": 0}
+    ok = {"requests": 10, "recovered": True, "recovery_s": 8.5, "failures_after_recovery": 0,
+          "failures_before_fault": 0}
     assert gate.passed(gate.evaluate(ok, limits))
     assert not gate.passed(gate.evaluate({**ok, "recovered": False, "recovery_s": None,
                                           "failures_after_recovery": None}, limits))
     assert not gate.passed(gate.evaluate({**ok, "failures_after_recovery": 2}, limits))
     assert not gate.passed(gate.evaluate({**ok, "failures_before_fault": 1}, limits))
+
+
+def config_file(mode: str) -> Path:
+    return ROOT / "loadtest" / f"{mode}.conf"
 
 
 def read_conf(mode: str) -> dict:
@@ -110,7 +116,7 @@ def read_conf(mode: str) -> dict:
 def test_every_mode_is_a_locust_config_whose_thresholds_the_gate_knows(mode):
     conf = read_conf(mode)
     assert conf["mode"] == mode and conf["headless"] == "true"
-    assert conf["csv"] == str(default_out(mode).relative_to(ROOT) / "locust")  # where the wrapper looks
+    assert conf["csv"] == f"reports/loadtest/{mode}/locust"  # where `python -m loadtest.report` looks
     thresholds = {k.replace("-", "_") for k in conf if k.startswith(("max-", "min-", "require-"))}
     assert thresholds and thresholds <= set(gate.RULES)
     if mode != "fault":  # a model worse than its offline accuracy fails every mode but the fault drill
@@ -205,10 +211,12 @@ def write_history(path: Path, seconds: int = 12) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
-        writer.writerow([1700000000, 0, "", "Aggregated", "0.000000", "0.000000"] + ["N/A"] * 11 + [0, 0, 0, 0, 0, 0, 0])
+        writer.writerow([1700000000, 0, "", "Aggregated", "0.000000", "0.000000"] + ["N/A"] * 11 + [0, 0, 0, 0, 0, 0,
+                                                                                                    0])
         for i in range(1, seconds):
             p = [40 + i, 45, 50, 55, 70, 90 + i, 100, 120, 130, 130, 130]
-            writer.writerow([1700000000 + i, 4, "POST", "/predictions/catsdogs", "30", "0"] + p + [30 * i, 0] + [45] * 5)
+            writer.writerow([1700000000 + i, 4, "POST", "/predictions/catsdogs", "30", "0"] + p + [30 * i,
+                                                                                                   0] + [45] * 5)
             writer.writerow([1700000000 + i, 4, "", "Aggregated", f"{30 + i:.6f}", "0.000000"] + p
                             + [30 * i, 0, 45, 50.1, 12, 130, 150])
     return path
@@ -217,23 +225,26 @@ def write_history(path: Path, seconds: int = 12) -> Path:
 def test_history_is_read(tmp_path):
     history = report.read_history(write_history(tmp_path / "locust_stats_history.csv"))
     assert len(history) == 12 and history[0]["p95_ms"] is None and history[0]["t"] == 0
-    assert history[-1] == {"t": 11.0, "ts": 1700000011.0, "users": 4, "rps": 41.0, "fps": 0.0, "p50_ms": 51.0, "p95_ms": 101.0,
+    assert history[-1] == {"t": 11.0, "ts": 1700000011.0, "users": 4, "rps": 41.0, "fps": 0.0, "p50_ms": 51.0,
+                           "p95_ms": 101.0,
                            "p99_ms": 120.0, "requests": 330, "failures": 0}
-    timeline = [[1700000000 + i, 0.8, 0.3 * i] for i in range(0, 12, 2)]
-    assert contention.others_between(timeline, 1700000004, 1700000008) == pytest.approx(1.8)
-    assert contention.others_between(timeline, 1800000000, 1800000001) is None
 
 
 def test_docs_block_is_replaced_and_other_sections_kept(tmp_path):
+    from benchmarks.report import write_block
+
     docs = tmp_path / "performance.md"
     docs.write_text("# Performance\n\n<!-- serving-benchmark:start -->\nbench\n<!-- serving-benchmark:end -->\n")
-    report.update_docs(docs, "soak", ["soak v1"])
-    report.update_docs(docs, "run", ["run v1"])
-    report.update_docs(docs, "run", ["run v2"])
+    write_block(docs, ["soak v1"], "loadtest:soak")
+    write_block(docs, ["run v1"], "loadtest:run")
+    write_block(docs, ["run v2"], "loadtest:run")
     text = docs.read_text()
     assert "bench" in text and "run v2" in text and "run v1" not in text and "soak v1" in text
-    assert text.index("run v2") < text.index("soak v1") < text.index(report.DOCS_END)
-    assert text.count(report.DOCS_START) == 1 and text.count("<!-- loadtest:run:start -->") == 1
+    assert text.index("bench") < text.index("soak v1") < text.index("run v2")
+    assert text.count("<!-- loadtest:run:start -->") == 1 and text.count("<!-- loadtest:run:end -->") == 1
+    whole = tmp_path / "whole.md"
+    write_block(whole, ["# Title", "", "body"])
+    assert whole.read_text() == "# Title\n\nbody\n"
 
 
 # ----------------------------------------------------------------------------------------- workers ---
@@ -286,49 +297,51 @@ def test_recovery_waits_for_a_new_ready_worker_that_answers():
     assert never == (None, [11])
 
 
-def test_contention_deltas_count_new_and_continuing_processes():
-    before = {1: ("python", 10.0, 100.0), 2: ("java", 5.0, 100.0), 5: ("old", 9.0, 100.0)}
-    after = {1: ("locust", 12.5, 100.0), 2: ("java", 5.0, 100.0), 3: ("make", 0.4, 150.0), 4: ("x", 0.0, 150.0),
-             5: ("reused", 0.7, 160.0)}  # 1 renamed itself; pid 5 is a new process
-    assert contention.deltas(before, after) == {1: ("locust", 2.5), 3: ("make", 0.4), 5: ("reused", 0.7)}
-    text = contention.describe({"cores": 2, "seconds": 60, "ours_cores": 1.5, "others_cores": 0.6,
-                                "busiest_others": [{"name": "python", "cores": 0.6}]})
-    assert text.startswith("measured under CPU contention") and "python 0.60" in text
-
-
-# --------------------------------------------------------------------------------------------- cli ---
-
-def test_help_names_the_modes_and_the_server_options(capsys):
+def test_report_help_names_the_modes(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["--help"])
+        report.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "--run-dir" in text and all(mode in text for mode in MODES)
+    assert all(mode in text for mode in MODES)
 
 
-def test_locust_command_is_the_config_file_plus_server_and_overrides(tmp_path):
-    args, extra = build_parser().parse_known_args(["ramp", "-u", "6", "--step-users", "3", "--run-dir", str(tmp_path)])
-    assert args.mode == "ramp" and extra == ["-u", "6", "--step-users", "3"]
-    cmd = locust_command("ramp", {"inference_url": "http://127.0.0.1:1234"}, tmp_path, tmp_path / "out", extra)
-    assert cmd[cmd.index("--config") + 1] == str(ROOT / "loadtest" / "ramp.conf")
-    for flag, value in (("-H", "http://127.0.0.1:1234"), ("--run-dir", str(tmp_path)),
-                        ("--csv", str(tmp_path / "out" / "locust")), ("-u", "6")):
-        assert cmd[cmd.index(flag) + 1] == value
-    assert cmd[-4:] == extra  # after everything else: the command line wins
+def test_report_needs_the_run_and_says_how_to_make_it(tmp_path, capsys):
+    assert report.main(["soak", "--out", str(tmp_path)]) == 2
+    assert "make loadtest-soak" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- integration ---
 
-def loadtest(*args: str, timeout: float = 480) -> tuple[int, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def run_logged(command: list[str], timeout: float, **kwargs) -> tuple[int, str]:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: the command stops a TorchServe it started before exiting
+        proc.terminate()  # SIGTERM: make's trap stops a TorchServe it started before exiting
         output, _ = proc.communicate(timeout=120)
-        pytest.fail(f"python -m loadtest {' '.join(args)} took over {timeout} s:\n{output[-3000:]}")
+        pytest.fail(f"{' '.join(command)} took over {timeout} s:\n{output[-3000:]}")
     return proc.returncode, output
+
+
+def loadtest(mode: str, run_dir: Path, out: Path, *args: str, timeout: float = 480) -> tuple[int, str]:
+    """What `make loadtest-<mode>` runs against a running TorchServe: Locust with the mode's config (its exit
+    status is the gate's), then `python -m loadtest.report` on the files it wrote."""
+    code, output = run_logged([sys.executable, "-m", "locust", "--config", str(config_file(mode)), "--run-dir",
+                               str(run_dir), "--csv", str(out / "locust"), "--html", str(out / "report.html"),
+                               "--json-file", str(out / "locust"), *args], timeout)
+    report_code, report_output = run_logged([sys.executable, "-m", "loadtest.report", mode, "--out", str(out)], 120)
+    assert report_code == 0, report_output
+    return code, output + report_output
+
+
+def make_loadtest(target: str, run_dir: Path, store: Path, out: Path, args: str) -> tuple[int, str]:
+    """The make target itself, on free ports: it starts TorchServe (none runs from run_dir) and stops it."""
+    venv = Path(sys.executable).parent.parent
+    return run_logged(["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed", target,
+                       f"SERVE_DIR={run_dir}", f"MAR={store / 'catsdogs.mar'}", f"LOADTEST_OUT={out}",
+                       f"SERVE_ARGS=--free-ports --model-store {store} --log-dir {run_dir / 'logs'}",
+                       f"LOADTEST_ARGS={args}"], 600)
 
 
 def git_status() -> str:
@@ -363,13 +376,14 @@ def test_steady_run_passes_the_gate_and_survives_a_key_rotation(served_for_load,
     run_dir, images, _ = served_for_load
     out = tmp_path / "run"
     status_before = git_status()
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", "--run-dir", str(run_dir), "--images",
-                             str(images), "-u", "4", "-r", "4", "-t", "15s", "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "--config", str(config_file("run")), "--run-dir",
+                             str(run_dir), "--images", str(images), "-u", "4", "-r", "4", "-t", "15s",
+                             "--csv", str(out / "locust"), "--html", str(out / "report.html"),
+                             "--json-file", str(out / "locust"),
                              # throughput/latency limits are for the real model on a known machine (see
                              # run.conf); here the error ratio (0) and the accuracy floor of run.conf gate
                              "--min-rps", "0.5", "--max-p95-ms", "30000"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90
         while not (out / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
@@ -382,6 +396,9 @@ def test_steady_run_passes_the_gate_and_survives_a_key_rotation(served_for_load,
     finally:
         proc.kill()
     assert proc.returncode == 0, output
+    code, summary_output = run_logged([sys.executable, "-m", "loadtest.report", "run", "--out", str(out)], 120)
+    assert code == 0, summary_output
+    output += summary_output
     assert git_status() == status_before, "a load run changed tracked files (docs are written by loadtest-docs only)"
     summary = json.loads((out / "locust_summary.json").read_text())
     m = summary["metrics"]
@@ -397,7 +414,7 @@ def test_steady_run_passes_the_gate_and_survives_a_key_rotation(served_for_load,
     assert "max_accuracy_drop" in {c["name"] for c in summary["checks"]}
     for name in ("locust_stats.csv", "locust_stats_history.csv", "report.html", "locust.json", "report.json"):
         assert (out / name).stat().st_size > 0, name
-    for text in ("req/s, p50", "p95", "quality gate (run): PASSED"):  # the wrapper's summary line, the gate's verdict
+    for text in ("req/s, p50", "p95", "quality gate (run): PASSED"):  # the report's summary line, the gate's verdict
         assert text in output, f"{text!r} not in:\n{output[-4000:]}"
 
 
@@ -405,8 +422,8 @@ def test_steady_run_passes_the_gate_and_survives_a_key_rotation(served_for_load,
 @pytest.mark.integration
 def test_an_unreachable_threshold_fails_the_run(served_for_load, tmp_path):
     run_dir, images, _ = served_for_load
-    code, output = loadtest("run", "--run-dir", str(run_dir), "--images", str(images), "-u", "2", "-r", "2",
-                            "-t", "5s", "--min-rps", "1e6", "--max-p95-ms", "30000", "--out", str(tmp_path))
+    code, output = loadtest("run", run_dir, tmp_path, "--images", str(images), "-u", "2", "-r", "2",
+                            "-t", "5s", "--min-rps", "1e6", "--max-p95-ms", "30000")
     assert code != 0, output
     summary = json.loads((tmp_path / "locust_summary.json").read_text())
     assert [c["name"] for c in summary["checks"] if not c["ok"]] == ["min_rps"]
@@ -417,8 +434,8 @@ def test_an_unreachable_threshold_fails_the_run(served_for_load, tmp_path):
 @pytest.mark.integration
 def test_step_ramp_measures_each_step(served_for_load, tmp_path):
     run_dir, images, _ = served_for_load
-    code, output = loadtest("ramp", "--run-dir", str(run_dir), "--images", str(images), "-u", "4",
-                            "--step-users", "2", "--step-seconds", "6", "--out", str(tmp_path))
+    code, output = loadtest("ramp", run_dir, tmp_path, "--images", str(images), "-u", "4",
+                            "--step-users", "2", "--step-seconds", "6")
     assert code == 0, output
     result = json.loads((tmp_path / "report.json").read_text())
     assert [s["users"] for s in result["steps"]] == [2, 4]
@@ -429,24 +446,24 @@ def test_step_ramp_measures_each_step(served_for_load, tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_fault_mode_starts_its_own_server_kills_a_worker_and_sees_it_recover(served_for_load, tmp_path):
+    """`make loadtest-fault` against a run directory where nothing runs: it starts TorchServe and stops it."""
     from serving.server import running_pid, stop
 
     _, images, store = served_for_load
     try:
-        code, output = loadtest("fault", "--run-dir", str(tmp_path / "run"), "--free-ports", "--model-store", str(store),
-                                "--images", str(images), "-u", "2", "-r", "2", "-t", "30s", "--kill-after", "5",
-                                "--monitor-every", "1", "--out", str(tmp_path / "out"))
+        code, output = make_loadtest("loadtest-fault", tmp_path / "run", store, tmp_path,
+                                     f"--images {images} -u 2 -r 2 -t 30s --kill-after 5 --monitor-every 1")
         left_running = running_pid(tmp_path / "run")
     finally:
         stop(tmp_path / "run")  # never leave a TorchServe behind, even when the command failed
     assert code == 0, output
-    summary = json.loads((tmp_path / "out" / "locust_summary.json").read_text())
+    summary = json.loads((tmp_path / "fault" / "locust_summary.json").read_text())
     m, fault = summary["metrics"], summary["fault"]
     assert m["recovered"] is True and 0 < m["recovery_s"] < 25, output
     assert fault["killed_pid"] not in fault["pids_after"]
     assert m["failures_after_recovery"] == 0 and m["failures_before_fault"] == 0
     assert m["worker_restarts"] >= 1  # the monitor saw the new PID too
-    assert (tmp_path / "out" / "workers.png").stat().st_size > 0
+    assert (tmp_path / "fault" / "workers.png").stat().st_size > 0
     assert left_running is None, "the TorchServe the command started was left running"
 
 
@@ -462,31 +479,44 @@ def test_a_model_that_always_answers_cat_fails_the_load_test_gate(synthetic_mode
     _, images, _ = served_for_load
     build_archive(variant(model_dir, tmp_path / "cat-model", "9.alwayscat", always_cat=True), tmp_path / "store")
     try:
-        code, output = loadtest("run", "--run-dir", str(tmp_path / "run"), "--free-ports", "--model-store",
-                                str(tmp_path / "store"), "--images", str(images), "-u", "2", "-r", "2", "-t", "8s",
-                                "--min-rps", "0.5", "--max-p95-ms", "30000", "--out", str(tmp_path / "out"))
+        code, output = make_loadtest("loadtest", tmp_path / "run", tmp_path / "store", tmp_path / "out",
+                                     f"--images {images} -u 2 -r 2 -t 8s --min-rps 0.5 --max-p95-ms 30000")
     finally:
         stop(tmp_path / "run")
-    assert code == 3, output
-    summary = json.loads((tmp_path / "out" / "locust_summary.json").read_text())
+    assert code != 0 and "quality gate (run): FAILED" in output, output  # make: Locust's exit 3 fails the recipe
+    summary = json.loads((tmp_path / "out" / "run" / "locust_summary.json").read_text())
     assert [c["name"] for c in summary["checks"] if not c["ok"]] == ["max_accuracy_drop"], summary["checks"]
     assert summary["metrics"]["failures"] == 0 and summary["metrics"]["accuracy"] < 0.6
 
 
-def test_docs_block_states_detected_conditions_and_only_measured_numbers(tmp_path):
-    from benchmarks.conditions import machine
-    from loadtest.docs import docs_lines
-
+def run_summary() -> dict:
+    """A locust_summary.json as the locustfile's gate writes it (made-up numbers)."""
     metrics = {"requests": 10, "failures": 0, "error_ratio": 0.0, "rps": 5.0, "p50_ms": 10.0, "p95_ms": 20.0,
                "p99_ms": 30.0, "max_ms": 40.0, "accuracy": 0.9, "offline_accuracy": 0.95, "schema_errors": 0}
-    summary = {"metrics": metrics, "accuracy": {"accuracy": 0.9, "correct": 9, "labelled": 10},
-               "endpoints": [{**metrics, "name": "/predictions/m", "method": "POST"}], "n_images": 10,
-               "images": "data/synthetic", "n_labelled_images": 10, "peak_users": 2, "fault": {}, "passed": True,
-               "checks": [{"ok": True, "text": "accuracy_drop 0.05 <= 0.05"}],
-               "model_meta": {"arch": "resnet18", "image_size": 96, "version": "1.abc", "pretrained": "none"}}
-    cpu = {"cores": 2, "seconds": 10, "ours_cores": 1.0, "others_cores": 0.1, "busiest_others": []}
+    return {"metrics": metrics, "accuracy": {"accuracy": 0.9, "correct": 9, "labelled": 10},
+            "endpoints": [{**metrics, "name": "/predictions/m", "method": "POST"}], "n_images": 10,
+            "images": "data/synthetic", "n_labelled_images": 10, "peak_users": 2, "fault": {}, "passed": True,
+            "checks": [{"ok": True, "text": "accuracy_drop 0.05 <= 0.05"}], "load": {"before": 0.5, "after": 1.7},
+            "model_meta": {"arch": "resnet18", "image_size": 96, "version": "1.abc", "pretrained": "none"}}
+
+
+def test_docs_block_states_detected_conditions_and_only_measured_numbers(tmp_path):
+    from benchmarks.report import machine
+
     (tmp_path / "report.json").write_text("{}")
-    text = "\n".join(docs_lines({"mode": "run", "summary": summary, "cpu": cpu}, tmp_path))
+    text = "\n".join(report.docs_lines({"mode": "run", "summary": run_summary()}, tmp_path))
     assert machine()["cpu"] in text and machine()["gpu"] in text  # detected, not typed
     assert "random initialisation" in text and "offline test accuracy: 0.950" in text
-    assert "**PASSED**" in text and "other processes 0.10" in text
+    assert "**PASSED**" in text and "0.5 before, 1.7 after" in text
+
+
+def test_report_of_a_run_writes_report_json_and_only_its_docs_block(tmp_path, capsys):
+    """What `make loadtest-docs` runs: the run's block of the docs, the rest of the file kept."""
+    (tmp_path / "locust_summary.json").write_text(json.dumps(run_summary()))
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\nkept\n")
+    assert report.main(["run", "--out", str(tmp_path), "--docs", str(doc)]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["mode"] == "run"
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nkept\n") and "<!-- loadtest:run:start -->" in text
+    assert "Gate: **PASSED**" in text and "gate PASSED" in capsys.readouterr().out

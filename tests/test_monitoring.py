@@ -11,8 +11,11 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from monitoring import drift, evaluate, feedback, logs, promql
+from monitoring import dashboard, evaluate, feedback, logs
 from monitoring.__main__ import main
+from tests import promql_names as promql
+from training import drift
+from training.ingest import LabelledImage
 from training.metrics import classification_metrics
 
 CLASSES = ["cat", "dog"]
@@ -73,16 +76,16 @@ def test_compare_flags_a_confidence_shift_and_not_a_resample():
     assert unsure["mean_confidence"]["live"] < unsure["mean_confidence"]["baseline"]
 
 
-def test_predicted_shares_are_recovered_from_binary_test_metrics():
-    rng = np.random.default_rng(3)
-    y_true = rng.integers(0, 2, 500)
-    p_dog = np.clip(y_true * 0.6 + rng.normal(0.2, 0.25, 500), 0.01, 0.99)
-    proba = np.stack([1 - p_dog, p_dog], axis=1)
-    metrics = classification_metrics(y_true, proba, CLASSES)
-    shares = drift.predicted_shares_from_metrics(metrics, CLASSES)
-    assert shares[1] == pytest.approx(float((proba.argmax(1) == 1).mean()), abs=1e-9)
-    with pytest.raises(ValueError):
-        drift.predicted_shares_from_metrics({"accuracy": 1.0, "precision": 1.0, "recall": 1.0}, CLASSES)
+def test_drift_without_a_baseline_is_a_clear_error(tmp_path, capsys):
+    """A model-meta.json without drift_baseline (an old export) is refused with what to do, not guessed at."""
+    from monitoring.__main__ import main
+
+    meta = tmp_path / "model-meta.json"
+    meta.write_text(json.dumps({"classes": CLASSES, "version": "1", "test_metrics": {"accuracy": 0.9}}))
+    log = tmp_path / "model_log.log"
+    log.write_text("")
+    assert main(["drift", "--meta", str(meta), "--log", str(log), "--out", str(tmp_path)]) == 2
+    assert "no drift baseline" in capsys.readouterr().err
 
 
 def test_baseline_from_the_evaluate_stage_csv(tmp_path):
@@ -163,8 +166,8 @@ def test_compare_metrics_fails_only_beyond_the_allowed_drop():
 
 
 def test_score_uses_training_metrics_and_counts_refusals():
-    samples = [evaluate.Sample("cat.1.jpg", "cat", b""), evaluate.Sample("dog.1.jpg", "dog", b""),
-               evaluate.Sample("dog.2.jpg", "dog", b""), evaluate.Sample("dog.3.jpg", "dog", b"")]
+    samples = [LabelledImage("cat.1.jpg", "cat", b""), LabelledImage("dog.1.jpg", "dog", b""),
+               LabelledImage("dog.2.jpg", "dog", b""), LabelledImage("dog.3.jpg", "dog", b"")]
     answers = [{"cat": 0.8, "dog": 0.2}, {"cat": 0.3, "dog": 0.7}, {"cat": 0.6, "dog": 0.4}]
     results = [{"status": 200, "body": {"label": max(a, key=a.get), "probabilities": a, "model_version": "v"},
                 "request_id": str(i), "seconds": 0.01} for i, a in enumerate(answers)]
@@ -276,7 +279,8 @@ def test_drift_cli_exits_1_on_shifted_predictions_and_0_on_the_baseline_itself(t
     args = ["--baseline", str(baseline), "--meta", str(meta), "--out", str(tmp_path / "reports")]
     assert main(["drift", "--log", str(same), *args]) == 0
     assert main(["drift", "--log", str(shifted), *args]) == 1
-    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text())
+    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"),
+                            key=lambda p: p.stat().st_mtime_ns).read_text())
     assert report["n_live"] == 300 and report["scope"] == "model version 3.abc1234"
     assert report["drifted"] == ["label_psi", "confidence_psi"]
     assert main(["drift", "--log", str(tmp_path / "nope.log"), *args]) == 2
@@ -303,12 +307,12 @@ def test_exposition_names_and_grafana_variables():
     text = ("# HELP Requests2XX x\n# TYPE Requests2XX counter\nRequests2XX{Level=\"Host\",} 3.0\n"
             "h_bucket{le=\"0.1\",} 1.0\nh_sum 2.0\nh_count 1.0\n")
     assert promql.exposition_names(text) == {"Requests2XX", "h_bucket", "h_sum", "h_count"}
-    assert promql.substitute_variables("rate(x{m=~\"$model\"}[$__rate_interval])") == 'rate(x{m=~".*"}[5m])'
+    assert dashboard.substitute_variables("rate(x{m=~\"$model\"}[$__rate_interval])") == 'rate(x{m=~".*"}[5m])'
 
 
 def test_dashboard_is_json_with_targets_that_use_only_exported_metrics():
-    dashboard = promql.load_dashboard()
-    targets = promql.dashboard_targets(dashboard)
+    board = dashboard.load_dashboard()
+    targets = dashboard.dashboard_targets(board)
     assert len(targets) >= 8
     known = promql.exposition_names(promql.METRICS_SNAPSHOT.read_text())
     import yaml
@@ -316,8 +320,8 @@ def test_dashboard_is_json_with_targets_that_use_only_exported_metrics():
     from monitoring.rules import RECORDS
 
     known |= promql.recording_rules(yaml.safe_load(promql.ALERTS.read_text())) | set(RECORDS)
-    assert promql.unknown_metrics(dashboard, known) == {}
-    rules = promql.dashboard_rules(dashboard)["groups"][0]["rules"]
+    assert promql.unknown_metrics(board, known) == {}
+    rules = dashboard.dashboard_rules(board)["groups"][0]["rules"]
     assert len(rules) == len(targets) and all("$" not in r["expr"] for r in rules)
     assert promql.unknown_metrics({"panels": [{"title": "t", "targets": [{"expr": "rate(nope_total[5m])"}]}]},
                                   known) == {"t / ?": {"nope_total"}}
@@ -327,7 +331,7 @@ def test_log4j2_config_is_xml_and_its_predictions_filter_matches_handler_records
     import re
     import xml.etree.ElementTree as ET
 
-    root = ET.parse(promql.MONITORING / "log4j2.xml").getroot()
+    root = ET.parse(dashboard.MONITORING / "log4j2.xml").getroot()
     appenders = {a.get("name"): a for a in root.find("Appenders")}
     assert {"model_log", "access_log", "ts_log", "predictions"} <= set(appenders)
     regex = appenders["predictions"].find("RegexFilter").get("regex")

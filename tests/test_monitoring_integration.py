@@ -30,10 +30,12 @@ from model import engines
 from model.export import META_FILE, read_metadata
 from model.preprocess import decode_image, eval_transform
 from model.runtime import channels_last, for_cpu_inference
-from monitoring import evaluate, logs, prometheus, promql
+from monitoring import dashboard, evaluate, logs
 from monitoring.__main__ import main
 from serving.client import ServingClient
 from serving.server import free_ports, stop
+from tests import prometheus_config as prometheus
+from tests import promql_names as promql
 from tests.serving_helpers import serve_model_dir
 from tests.test_monitoring_tools import require_tool
 from training.metrics import classification_metrics
@@ -184,7 +186,8 @@ def test_worker_restart_alert_fires_and_no_worker_answers_503(served, prometheus
     assert fired and fired[0]["labels"]["WorkerName"].startswith("W-"), fired
 
     scale = {"synchronous": "true"}
-    response = client.request("management", "PUT", "/models/catsdogs", params={**scale, "min_worker": 0, "max_worker": 0})
+    response = client.request("management", "PUT", "/models/catsdogs", params={**scale, "min_worker": 0,
+                                                                               "max_worker": 0})
     assert response.status_code == 200, response.text
     try:
         statuses = [r.status_code for r in send_traffic(served, good=3, bad=0)]
@@ -198,22 +201,22 @@ def test_worker_restart_alert_fires_and_no_worker_answers_503(served, prometheus
 
 
 def test_dashboard_expressions_run_on_the_live_prometheus(served, prometheus_url):
-    dashboard = promql.load_dashboard()
+    board = dashboard.load_dashboard()
     live_names = promql.exposition_names(served["client"].metrics())
     from monitoring.rules import (
         RECORDS,  # the model's baseline rules (make drift-rules)
     )
 
     known = live_names | promql.recording_rules(yaml.safe_load(prometheus.ALERTS.read_text())) | set(RECORDS)
-    assert promql.unknown_metrics(dashboard, known) == {}, sorted(live_names)
+    assert promql.unknown_metrics(board, known) == {}, sorted(live_names)
     snapshot = promql.exposition_names(promql.METRICS_SNAPSHOT.read_text())
     # the committed snapshot (used by the fast unit test) lists exactly the names TorchServe exports
     assert snapshot == live_names, (sorted(snapshot - live_names), sorted(live_names - snapshot))
     with_data = 0
-    for title, expr in promql.dashboard_targets(dashboard):
-        result = query(prometheus_url, promql.substitute_variables(expr))["result"]
+    for title, expr in dashboard.dashboard_targets(board):
+        result = query(prometheus_url, dashboard.substitute_variables(expr))["result"]
         with_data += bool(result)
-    assert with_data >= len(promql.dashboard_targets(dashboard)) // 2
+    assert with_data >= len(dashboard.dashboard_targets(board)) // 2
 
 
 def test_logs_hold_one_record_per_request_in_both_files(served):
@@ -347,7 +350,8 @@ def test_drift_and_feedback_on_the_real_log(served, tmp_path, monkeypatch, capsy
     code = main(["drift", "--log", str(log_dir), "--baseline", str(baseline), "--meta", str(meta_path),
                  "--min-samples", "20", "--out", str(tmp_path / "reports")])
     out = capsys.readouterr().out
-    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text())
+    report = json.loads(max((tmp_path / "reports").glob("drift-*.json"),
+                            key=lambda p: p.stat().st_mtime_ns).read_text())
     assert report["n_live"] >= len(responses)
     # served originals vs the evaluate stage's cached resized copies of the same images: same population
     assert report["label_psi"] < 0.1, out

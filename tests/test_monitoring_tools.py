@@ -13,7 +13,8 @@ import subprocess
 import pytest
 import yaml
 
-from monitoring import prometheus, promql
+from monitoring import dashboard
+from tests import prometheus_config as prometheus
 
 MONITORING = prometheus.MONITORING
 
@@ -70,11 +71,11 @@ def test_rule_unit_tests_would_catch_a_broken_alert(promtool, tmp_path):
 
 
 def test_every_dashboard_expression_parses_with_promtool(promtool):
-    dashboard = promql.load_dashboard()
-    result = promql.promtool_check_rules(promql.dashboard_rules(dashboard), promtool)
+    board = dashboard.load_dashboard()
+    result = dashboard.promtool_check_rules(dashboard.dashboard_rules(board), promtool)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = {"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "sum(rate(foo[5m])"}]}]}
-    assert promql.promtool_check_rules(broken, promtool).returncode != 0
+    assert dashboard.promtool_check_rules(broken, promtool).returncode != 0
 
 
 def test_check_dashboard_cli(promtool, capsys):

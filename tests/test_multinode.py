@@ -1,4 +1,4 @@
-"""Two-host training for real: the README's `torchrun --nnodes 2` command, run verbatim on two hosts.
+"""Two-host training for real: docs/training.md's `torchrun --nnodes 2` command, run verbatim on two hosts.
 
 The hosts are two network namespaces joined by a veth pair, each with its own address (10.213.0.0/24,
 which exists only inside these namespaces) and its own working directory (params.yaml + data/prepared,
@@ -32,10 +32,10 @@ TIMEOUT_S = 300
 
 
 def readme_multinode_command() -> tuple[dict[str, str], list[str]]:
-    """(environment assignments, argv) of the README's `torchrun --nnodes 2` command, $VARIABLES unexpanded."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    """(environment assignments, argv) of docs/training.md's `torchrun --nnodes 2` command, $VARIABLES unexpanded."""
+    text = (ROOT / "docs" / "training.md").read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if "torchrun" in line and "--nnodes 2" in line]
-    assert len(lines) == 1, f"README.md should hold one `torchrun --nnodes 2` command, found {len(lines)}"
+    assert len(lines) == 1, f"docs/training.md should hold one `torchrun --nnodes 2` command, found {len(lines)}"
     words = shlex.split(lines[0].split(" #")[0])
     env = {}
     while re.fullmatch(r"[A-Z_]+=\S*", words[0]):
@@ -50,7 +50,7 @@ def node_command(head: bool, addr: str) -> tuple[dict[str, str], list[str]]:
     values = {"IFACE": IFACE, "HEAD": HEAD, "IS_HEAD": "1" if head else "0", "ADDR": addr, "NPROC": "1"}
 
     def expand(word: str) -> str:
-        return Template(word).substitute(values)  # KeyError: the README uses a variable this test does not set
+        return Template(word).substitute(values)  # KeyError: the docs use a variable this test does not set
 
     argv = [str(Path(sys.executable).with_name("torchrun")), *map(expand, argv[1:])]
     return {key: expand(value) for key, value in env.items()}, argv
@@ -127,7 +127,8 @@ def test_readme_torchrun_command_trains_across_two_hosts(two_hosts, node_dirs):
     except subprocess.TimeoutExpired:
         codes = {host: proc.poll() for host, proc in procs.items()}
     logs = {host: (node_dirs[host] / "torchrun.log").read_text() for host in procs}
-    states = {h: f"exit {code}" if code is not None else f"still running after {TIMEOUT_S} s" for h, code in codes.items()}
+    states = {h: f"exit {code}" if code is not None else f"still running after {TIMEOUT_S} s" for h,
+              code in codes.items()}
     assert codes == {"a": 0, "b": 0}, "\n".join(f"--- host {h} ({states[h]}):\n{logs[h][-3000:]}" for h in logs)
 
     assert "device cpu x 2 process(es)" in logs["a"] + logs["b"]

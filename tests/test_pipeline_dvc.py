@@ -136,7 +136,8 @@ def test_a_new_model_name_in_params_is_what_the_pipeline_builds_and_make_serve_s
         answer = requests.post(f"{state['inference_url']}/predictions/pets", data=image.read_bytes(), timeout=60,
                                headers={"Authorization": f"Bearer {key}"})
         assert answer.status_code == 200 and contract.check_prediction(answer.json(), ["cat", "dog"]) is None
-        old = requests.post(f"{state['inference_url']}/predictions/{contract.model_name()}", data=image.read_bytes(), timeout=60,
+        old = requests.post(f"{state['inference_url']}/predictions/{contract.model_name()}", data=image.read_bytes(),
+                            timeout=60,
                             headers={"Authorization": f"Bearer {key}"})
         assert old.status_code == 404, "the old name is still served"
     finally:

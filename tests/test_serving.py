@@ -9,11 +9,13 @@ import base64
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
+from catsdogs import contract
 from model import engines
 from serving.client import ServingClient
 from serving.server import stop
@@ -136,6 +138,23 @@ def test_management_api_lists_and_describes_the_model(served):
     assert meta["classes"] == ["cat", "dog"] and meta["version"] == described[0]["modelVersion"]
 
 
+def test_serve_says_when_the_model_learnt_from_generated_data(served, synthetic_model, tmp_path):
+    """`make serve` (python -m serving start) warns that a cartoon-trained model answers photos at chance."""
+    from serving.__main__ import generated_data_note
+
+    _, state, _ = served
+    _, prepared = synthetic_model
+    run_dir = Path(state["key_file"]).parent
+    assert contract.read_params()["data"]["source"] == "synthetic"  # the repository's default
+    note = generated_data_note(run_dir, prepared)
+    assert note and "generated cartoon" in note and "data.source: path" in note
+    other = tmp_path / "prepared"
+    other.mkdir()
+    (other / "stats.json").write_text(json.dumps({"data_hash": "0" * 64}))
+    assert generated_data_note(run_dir, other) is None  # trained on data this checkout did not prepare
+    assert generated_data_note(tmp_path / "no-server", prepared) is None
+
+
 def test_the_default_engine_serves_and_says_which(served, synthetic_model):
     """The archive as exported (serve.engine/precision auto) runs on what model.engines.choose picks for this CPU
     and the export's gate (OpenVINO where installed, bf16 only where native and gated); the predictions above came
@@ -215,5 +234,6 @@ def test_files_sharing_one_field_name_arrive_as_one(served):
     headers = {"Authorization": f"Bearer {client.key('inference')}"}
     good = [original_bytes(row) for row in rows[:2]]
     response = requests.post(url, headers=headers, timeout=30,
-                             files=[("data", ("a.jpg", good[0], "image/jpeg")), ("data", ("b.jpg", good[1], "image/jpeg"))])
+                             files=[("data", ("a.jpg", good[0], "image/jpeg")), ("data", ("b.jpg", good[1],
+                                                                                          "image/jpeg"))])
     assert response.status_code == 200 and response.json() == client.predict(good[1]).json()

@@ -6,15 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
-from catsdogs.contract import MAX_IMAGE_PIXELS
+from catsdogs.contract import EVAL_DIR, MAX_IMAGE_PIXELS, MODEL_DIR, PREPARED_DIR, TRAIN_DIR
 from model.runtime import reuse_freed_memory
 from model.weights import WeightsError
 from training.params import ParamsError, load_params
-
-PREPARED = Path("data/prepared")
-TRAIN_DIR = Path("artifacts/train")
-EVAL_DIR = Path("artifacts/eval")
-MODEL_DIR = Path("artifacts/model")
 
 
 def source_path(params: dict) -> Path:
@@ -100,22 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="ingest data.source, split, cache resized images, write manifest + stats")
     p.add_argument("--source", type=Path, help="folder or archive to read instead of data.source/data.path")
-    p.add_argument("--out", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=PREPARED_DIR, help="default: %(default)s")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train model.arch on the prepared split, MLflow run, best checkpoint")
-    p.add_argument("--prepared", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--prepared", type=Path, default=PREPARED_DIR, help="default: %(default)s")
     p.add_argument("--out", type=Path, default=TRAIN_DIR, help="default: %(default)s")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test-split metrics.json, plot data and PNG plots")
-    p.add_argument("--prepared", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--prepared", type=Path, default=PREPARED_DIR, help="default: %(default)s")
     p.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="default: %(default)s")
     p.add_argument("--out", type=Path, default=EVAL_DIR, help="default: %(default)s")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="TorchScript model + model-meta.json; register a new MLflow model version")
-    p.add_argument("--prepared", type=Path, default=PREPARED, help="default: %(default)s")
+    p.add_argument("--prepared", type=Path, default=PREPARED_DIR, help="default: %(default)s")
     p.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="default: %(default)s")
     p.add_argument("--eval-dir", type=Path, default=EVAL_DIR, help="default: %(default)s")
     p.add_argument("--out", type=Path, default=MODEL_DIR, help="default: %(default)s")

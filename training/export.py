@@ -20,9 +20,9 @@ from catsdogs import contract
 from model import engines
 from model.export import to_torchscript, write_metadata
 from model.preprocess import eval_geometry, eval_normalize, eval_transform
-from monitoring.drift import baseline_from_predictions, summarise
 from training import tracking
 from training.dataset import load_uint8
+from training.drift import baseline_from_predictions, summarise
 from training.metrics import classification_metrics
 from training.prepare import read_manifest, read_stats
 from training.train import load_trained

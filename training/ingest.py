@@ -147,6 +147,15 @@ def scan(path: Path, classes: list[str], *, max_pixels: int, draft_size: int | N
 Entry = tuple[str, int, Callable[[], bytes]]
 
 
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image file's bytes with the label its path gives (what load tests and live evaluation send)."""
+
+    name: str            # path relative to the folder or archive (what label_from_path read)
+    label: str | None    # None: the path names no class
+    data: bytes
+
+
 def labelled(path: Path | str, classes: list[str]) -> Iterator[tuple[str, str | None, Callable[[], bytes]]]:
     """(relpath, label or None, read() -> bytes) of every file under a folder or in an archive, in relpath order.
 

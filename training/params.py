@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from catsdogs.contract import ContractError, read_params
 from model.network import TTA
 from model.weights import SOURCES as SOURCES_OF_WEIGHTS
 from model.weights import normalization
@@ -25,10 +24,11 @@ class ParamsError(ValueError):
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path} not found: run from the repository root or pass --params PATH")
-    params = yaml.safe_load(path.read_text()) or {}
+    """params.yaml read by the contract's one reader, then checked (ParamsError says what is wrong)."""
+    try:
+        params = read_params(path)
+    except ContractError as exc:
+        raise ParamsError(f"{exc}; or pass --params PATH") from exc
     check_params(params, path)
     return params
 

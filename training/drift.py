@@ -4,13 +4,12 @@ Population stability index (PSI) of two distributions over the same bins:
     PSI = sum_i (a_i - e_i) * ln(a_i / e_i)      (e: baseline share, a: live share; empty bins smoothed)
 Common reading: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift.
 The baseline: the model's own test-split predictions, as model-meta.json `drift_baseline` (summarise(), written
-by the export stage) or the evaluate stage's predictions.csv; for an old model-meta.json, the predicted-label
-shares implied by its binary test_metrics.
+by the export stage) or an evaluate-stage predictions.csv. `python -m monitoring drift` reads live predictions
+against it; the statistics live here, beside the training metrics, because the export stage writes the baseline.
 """
 from __future__ import annotations
 
 import csv
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,31 +61,6 @@ def label_counts(labels: Sequence[str], classes: Sequence[str]) -> list[int]:
     return [counts[c] for c in classes]
 
 
-def predicted_shares_from_metrics(metrics: dict, classes: Sequence[str]) -> list[float]:
-    """Shares of predicted labels on the test split, recovered from binary accuracy/precision/recall.
-
-    With P true positives' class size, TP = recall*P and FP = TP*(1/precision - 1); accuracy pins P:
-    n*(1-accuracy) = FN + FP = P*(1-recall) + recall*P*(1/precision - 1). The positive class is classes[1]
-    (training/metrics.py's convention). Raises ValueError when the metrics cannot determine it.
-    """
-    if len(classes) != 2:
-        raise ValueError("predicted shares can be recovered from test_metrics for two classes only")
-    try:
-        accuracy, precision, recall = (float(metrics[k]) for k in ("accuracy", "precision", "recall"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"test_metrics lack accuracy/precision/recall: {metrics}") from exc
-    if precision <= 0 or recall <= 0:
-        raise ValueError(f"precision {precision} / recall {recall} of 0 do not determine the predicted shares")
-    errors_per_positive = (1 - recall) + recall * (1 / precision - 1)
-    if errors_per_positive <= 0:   # a perfect classifier: predicted shares equal true shares, unknown here
-        raise ValueError("a perfect test score does not determine the class balance; use predictions.csv")
-    positive_share = (1 - accuracy) / errors_per_positive          # P / n
-    predicted_positive = recall * positive_share / precision       # (TP + FP) / n
-    if not 0 <= predicted_positive <= 1 or math.isnan(predicted_positive):
-        raise ValueError(f"test_metrics are inconsistent (predicted share {predicted_positive:.3f})")
-    return [1 - predicted_positive, predicted_positive]
-
-
 def baseline_from_predictions(path: Path, classes: Sequence[str]) -> dict:
     """{"labels": predicted labels, "confidences": top-class probabilities} of the evaluate stage's CSV."""
     with open(path, newline="") as handle:
@@ -130,7 +104,8 @@ def compare(baseline: dict, live_labels: Sequence[str], live_confidences: Sequen
         edges = quantile_edges(baseline["confidences"], bins)
         expected_bins, mean = histogram(baseline["confidences"], edges), float(np.mean(baseline["confidences"]))
     elif baseline.get("confidence_shares"):  # a summarise()d baseline: its own bins
-        edges, expected_bins, mean = baseline["confidence_edges"], baseline["confidence_shares"], baseline["mean_confidence"]
+        edges, expected_bins = baseline["confidence_edges"], baseline["confidence_shares"]
+        mean = baseline["mean_confidence"]
     else:
         return result
     result.update(confidence_edges=edges, confidence_psi=psi(expected_bins, histogram(live_confidences, edges)),

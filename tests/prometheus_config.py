@@ -1,4 +1,4 @@
-"""Derived Prometheus configurations: the committed monitoring/prometheus.yml and alerts.yml with a few
+"""Test helper: the committed monitoring/prometheus.yml and alerts.yml with a few
 values replaced (scrape target, intervals, `for:` durations), for a local Prometheus next to
 `make serve` or the integration tests. The committed files stay the reviewed source."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-MONITORING = Path(__file__).resolve().parent
+MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
 CONFIG = MONITORING / "prometheus.yml"
 ALERTS = MONITORING / "alerts.yml"
 

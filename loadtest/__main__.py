@@ -1,7 +1,0 @@
-"""`python -m loadtest run|ramp|soak|fault --help`."""
-import sys
-
-from loadtest.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())
