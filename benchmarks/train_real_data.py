@@ -123,7 +123,8 @@ def main(argv=None) -> int:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         params[section][name] = yaml.safe_load(value)
-    params["evaluate"] = {k: v for k, v in params.get("evaluate", {}).items() if "accuracy" not in k and "loss" not in k}
+    params["evaluate"] = {k: v for k, v in params.get("evaluate", {}).items()
+                          if "accuracy" not in k and "loss" not in k}
     check_params(params, "benchmark params")
     work = args.workdir / args.label
     work.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,8 @@ def record(args, work: Path, result: dict) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(runs, indent=2) + "\n")
     write_block(args.report, render(runs))
-    print(json.dumps({k: result.get(k) for k in ("label", "total_s", "train_s", "test", "latency", "served")}, indent=2))
+    keys = ("label", "total_s", "train_s", "test", "latency", "served")
+    print(json.dumps({k: result.get(k) for k in keys}, indent=2))
     return 0
 
 
@@ -229,7 +231,8 @@ def render(runs: list[dict]) -> list[str]:
              "every number below was measured by that script, with the conditions it recorded. Each run: "
              "prepare -> train -> evaluate -> export of the 10k shared photos (7,999 / 1,000 / 1,000 train / "
              "val / test), no network."), "",
-             ("| run | recipe | train | total | test acc | log loss | ECE | ROC-AUC | engine | 1-image p50 | batch-8 img/s |"
+             ("| run | recipe | train | total | test acc | log loss | ECE | ROC-AUC | engine | 1-image p50 | "
+              "batch-8 img/s |"
              " served c=1 p50 | served c=16 req/s | other CPU load | measured |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -240,12 +243,14 @@ def render(runs: list[dict]) -> list[str]:
         lines.append(
             f"| {r['label']} | {recipe(r)} | {r['train_s'] / 60:.1f} min | {r['total_s'] / 60:.1f} min | "
             f"{t['accuracy']:.4f} | {t['log_loss']:.4f} | {t['ece']:.4f} | {t['roc_auc']:.4f} | "
-            f"{lat.get('engine', 'torchscript f32')} | {lat['end_to_end_p50_ms']} ms | {lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
+            f"{lat.get('engine', 'torchscript f32')} | {lat['end_to_end_p50_ms']} ms | "
+            f"{lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
             f"{cpu_load(r['conditions'])} | {r['measured_at']} |")
     lines += ["", ("Columns: *train* and *total* are wall time (total = prepare + train + evaluate + export); "
               "*engine* is what the handler serves the exported model with (runs measured before the engine choice "
               "existed ran TorchScript); *1-image p50* is decode + preprocess + forward of one photo on that engine; "
-              "*batch-8 img/s* is that forward alone on batches of 8 (in-process); *served* is the exported model in a real "
+              "*batch-8 img/s* is that forward alone on batches of 8 (in-process); *served* is the exported model in a "
+              "real "
               "TorchServe (handler/model-config.yaml as committed) loaded by `wrk` posting one test photo, "
               "concurrency 1 (median latency) and 16 (requests/s); *other CPU load* is the CPU time other "
               "processes used during the run, in cores (older runs), or the machine's 1-minute load average "

@@ -22,7 +22,8 @@ def tiny_params(tmp: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     # the smallest packaged backbone: these tests check the recipes' mechanics, not the default's accuracy
     params["model"].update(arch="efficientnet_lite0", image_size=64, resize_size=72)
-    params["train"].update(batch_size=16, head_epochs=3, finetune_blocks=1, finetune_epochs=2, patience=5, num_threads=1,
+    params["train"].update(batch_size=16, head_epochs=3, finetune_blocks=1, finetune_epochs=2, patience=5,
+                           num_threads=1,
                            trunk_tolerance=0.01)  # the trunk as torch computes it (OpenVINO f32): these tests train
     # for two or three epochs on 72 images of 64 px, where bf16's rounding of the trunk outputs (within the default
     # tolerance) left the classifier at chance in one run

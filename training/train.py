@@ -244,7 +244,8 @@ def train_scratch(trainer: Trainer, params: dict, meta: dict, rows: dict, genera
     loader_args = {"num_workers": workers, "pin_memory": ctx.device.type == "cuda", "persistent_workers": workers > 0}
     sampler = DistributedSampler(train_set, seed=int(cfg["seed"])) if ctx.distributed else None
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                              drop_last=len(train_set) > batch_size * ctx.world_size, generator=generator, **loader_args)
+                              drop_last=len(train_set) > batch_size * ctx.world_size, generator=generator,
+                              **loader_args)
     val_sampler = DistributedSampler(val_set, shuffle=False) if ctx.distributed else None
     val_loader = DataLoader(val_set, batch_size=batch_size * 2, sampler=val_sampler, **loader_args)
     epochs = int(cfg["epochs"])
