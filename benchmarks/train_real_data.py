@@ -193,7 +193,7 @@ def record(args, work: Path, result: dict) -> int:
     runs = [r for r in runs if r["label"] != args.label] + [result]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(runs, indent=2) + "\n")
-    write_block(args.report, render(runs))
+    write_block(args.report, render(runs), "runs")
     keys = ("label", "total_s", "train_s", "test", "latency", "served")
     print(json.dumps({k: result.get(k) for k in keys}, indent=2))
     return 0
@@ -225,9 +225,8 @@ def served_note(r: dict) -> str:
 
 
 def render(runs: list[dict]) -> list[str]:
-    """docs/training-benchmark.md: every recorded run, written by this script only."""
-    lines = ["# Training benchmark: recipes on real photos", "",
-             ("Written by `python -m benchmarks.train_real_data` from `benchmarks/results/train_real_data.json`; "
+    """docs/training-benchmark.md's "runs" block: every recorded run, written by this script only."""
+    lines = [("Written by `python -m benchmarks.train_real_data` from `benchmarks/results/train_real_data.json`; "
              "every number below was measured by that script, with the conditions it recorded. Each run: "
              "prepare -> train -> evaluate -> export of the 10k shared photos (7,999 / 1,000 / 1,000 train / "
              "val / test), no network."), "",

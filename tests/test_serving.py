@@ -139,7 +139,7 @@ def test_management_api_lists_and_describes_the_model(served):
 
 
 def test_serve_says_when_the_model_learnt_from_generated_data(served, synthetic_model, tmp_path):
-    """`make serve` (python -m serving start) warns that a cartoon-trained model answers photos at chance."""
+    """`make serve` (python -m serving start) warns that a cartoon-trained model answers photos poorly."""
     from serving.__main__ import generated_data_note
 
     _, state, _ = served
