@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
-from catsdogs.contract import MODEL_DIR
-from model.export import read_metadata
+from catsdogs.contract import MODEL_DIR, read_meta
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 
 
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=Path("docs/cpu-inference.md"))
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
-    meta = read_metadata(args.model_dir / "model-meta.json")
+    meta = read_meta(args.model_dir / "model-meta.json")
     load_before = load_average()
     rows = measure(args.model_dir / "model.pt", int(meta["image_size"]), args.batches, args.threads, args.rounds,
                    args.seconds)

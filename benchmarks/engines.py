@@ -44,7 +44,7 @@ import torch
 
 from benchmarks.cpu_inference import interleaved
 from benchmarks.report import load_average, markers, measured, measured_line, model_line, write_block, write_json
-from catsdogs.contract import MODEL_DIR, PREPARED_DIR, REPO_ROOT
+from catsdogs.contract import MODEL_DIR, PREPARED_DIR, REPO_ROOT, read_meta
 from model.engines import (
     check_agreement,
     compile_forward,
@@ -53,7 +53,6 @@ from model.engines import (
     openvino_available,
     openvino_model,
 )
-from model.export import read_metadata
 from model.preprocess import decode_image, eval_geometry, eval_normalize
 from model.runtime import reuse_freed_memory
 
@@ -408,7 +407,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     reuse_freed_memory()  # as the handler and the other benchmarks do
     torch.set_num_threads(args.threads)
-    meta = read_metadata(args.model_dir / "model-meta.json")
+    meta = read_meta(args.model_dir / "model-meta.json")
     model_file, train_dir = args.model_dir / "model.pt", args.train_dir or args.model_dir.parent / "train"
     if not model_file.is_file():
         raise SystemExit(f"{model_file} not found: run `make pipeline` or pass --model-dir")

@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.cpu_inference import interleaved
 from benchmarks.report import load_average, measured, measured_line, model_line, write_block, write_json
-from model.export import read_metadata
+from catsdogs.contract import read_meta
 from model.quantize import preprocessed_batches, quantize_static
 from model.runtime import channels_last, for_cpu_inference, reuse_freed_memory
 from training.prepare import read_manifest
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
     load_before = load_average()
 
-    meta = read_metadata(args.run / "model" / "model-meta.json")
+    meta = read_meta(args.run / "model" / "model-meta.json")
     classes, size = list(meta["classes"]), int(meta["image_size"])
     example = torch.rand(2, 3, size, size)
     net, _ = load_trained(args.run / "train")

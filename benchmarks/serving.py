@@ -41,11 +41,10 @@ import torch
 import yaml
 
 from benchmarks.report import describe_machine, load_average, load_line, machine, model_line, write_block, write_json
-from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS
+from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS, read_meta
 from deploy.deployer import DeployOptions
 from handler.catsdogs_handler import serving_forward
 from model import engines
-from model.export import read_metadata
 from model.preprocess import decode_image, eval_geometry
 from model.runtime import reuse_freed_memory
 from serving.archive import MODEL_CONFIG, build_archive
@@ -92,7 +91,7 @@ def in_process(model_dir: Path, data: bytes, engine: str, batch_size: int, threa
     `engine` (torchscript | auto) built as the handler builds it (serving_forward, optimize on; it takes uint8
     images and normalises them itself)."""
     torch.set_num_threads(threads)
-    meta = read_metadata(model_dir / "model-meta.json")
+    meta = read_meta(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
     forward, name, precision, _ = serving_forward(net, meta, torch.device("cpu"), True, asked=(engine, "auto"))
     transform = eval_geometry(meta)
@@ -335,7 +334,7 @@ def main(argv=None) -> int:
               "in_process_runs": inproc_runs, "served_runs": served_runs, "swap": swap,
               "verdict": verdict(baseline, results, inproc_runs, served_runs, swap)}
     print(json.dumps(report["verdict"]))
-    meta = read_metadata(args.model_dir / "model-meta.json")
+    meta = read_meta(args.model_dir / "model-meta.json")
     write_json("reports/serving-benchmark.json", report)
     if not args.no_docs:
         write_block(args.report, render(report, meta, args), BLOCK)

@@ -25,8 +25,8 @@ import yaml
 
 from benchmarks.cpu_inference import images_per_s
 from benchmarks.report import machine, machine_load, write_block
+from catsdogs.contract import read_meta
 from handler.catsdogs_handler import serving_forward
-from model.export import read_metadata
 from model.preprocess import decode_image, eval_geometry
 from model.runtime import reuse_freed_memory
 from training import presets
@@ -40,7 +40,7 @@ def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int
     """p50/p95 ms of forward only and of decode + preprocess + forward, batch of one, current thread count, on
     the engine the handler serves this model with (serving_forward: engine and precision as model-meta.json's
     export chose them, CATSDOGS_ENGINE/CATSDOGS_PRECISION override)."""
-    meta = read_metadata(model_dir / "model-meta.json")
+    meta = read_meta(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
     threads = torch.get_num_threads()  # the engine's; beside OpenVINO torch itself then drops to one
     net, engine, precision, _ = serving_forward(net, meta, torch.device("cpu"), True)

@@ -6,7 +6,6 @@ at the archive root. Both are read straight from the zip, nothing is unpacked.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catsdogs.contract import META_FILE
+from model.weights import sha256_of
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -68,11 +68,6 @@ def store_file_name(model_name: str, version: str) -> str:
     return f"{_UNSAFE.sub('_', model_name)}-{_UNSAFE.sub('_', version)}.mar"
 
 
-def sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def place_in_store(mar: Path, store: Path, file_name: str) -> tuple[Path, bool]:
     """Copy `mar` to store/file_name atomically; (path, copied). Not copied when the same bytes are there."""
     store = Path(store)
@@ -80,7 +75,7 @@ def place_in_store(mar: Path, store: Path, file_name: str) -> tuple[Path, bool]:
         raise ArchiveError(f"model store {store} is not a directory; pass the server's model_store with "
                            f"--model-store (or run against the run dir whose serve.json names it)")
     dest = store / file_name
-    if dest.exists() and (dest.resolve() == Path(mar).resolve() or sha256(dest) == sha256(mar)):
+    if dest.exists() and (dest.resolve() == Path(mar).resolve() or sha256_of(dest) == sha256_of(mar)):
         return dest, False
     partial = store / f".{file_name}.partial"
     shutil.copyfile(mar, partial)

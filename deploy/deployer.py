@@ -22,6 +22,7 @@ from catsdogs import contract
 from deploy import archive, gates, management, registry, versions
 from deploy.archive import ArchiveInfo
 from deploy.management import Management, ManagementError
+from model.weights import sha256_of
 
 Log = Callable[[str], None]
 LOCK_FILE = ".deploy.lock"
@@ -224,7 +225,7 @@ def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items
     pre_existing = version in registered_versions(api)
     loaded = stored_archive(store, api.describe(version)) if pre_existing else None
     # e.g. the store's .mar rebuilt since start-up under the same version
-    if loaded and loaded.version == version and archive.sha256(loaded.path) != archive.sha256(info.path):
+    if loaded and loaded.version == version and sha256_of(loaded.path) != sha256_of(info.path):
         raise DeployError(f"version {version} is already registered from {loaded.path}, whose bytes "
                           f"differ from {info.path}; give the new model a new version (re-run the export) "
                           f"instead of reusing {version}")

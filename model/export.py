@@ -1,12 +1,10 @@
-"""TorchScript export with an eager/TorchScript parity check, plus the metadata file every consumer reads."""
+"""TorchScript export with an eager/TorchScript parity check; model-meta.json is catsdogs.contract's."""
 from __future__ import annotations
 
 import warnings
 
 import torch
 from torch import nn
-
-from catsdogs.contract import INDEX_TO_NAME_FILE, META_FILE, read_meta, write_meta  # noqa: F401 (re-exported)
 
 
 def to_torchscript(net: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> torch.jit.ScriptModule:
@@ -31,7 +29,3 @@ def check_parity(eager: nn.Module, scripted: torch.jit.ScriptModule, batch: torc
         raise RuntimeError(f"TorchScript output differs from the eager model by {diff:.2e} (> {atol:.0e})")
     return diff
 
-
-# model-meta.json's schema lives in the contract; these names stay for existing callers.
-write_metadata = write_meta
-read_metadata = read_meta

@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch import nn
 
-from model.export import write_metadata
+from catsdogs.contract import write_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 RED, BLUE = (230, 20, 20), (20, 20, 230)
@@ -45,7 +45,7 @@ def write_model_dir(out: Path, **meta_overrides) -> dict:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.* deprecation notices
         torch.jit.save(torch.jit.script(RedVsBlue()), str(out / "model.pt"))
     meta = throwaway_meta(**meta_overrides)
-    write_metadata(meta, out)
+    write_meta(meta, out)
     return meta
 
 

@@ -26,8 +26,8 @@ import requests
 import torch
 import yaml
 
+from catsdogs.contract import META_FILE, read_meta
 from model import engines
-from model.export import META_FILE, read_metadata
 from model.preprocess import decode_image, eval_transform
 from model.runtime import channels_last, for_cpu_inference
 from monitoring import dashboard, evaluate, logs
@@ -67,7 +67,7 @@ def served(synthetic_model, tmp_path_factory):
     try:
         yield {"client": ServingClient.from_run_dir(work / "run", timeout=30), "state": state, "work": work,
                "run_dir": work / "run", "model_dir": model_dir, "images": images, "rows": test_rows,
-               "meta": read_metadata(model_dir / META_FILE)}
+               "meta": read_meta(model_dir / META_FILE)}
     finally:
         stop(work / "run")
 
@@ -242,7 +242,7 @@ def test_logs_hold_one_record_per_request_in_both_files(served):
 def offline_predictions(model_dir: Path, files: list[Path]) -> np.ndarray:
     """The served TorchScript model run in-process on the same files, preprocessed, run (channels_last + freeze,
     handler.optimize) and rounded (6 decimals, the response schema) like the handler."""
-    meta = read_metadata(model_dir / META_FILE)
+    meta = read_meta(model_dir / META_FILE)
     transform = eval_transform(meta)
     batch = torch.stack([transform(decode_image(f.read_bytes(), draft_size=int(meta["resize_size"])))
                          for f in files])

@@ -2,13 +2,8 @@
 import pytest
 import torch
 
-from model.export import (
-    INDEX_TO_NAME_FILE,
-    check_parity,
-    read_metadata,
-    to_torchscript,
-    write_metadata,
-)
+from catsdogs.contract import INDEX_TO_NAME_FILE, read_meta, write_meta
+from model.export import check_parity, to_torchscript
 from model.network import build_model, with_tta
 
 
@@ -36,8 +31,8 @@ def test_torchscript_matches_eager_and_metadata_roundtrips(tmp_path):
     assert torch.jit.load(str(tmp_path / "model.pt"))(batch).shape == (4, 2)
     meta = {"classes": ["cat", "dog"], "image_size": 48, "resize_size": 55, "mean": [0.5] * 3, "std": [0.2] * 3,
             "version": "1.abc"}
-    write_metadata(meta, tmp_path)
-    assert read_metadata(tmp_path / "model-meta.json") == meta
+    write_meta(meta, tmp_path)
+    assert read_meta(tmp_path / "model-meta.json") == meta
     assert (tmp_path / INDEX_TO_NAME_FILE).read_text().count("dog") == 1
 
 

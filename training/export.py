@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from catsdogs import contract
 from model import engines
-from model.export import to_torchscript, write_metadata
+from model.export import to_torchscript
 from model.preprocess import eval_geometry, eval_normalize, eval_transform
 from training import tracking
 from training.dataset import load_uint8
@@ -205,7 +205,7 @@ def export(prepared_dir: Path, train_dir: Path, eval_dir: Path, out_dir: Path, o
             "torch": torch.__version__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
-        write_metadata(meta, out_dir)
+        contract.write_meta(meta, out_dir)
         mlflow.log_artifacts(str(out_dir), "torchscript")
         mlflow.set_tag("model_version", meta["version"])
     client.set_registered_model_alias(name, contract.CANDIDATE_ALIAS, registered_version)
