@@ -28,11 +28,22 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], examp
 
     `model` is not modified; TF-"same" convolutions get the fixed padding of `example`'s size. Raises ValueError
     when `calibration` is empty (an uncalibrated model is garbage) or the backend is not available in this PyTorch
-    build.
+    build. A mirror test-time-augmentation wrapper (model.network.MirrorAverage) keeps its averaging of the two
+    probabilities in float around the int8 network: quantized, softmax outputs would come in steps of 1/256.
     """
+    with torch.no_grad():
+        return torch.jit.freeze(torch.jit.trace(converted(model, calibration, example, backend), example).eval())
+
+
+def converted(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor, backend: str) -> nn.Module:
+    """quantize_static's int8 network before tracing (a MirrorAverage's inner network converted, the wrapper kept)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    from model.network import MirrorAverage
+
+    if isinstance(model, MirrorAverage):
+        return MirrorAverage(converted(model.net, calibration, example, backend)).eval()
     model = static_padding(model, example)
     if backend not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized backend {backend!r} is not in this PyTorch build "
@@ -48,9 +59,7 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], examp
                 seen += len(batch)
         if not seen:
             raise ValueError("no calibration images: pass preprocessed training batches")
-        quantized = convert_fx(prepared)
-        with torch.no_grad():
-            return torch.jit.freeze(torch.jit.trace(quantized, example).eval())
+        return convert_fx(prepared)
 
 
 def static_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:

@@ -86,7 +86,7 @@ def test_evaluate_and_export_rebuild_the_network_from_the_checkpoint(prepared, t
     evaluate(params, prepared / "prepared", tmp_path / "train", tmp_path / "eval")
     meta = export(prepared / "prepared", tmp_path / "train", tmp_path / "eval", tmp_path / "model")
     assert meta["arch"] == "efficientnet_lite0" and meta["image_size"] == 64 and meta["mean"] == [0.5] * 3
-    assert meta["pretrained"] == "package" and meta["recipe"] == "finetune"
+    assert meta["pretrained"] == "package" and meta["recipe"] == "finetune" and meta["tta"] == "none"
 
 
 def test_int8_export_is_gated_on_the_accuracy_drop(prepared, tmp_path, monkeypatch):
@@ -117,6 +117,31 @@ def test_int8_export_is_gated_on_the_accuracy_drop(prepared, tmp_path, monkeypat
     assert not (tmp_path / "refused").exists()
     with pytest.raises(ValueError, match="export.quantize"):
         export(*args, tmp_path / "bad", {"quantize": "fp8"})
+
+
+def test_mirror_tta_model_exports_at_int8_and_says_so_in_its_metadata(prepared, tmp_path, monkeypatch):
+    """model.tta: mirror travels through train -> evaluate -> int8 export: model-meta.json records it (a reader can
+    tell the model runs twice per image) and the quantized file still averages an image with its mirror."""
+    from training.evaluate import evaluate
+    from training.export import export
+    from training.params import load_params
+    from training.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    params = load_params(tiny_params(tmp_path))
+    params["model"]["tta"] = "mirror"
+    params["train"].update(head_epochs=2, finetune_epochs=0)
+    params["evaluate"] = {}
+    train(params, prepared / "prepared", tmp_path / "train")
+    evaluate(params, prepared / "prepared", tmp_path / "train", tmp_path / "eval")
+    meta = export(prepared / "prepared", tmp_path / "train", tmp_path / "eval", tmp_path / "int8",
+                  {"quantize": "int8", "calibration_images": 32, "max_accuracy_drop": 1.0})
+    assert meta["tta"] == "mirror" and "quantized" in meta
+    loaded = torch.jit.load(str(tmp_path / "int8" / "model.pt"))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(loaded(x), 1), torch.softmax(loaded(x.flip(-1)), 1), atol=1e-4)
 
 
 def test_quality_gate_thresholds():

@@ -353,7 +353,7 @@ def load_trained(train_dir: Path) -> tuple[nn.Module, dict]:
         raise ValueError(f"{path} is a bare state dict from an older version: retrain (`dvc repro train`)")
     model = checkpoint["model"]
     meta = {**checkpoint["meta"], "arch": model["arch"], "pretrained": model["pretrained"],
-            "recipe": checkpoint["recipe"]}
+            "recipe": checkpoint["recipe"], "tta": str(model.get("tta", "none"))}
     net = build_model(model["arch"], len(meta["classes"]), pretrained="none")
     net.load_state_dict(checkpoint["state_dict"])
-    return with_tta(net, str(model.get("tta", "none"))).eval(), meta
+    return with_tta(net, meta["tta"]).eval(), meta
