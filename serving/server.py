@@ -154,7 +154,7 @@ def serve_state(props: dict[str, str], run_dir: Path, log_dir: Path, pid: int | 
 
 def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | None = None,
           models: str | None = None, ports: dict[str, int | None] | None = None,
-          grpc_ports: tuple[int, int] | None = None, timeout: float = 180.0,
+          grpc_ports: tuple[int | None, int | None] | None = None, timeout: float = 180.0,
           extra: dict[str, str] | None = None) -> dict:
     """Start TorchServe in the background, wait for READY workers; returns the serve.json state."""
     run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
