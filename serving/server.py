@@ -124,9 +124,9 @@ def tail(path: Path, lines: int = 30) -> str:
         return f"(no {path})"
 
 
-def default_models() -> str:
-    """load_models for the model of params.yaml serve.model_name: <name>=<name>.mar."""
-    name = contract.model_name()
+def default_models(name: str | None = None) -> str:
+    """load_models for one model (default params.yaml serve.model_name): <name>=<name>.mar."""
+    name = name or contract.model_name()
     return f"{name}={contract.archive_path(name).name}"
 
 
