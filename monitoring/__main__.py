@@ -112,9 +112,7 @@ def cmd_evaluate(args) -> int:
                   "seed": args.seed, "max_drop": args.max_drop}
         run_id, linked = log_run("evaluate", meta, live, params, out, offline=offline)
     write_report(run_id)
-    print_metrics("live   ", live)
-    if offline:
-        print_metrics("offline", offline)
+    print(f"{live['n']} answered, {live['refused']} refused {live['refused_by_status']}")
     print(ev.format_table(comparison))
     if run_id:
         print(f"MLflow run {run_id} in experiment {contract.experiment('monitoring')}"
