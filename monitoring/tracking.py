@@ -42,13 +42,13 @@ def log_run(kind: str, meta: dict, metrics: dict, params: dict, artifacts_dir: P
             "registered_model_version": str(meta.get("mlflow_model_version", "")),
             "training_run_id": str(meta.get("mlflow_run_id", ""))}
     live, reference = numeric(metrics), numeric(offline or {})
+    live_metrics = {f"live_{k}": v for k, v in live.items()}
     with mlflow.start_run(run_name=f"{kind}-{meta.get('version', 'unknown')}", tags=tags) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics({f"live_{k}": v for k, v in live.items()})
-        mlflow.log_metrics({f"offline_{k}": v for k, v in reference.items()})
-        mlflow.log_metrics({f"delta_{k}": live[k] - v for k, v in reference.items() if k in live})
+        mlflow.log_metrics({**live_metrics, **{f"offline_{k}": v for k, v in reference.items()},
+                            **{f"delta_{k}": live[k] - v for k, v in reference.items() if k in live}})
         if version is not None and getattr(version, "model_id", None):
-            mlflow.log_metrics({f"live_{k}": v for k, v in live.items()}, model_id=version.model_id)
+            mlflow.log_metrics(live_metrics, model_id=version.model_id)
         mlflow.log_artifacts(str(artifacts_dir), "report")
         run_id = run.info.run_id
     if version is not None:

@@ -21,7 +21,7 @@ HANDLER_FILE = REPO_ROOT / "handler" / "catsdogs_handler.py"
 MODEL_CONFIG = REPO_ROOT / "handler" / "model-config.yaml"
 # package -> files copied into the archive (the handler imports them)
 PACKAGE_FILES = {"model": ("__init__.py", "preprocess.py", "export.py", "runtime.py", "engines.py"),
-                 Path(contract.__file__).parent.name: ("__init__.py", Path(contract.__file__).name)}
+                 "catsdogs": ("__init__.py", "contract.py")}
 SERIALIZED_FILE = "model.pt"
 
 
