@@ -1,15 +1,13 @@
 """Container entry point: TorchServe in the foreground, configured from the repo's config.properties.
 
-It derives <TS_RUN_DIR>/config.properties (serving.server.prepare_run) changing only: the inference/management/
-metrics hosts -> TS_BIND_ADDRESS (default 0.0.0.0: the loopback cannot be published; docker-compose.yml
-publishes on the host's 127.0.0.1), gRPC -> TS_GRPC_BIND_ADDRESS (default 127.0.0.1), model_store ->
-TS_MODEL_STORE, load_models -> TS_MODELS, else <MODEL_NAME>=<MODEL_NAME>.mar, and, when the config sets no
-`vmargs`, the frontend's JVM heap (-Xmx: a quarter of the container's memory limit, within
-contract.JVM_HEAP_MB). It writes serve.json (the HEALTHCHECK and the Kubernetes probes,
-`python -m serving ready --run-dir $TS_RUN_DIR`, read it and key_file.json),
-sets CATSDOGS_TORCH_THREADS from the container's CPU limit when it is unset (cgroup v2 cpu.max, v1 CFS quota),
-runs `torchserve --foreground`, forwards SIGTERM/SIGINT to the Java frontend and exits with TorchServe's status.
-Also read: TS_CONFIG (default /app/config.properties), LOG_LOCATION.
+<TS_RUN_DIR>/config.properties (serving.server.prepare_run) is TS_CONFIG (default /app/config.properties) with only
+- the inference/management/metrics hosts set to TS_BIND_ADDRESS (default 0.0.0.0: the loopback cannot be
+  published; docker-compose.yml publishes on the host's 127.0.0.1), gRPC's to TS_GRPC_BIND_ADDRESS (127.0.0.1);
+- model_store TS_MODEL_STORE, load_models TS_MODELS (default <MODEL_NAME>=<MODEL_NAME>.mar);
+- vmargs, when the config sets none: -Xmx a quarter of the container's memory limit within contract.JVM_HEAP_MB.
+serve.json goes beside it (the HEALTHCHECK and Kubernetes probes, `python -m serving ready --run-dir $TS_RUN_DIR`,
+read it). CATSDOGS_TORCH_THREADS, when unset, comes from the CPU limit (cgroup v2 cpu.max, v1 CFS quota). Logs go to
+LOG_LOCATION. SIGTERM/SIGINT are forwarded to the Java frontend; the exit status is TorchServe's.
 """
 from __future__ import annotations
 
@@ -24,15 +22,14 @@ from catsdogs import contract
 from serving import server
 from serving.config import ADDRESS_KEYS, address, read_properties
 
+CGROUP = Path("/sys/fs/cgroup")
+
 
 def bind_overrides(props: dict[str, str], bind: str, grpc_bind: str) -> dict[str, str]:
     """The address keys of `props` with their host replaced by `bind` (scheme and port kept)."""
     out = {key: address(props, api, host=bind) for api, key in ADDRESS_KEYS.items()}
     out["grpc_inference_address"] = out["grpc_management_address"] = grpc_bind
     return out
-
-
-CGROUP = Path("/sys/fs/cgroup")
 
 
 def read_text(path: Path) -> str | None:
@@ -102,9 +99,7 @@ def prepare(env: dict[str, str], cgroup: Path = CGROUP) -> tuple[Path, dict[str,
     run_dir = Path(env.get("TS_RUN_DIR", "/home/model-server/run")).resolve()
     log_dir = Path(env.get("LOG_LOCATION", run_dir / "logs")).resolve()
     store = Path(env.get("TS_MODEL_STORE", "/home/model-server/model-store")).resolve()
-    name = env.get("MODEL_NAME")  # the image's (it carries no params.yaml)
-    models = env.get("TS_MODELS") or (f"{name}={contract.archive_path(name).name}" if name
-                                      else server.default_models())
+    models = env.get("TS_MODELS") or server.default_models(env.get("MODEL_NAME"))  # the image has no params.yaml
     try:
         base_props = read_properties(base)
         overrides = bind_overrides(base_props, env.get("TS_BIND_ADDRESS", "0.0.0.0"),

@@ -1,4 +1,4 @@
-"""`python -m monitoring {evaluate,feedback,drift,check-dashboard}`: production monitoring of the served model.
+"""`python -m monitoring {evaluate,feedback,drift,rules,check-dashboard}`: production monitoring of the served model.
 
   evaluate         send a labelled image batch to the live endpoint, compare with the offline test metrics
   feedback         store true labels for served request ids (add / import) and score a time window (report)
@@ -20,7 +20,8 @@ import requests
 
 from catsdogs import contract
 from catsdogs.contract import EVAL_DIR, META_FILE, MODEL_DIR, RUN_DIR, add_server_args
-from serving.client import ServingClient, client_from_args
+from monitoring.dashboard import DASHBOARD
+from serving.client import client_from_args
 
 REPORTS = Path("reports/monitoring")
 FEEDBACK_DB = REPORTS / "feedback.db"
@@ -31,30 +32,23 @@ class UsageError(RuntimeError):
     """Bad input or an unreachable dependency: exit 2 with the message."""
 
 
-def deployed_metadata(client: ServingClient) -> dict:
+def local_meta(path: Path | None) -> dict:
+    """model-meta.json at `path`; without that file, {"classes": params.yaml data.classes}."""
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text())
     try:
-        return contract.parse_description(client.describe(customized=True))
-    except requests.HTTPError as exc:
-        raise UsageError(f"describe-model {client.model_name} answered {exc}") from exc
-    except Exception as exc:  # requests errors, missing key file: all mean "cannot reach the server"
-        raise UsageError(f"cannot reach the management API at {client.urls['management']}: {exc}. Is TorchServe "
-                         f"running (make serve / make ready), and is --run-dir the one it was started with?") from exc
-
-
-def default_log(run_dir: Path) -> Path:
-    """model_log.log of the run directory's TorchServe (serve.json log_dir), else logs/model_log.log."""
-    state = contract.read_serve_state(run_dir)
-    return Path(state["log_dir"] if state else "logs") / "model_log.log"
-
-
-def load_classes(meta_path: Path | None) -> list[str]:
-    if meta_path and Path(meta_path).is_file():
-        return list(json.loads(Path(meta_path).read_text())["classes"])
-    try:
-        return list(contract.read_params()["data"]["classes"])
+        return {"classes": list(contract.read_params()["data"]["classes"])}
     except contract.ContractError as exc:
-        raise UsageError(f"no class list: {meta_path} is missing and {exc}; "
+        raise UsageError(f"no class list: {path} is missing and {exc}; "
                          "pass --meta path/to/model-meta.json") from exc
+
+
+def log_path(args) -> Path:
+    """--log, else model_log.log in the log dir of --run-dir's TorchServe (serve.json), else logs/model_log.log."""
+    if args.log:
+        return args.log
+    state = contract.read_serve_state(args.run_dir)
+    return Path(state["log_dir"] if state else "logs") / "model_log.log"
 
 
 def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
@@ -69,9 +63,10 @@ def new_path(folder: Path, prefix: str, suffix: str = "") -> Path:
 
 
 def print_metrics(title: str, metrics: dict) -> None:
-    keys = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
-    print(title + " " + " ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-                                 for k in keys if k in metrics))
+    from monitoring.evaluate import COMPARED
+
+    print(title, " ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+                          for k in ("n", *COMPARED) if k in metrics))
 
 
 def cmd_evaluate(args) -> int:
@@ -79,9 +74,14 @@ def cmd_evaluate(args) -> int:
     from training import plots
 
     client = client_from_args(args)
-    meta = deployed_metadata(client)
-    classes = list(meta["classes"])
-    offline = meta.get("test_metrics")
+    try:
+        meta = contract.parse_description(client.describe(customized=True))
+    except requests.HTTPError as exc:
+        raise UsageError(f"describe-model {client.model_name} answered {exc}") from exc
+    except Exception as exc:  # requests errors, missing key file: all mean "cannot reach the server"
+        raise UsageError(f"cannot reach the management API at {client.urls['management']}: {exc}. Is TorchServe "
+                         f"running (make serve / make ready), and is --run-dir the one it was started with?") from exc
+    classes, offline = list(meta["classes"]), meta.get("test_metrics")
     items = ev.list_labelled(args.images, classes)
     chosen = ev.choose(items, classes, limit=args.limit, sample=args.sample, seed=args.seed)
     samples = ev.read_samples(args.images, chosen)
@@ -97,7 +97,8 @@ def cmd_evaluate(args) -> int:
     plots.confusion_matrix_png(live["confusion_matrix"], classes, out / "confusion_matrix.png")
     summary = {"model": meta, "source": str(args.images), "live": live, "comparison": comparison}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    def report(mlflow_run: str | None) -> None:
+
+    def write_report(mlflow_run: str | None) -> None:
         (out / "report.md").write_text(ev.markdown_report(source=str(args.images), meta=meta, live=live,
                                                           comparison=comparison, classes=classes,
                                                           endpoint=client.urls["inference"], mlflow_run=mlflow_run))
@@ -106,14 +107,12 @@ def cmd_evaluate(args) -> int:
     if not args.no_mlflow:
         from monitoring.tracking import log_run
 
-        report("the run holding this file")  # logged with the run, then rewritten with its id
+        write_report("the run holding this file")  # logged with the run, then rewritten with its id
         params = {"images": str(args.images), "n_sent": len(samples), "limit": args.limit, "sample": args.sample,
                   "seed": args.seed, "max_drop": args.max_drop}
         run_id, linked = log_run("evaluate", meta, live, params, out, offline=offline)
-    report(run_id)
-    print_metrics("live   ", live)
-    if offline:
-        print_metrics("offline", offline)
+    write_report(run_id)
+    print(f"{live['n']} answered, {live['refused']} refused {live['refused_by_status']}")
     print(ev.format_table(comparison))
     if run_id:
         print(f"MLflow run {run_id} in experiment {contract.experiment('monitoring')}"
@@ -132,8 +131,8 @@ def cmd_feedback_store(args) -> int:
         items, source = feedback.read_csv(args.file), str(args.file)
     else:
         items, source = [{"request_id": args.request_id, "label": args.label, "labelled_at": args.time}], "cli"
-    classes = load_classes(args.meta)
-    log = args.log or default_log(args.run_dir)
+    classes = local_meta(args.meta)["classes"]
+    log = log_path(args)
     records = by_request_id(read_records(log))
     rows, problems = [], []
     now = datetime.now(timezone.utc)
@@ -159,7 +158,7 @@ def cmd_feedback_store(args) -> int:
 def cmd_feedback_report(args) -> int:
     from monitoring import feedback
 
-    classes = load_classes(args.meta)
+    classes = local_meta(args.meta)["classes"]
     window = feedback.parse_window(args.window)
     if not Path(args.db).is_file():
         raise UsageError(f"{args.db} does not exist yet; add labels with `python -m monitoring feedback add`")
@@ -173,8 +172,8 @@ def cmd_feedback_report(args) -> int:
     print(f"confusion matrix (rows = true {classes}): {metrics['confusion_matrix']}; versions "
           f"{metrics['model_versions']}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"window": args.window, **metrics}, indent=2) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"window": args.window, **metrics}, indent=2) + "\n")
         print(f"written {args.out}")
     return 0
 
@@ -184,25 +183,24 @@ def cmd_drift(args) -> int:
     from monitoring.logs import answered, parse_time, read_records
     from training import drift
 
-    meta = json.loads(Path(args.meta).read_text()) if args.meta and Path(args.meta).is_file() else None
-    classes = list(meta["classes"]) if meta else load_classes(None)
-    log = args.log or default_log(args.run_dir)
+    meta = local_meta(args.meta)
+    classes, log = meta["classes"], log_path(args)
     records = answered(read_records(log))
-    version = args.model_version or (meta or {}).get("version")
-    if version and not args.all_versions:
+    version = None if args.all_versions else args.model_version or meta.get("version")
+    if version:
         records = [r for r in records if str(r.get("model_version")) == str(version)]
     if args.window:
         start = datetime.now(timezone.utc) - parse_window(args.window)
         records = [r for r in records if r.get("time") and parse_time(r["time"]) > start]
     if args.baseline:
         baseline = drift.baseline_from_predictions(args.baseline, classes)
-    elif meta and meta.get("drift_baseline"):
+    elif meta.get("drift_baseline"):
         baseline = {**meta["drift_baseline"], "source": f"{args.meta} drift_baseline"}
     else:
         raise UsageError(f"no drift baseline: {args.meta} has no drift_baseline (written by the export stage since "
                          f"drift monitoring exists); re-export the model (make pipeline) or pass --baseline "
                          f"{EVAL_PREDICTIONS}")
-    scope = f"model version {version}" if version and not args.all_versions else "all versions"
+    scope = f"model version {version}" if version else "all versions"
     if len(records) < args.min_samples:
         print(f"drift: only {len(records)} answered predictions for {scope} in {log} (need {args.min_samples}); "
               f"not evaluated")
@@ -251,18 +249,19 @@ def cmd_check_dashboard(args) -> int:
     return 1 if problems else 0
 
 
-def add_log_options(p: argparse.ArgumentParser, db: bool = False) -> None:
-    if db:
-        p.add_argument("--db", type=Path, default=FEEDBACK_DB, help="SQLite store")
-    p.add_argument("--run-dir", type=Path, default=RUN_DIR,
-                   help=f"run directory whose serve.json names the log dir (default {RUN_DIR})")
-    p.add_argument("--log", type=Path, help="model_log.log, or a folder of model_log*.log(.gz) "
-                                            "(default <log dir of --run-dir>/model_log.log, else logs/model_log.log)")
-    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE,
-                   help="model-meta.json for the class list (default artifacts/model/model-meta.json)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    # flags shared by several subcommands (argparse parents)
+    meta = argparse.ArgumentParser(add_help=False)
+    meta.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE,
+                      help="model-meta.json: class list, version, drift baseline (default %(default)s)")
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", type=Path, default=FEEDBACK_DB, help="SQLite store (default %(default)s)")
+    log = argparse.ArgumentParser(add_help=False)
+    log.add_argument("--run-dir", type=Path, default=RUN_DIR,
+                     help=f"run directory whose serve.json names the log dir (default {RUN_DIR})")
+    log.add_argument("--log", type=Path, help="model_log.log, or a folder of model_log*.log(.gz) "
+                                              "(default <log dir of --run-dir>/model_log.log, else logs/model_log.log)")
+
     parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,25 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     fb = sub.add_parser("feedback", help="true labels for served requests: add, import, report")
     fsub = fb.add_subparsers(dest="feedback_command", required=True)
-    p = fsub.add_parser("add", help="store the true label of one request id")
+    p = fsub.add_parser("add", parents=[db, log, meta], help="store the true label of one request id")
     p.add_argument("--request-id", required=True, help="the x-request-id header of the prediction's response")
     p.add_argument("--label", required=True, help="the true class")
     p.add_argument("--time", help="when the label was given (ISO 8601; default now)")
-    add_log_options(p, db=True)
     p.set_defaults(func=cmd_feedback_store)
-    p = fsub.add_parser("import", help="store true labels from a CSV (request_id,label[,labelled_at])")
+    p = fsub.add_parser("import", parents=[db, log, meta],
+                        help="store true labels from a CSV (request_id,label[,labelled_at])")
     p.add_argument("file", type=Path)
-    add_log_options(p, db=True)
     p.set_defaults(func=cmd_feedback_store)
-    p = fsub.add_parser("report", help="metrics of the labelled predictions made in a time window")
+    p = fsub.add_parser("report", parents=[db, meta], help="metrics of the labelled predictions made in a time window")
     p.add_argument("--window", default="24h", help="how far back: 30m, 24h, 7d ... (default 24h)")
-    p.add_argument("--db", type=Path, default=FEEDBACK_DB, help="SQLite store")
-    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (class list)")
     p.add_argument("--out", type=Path, help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_feedback_report)
 
-    p = sub.add_parser("drift", help="PSI of live labels/confidences (model_log.log) against the test split")
-    add_log_options(p)
+    p = sub.add_parser("drift", parents=[log, meta],
+                       help="PSI of live labels/confidences (model_log.log) against the test split")
     p.add_argument("--baseline", type=Path,
                    help=f"an evaluate-stage predictions.csv, e.g. {EVAL_PREDICTIONS} "
                         "(default: --meta's drift_baseline)")
@@ -314,13 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPORTS, help="report JSON goes to OUT/drift-<time>.json")
     p.set_defaults(func=cmd_drift)
 
-    p = sub.add_parser("rules", help="Prometheus recording rules with the model's drift baseline (model-meta.json)")
-    p.add_argument("--meta", type=Path, default=MODEL_DIR / META_FILE, help="model-meta.json (default %(default)s)")
+    p = sub.add_parser("rules", parents=[meta],
+                       help="Prometheus recording rules with the model's drift baseline (model-meta.json)")
     p.add_argument("--out", type=Path, default=Path("monitoring/generated/baseline.rules.yml"),
-                   help="rules file to write")
+                   help="rules file to write (default %(default)s)")
     p.set_defaults(func=cmd_rules)
-
-    from monitoring.dashboard import DASHBOARD
 
     p = sub.add_parser("check-dashboard", help="every dashboard PromQL expression parses (promtool)")
     p.add_argument("--dashboard", type=Path, default=DASHBOARD)
@@ -333,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # UsageError, ContractError included
         print(f"monitoring {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -21,14 +21,9 @@ DASHBOARD = MONITORING / "grafana" / "dashboards" / "catsdogs.json"
 GRAFANA_VARIABLES = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "__range_s": "3600"}
 
 
-def substitute_variables(expr: str, variables: dict[str, str] | None = None) -> str:
-    """Grafana `$var` / `${var}` / `[[var]]` -> values (`.*` for dashboard template variables)."""
-    values = {**GRAFANA_VARIABLES, **(variables or {})}
-
-    def value(match: re.Match) -> str:
-        return values.get(match.group(1) or match.group(2) or match.group(3), ".*")
-
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]", value, expr)
+def substitute_variables(expr: str) -> str:
+    """Grafana `$var` -> GRAFANA_VARIABLES' value, `.*` for the dashboard's template variables (`$model`)."""
+    return re.sub(r"\$(\w+)", lambda match: GRAFANA_VARIABLES.get(match.group(1), ".*"), expr)
 
 
 def dashboard_targets(dashboard: dict) -> list[tuple[str, str]]:

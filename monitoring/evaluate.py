@@ -52,29 +52,29 @@ def choose(items: Sequence[tuple[str, str]], classes: Sequence[str], *, limit: i
 def compare_metrics(live: dict, offline: dict | None, max_drop: float) -> dict:
     """Live vs offline metrics, metric by metric; `failed` when accuracy fell more than `max_drop` (absolute).
 
-    Returns {"rows": [{"metric", "live", "offline", "delta"}], "accuracy_drop", "max_drop", "failed", "reason"}.
-    delta = live - offline (so a negative delta of accuracy is a drop; of log loss, an improvement).
+    Returns {"rows": [{"metric", "live", "offline", "delta", "worse"}], "accuracy_drop", "max_drop", "failed",
+    "reason"}. delta = live - offline (so a negative delta of accuracy is a drop; of log loss, an improvement).
     """
     rows = []
     for name in COMPARED:
-        value = _number(live.get(name))
-        reference = _number((offline or {}).get(name))
+        value, reference = _number(live.get(name)), _number((offline or {}).get(name))
         delta = None if value is None or reference is None else value - reference
         rows.append({"metric": name, "live": value, "offline": reference, "delta": delta,
                      "worse": None if delta is None else (delta > 0 if name in LOWER_IS_BETTER else delta < 0)})
-    offline_acc, live_acc = _number((offline or {}).get("accuracy")), _number(live.get("accuracy"))
-    if offline_acc is None or live_acc is None:
+    accuracy = rows[COMPARED.index("accuracy")]
+    if accuracy["delta"] is None:
         return {"rows": rows, "accuracy_drop": None, "max_drop": max_drop, "failed": False,
                 "reason": "no offline accuracy to compare with"}
-    drop = offline_acc - live_acc
+    drop = -accuracy["delta"]
     failed = drop > max_drop + 1e-12
     where = f"{abs(drop) * 100:.2f} pp {'below' if drop > 0 else 'above'}" if drop else "equal to"
-    reason = (f"accuracy {live_acc:.4f} is {where} offline {offline_acc:.4f} "
+    reason = (f"accuracy {accuracy['live']:.4f} is {where} offline {accuracy['offline']:.4f} "
               f"({'a drop of more' if failed else 'not a drop of more'} than the allowed {max_drop * 100:.2f} pp)")
     return {"rows": rows, "accuracy_drop": drop, "max_drop": max_drop, "failed": failed, "reason": reason}
 
 
 def _number(value) -> float | None:
+    """`value` as a float; None when it is missing, not a number or NaN."""
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -20,19 +20,10 @@ import numpy as np
 from monitoring.logs import parse_time, probabilities
 from training.metrics import classification_metrics
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    request_id    TEXT PRIMARY KEY,
-    predicted     TEXT NOT NULL,
-    confidence    REAL NOT NULL,
-    true_label    TEXT NOT NULL,
-    model_version TEXT,
-    predicted_at  TEXT,
-    labelled_at   TEXT NOT NULL,
-    source        TEXT
-)"""
-FIELDS = ("request_id", "predicted", "confidence", "true_label", "model_version", "predicted_at", "labelled_at",
-          "source")
+COLUMNS = {"request_id": "TEXT PRIMARY KEY", "predicted": "TEXT NOT NULL", "confidence": "REAL NOT NULL",
+           "true_label": "TEXT NOT NULL", "model_version": "TEXT", "predicted_at": "TEXT",
+           "labelled_at": "TEXT NOT NULL", "source": "TEXT"}
+SCHEMA = f"CREATE TABLE IF NOT EXISTS feedback ({', '.join(f'{name} {kind}' for name, kind in COLUMNS.items())})"
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -88,8 +79,8 @@ def store(conn: sqlite3.Connection, rows: Iterable[dict]) -> int:
     """Insert or replace (a later label for the same request wins); returns the number of rows written."""
     rows = list(rows)
     with conn:
-        conn.executemany(f"INSERT OR REPLACE INTO feedback ({', '.join(FIELDS)}) VALUES "
-                         f"({', '.join(':' + f for f in FIELDS)})", rows)
+        conn.executemany(f"INSERT OR REPLACE INTO feedback ({', '.join(COLUMNS)}) VALUES "
+                         f"({', '.join(':' + name for name in COLUMNS)})", rows)
     return len(rows)
 
 

@@ -27,19 +27,18 @@ def baseline_rules(meta: dict) -> dict:
     rules = [{"record": label_share, "expr": f"vector({value})", "labels": {**labels, "label": name}}
              for name, value in base["label_shares"].items()]
     if "dog" in base["label_shares"]:
-        rules.append({"record": dog_share, "expr": f"vector({base['label_shares']['dog']})",
-                      "labels": labels})
-    rules.append({"record": mean_confidence, "expr": f"vector({base['mean_confidence']})",
-                  "labels": labels})
+        rules.append({"record": dog_share, "expr": f"vector({base['label_shares']['dog']})", "labels": labels})
+    rules.append({"record": mean_confidence, "expr": f"vector({base['mean_confidence']})", "labels": labels})
     name = meta.get("registered_model") or contract.model_name()
     return {"groups": [{"name": f"{name}-baseline", "rules": rules}]}
 
 
 def render(meta: dict, source: str) -> str:
+    """The rules file: baseline_rules() as YAML under a header naming its source and baseline."""
     import yaml
 
-    base = meta["drift_baseline"] if meta.get("drift_baseline") else {}
-    header = GENERATED.format(source=source) + (
-        f"# Model version {meta.get('version')}: {base.get('n')} test-split predictions ({base.get('source')}), "
-        f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
-    return header + yaml.safe_dump(baseline_rules(meta), sort_keys=False)
+    rules, base = baseline_rules(meta), meta["drift_baseline"]
+    return (GENERATED.format(source=source)
+            + f"# Model version {meta.get('version')}: {base.get('n')} test-split predictions ({base.get('source')}), "
+              f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n"
+            + yaml.safe_dump(rules, sort_keys=False))

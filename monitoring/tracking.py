@@ -23,8 +23,9 @@ def registered_version(meta: dict):
         return None
 
 
-def numeric(metrics: dict, prefix: str) -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+def numeric(metrics: dict) -> dict[str, float]:
+    """The metrics MLflow can log: numbers, not NaN (the confusion matrix and counts per status are left out)."""
+    return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))}
 
 
@@ -40,16 +41,14 @@ def log_run(kind: str, meta: dict, metrics: dict, params: dict, artifacts_dir: P
             "registered_model": str(meta.get("registered_model", "")),
             "registered_model_version": str(meta.get("mlflow_model_version", "")),
             "training_run_id": str(meta.get("mlflow_run_id", ""))}
-    live = numeric(metrics, "live_")
+    live, reference = numeric(metrics), numeric(offline or {})
+    live_metrics = {f"live_{k}": v for k, v in live.items()}
     with mlflow.start_run(run_name=f"{kind}-{meta.get('version', 'unknown')}", tags=tags) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics(live)
-        if offline:
-            mlflow.log_metrics(numeric(offline, "offline_"))
-            mlflow.log_metrics({f"delta_{k[5:]}": v - offline[k[5:]] for k, v in live.items()
-                                if isinstance(offline.get(k[5:]), (int, float)) and not math.isnan(offline[k[5:]])})
+        mlflow.log_metrics({**live_metrics, **{f"offline_{k}": v for k, v in reference.items()},
+                            **{f"delta_{k}": live[k] - v for k, v in reference.items() if k in live}})
         if version is not None and getattr(version, "model_id", None):
-            mlflow.log_metrics(live, model_id=version.model_id)
+            mlflow.log_metrics(live_metrics, model_id=version.model_id)
         mlflow.log_artifacts(str(artifacts_dir), "report")
         run_id = run.info.run_id
     if version is not None:

@@ -24,10 +24,10 @@ def cmd_start(args) -> int:
     from serving.server import ServeError, free_ports, start
 
     ports = {api: getattr(args, f"{api}_port") for api in contract.PORTS}
-    grpc = (args.grpc_inference_port, args.grpc_management_port) if args.grpc_inference_port else None
+    grpc = (args.grpc_inference_port, args.grpc_management_port)
     if args.free_ports:
-        *apis, grpc_i, grpc_m = free_ports(len(contract.PORTS) + 2)
-        ports, grpc = dict(zip(contract.PORTS, apis)), (grpc_i, grpc_m)
+        found = free_ports(len(contract.PORTS) + 2)
+        ports, grpc = dict(zip(contract.PORTS, found)), tuple(found[-2:])
     models = ",".join(args.models) if args.models else None
     try:
         state = start(config=args.config, run_dir=args.run_dir, log_dir=args.log_dir, model_store=args.model_store,
@@ -160,10 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drain", help="preStop hook: keep serving while the endpoint is removed, then wait until no "
                                      "request is in flight",
                        description="For Kubernetes' preStop: serve on for --settle seconds (the Service and the "
-                                   "gateway "
-                                   "stop routing to this pod meanwhile), then wait until the inference port has had "
-                                   "no open connection for --quiet-for seconds (at most --timeout in all). SIGTERM "
-                                   "follows, with nothing left in flight. Always exits 0.")
+                                   "gateway stop routing to this pod meanwhile), then wait until the inference port "
+                                   "has had no open connection for --quiet-for seconds (at most --timeout in all). "
+                                   "SIGTERM follows, with nothing left in flight. Always exits 0.")
     p.add_argument("--run-dir", type=Path, default=RUN_DIR, help=run_dir_help)
     p.add_argument("--settle", type=float, default=5.0, help="seconds to keep serving before waiting (default 5)")
     p.add_argument("--quiet-for", type=float, default=1.0, help="seconds without an open connection (default 1)")

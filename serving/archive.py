@@ -19,7 +19,8 @@ from catsdogs.contract import INDEX_TO_NAME_FILE, META_FILE, REPO_ROOT, read_met
 
 HANDLER_FILE = REPO_ROOT / "handler" / "catsdogs_handler.py"
 MODEL_CONFIG = REPO_ROOT / "handler" / "model-config.yaml"
-# package -> files copied into the archive (the handler imports them)
+# package -> files copied into the archive (the handler imports them); the contract's package by its path, since
+# its name is also the model name, which only params.yaml spells out (tests/test_contract.py)
 PACKAGE_FILES = {"model": ("__init__.py", "preprocess.py", "export.py", "runtime.py", "engines.py"),
                  Path(contract.__file__).parent.name: ("__init__.py", Path(contract.__file__).name)}
 SERIALIZED_FILE = "model.pt"

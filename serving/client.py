@@ -23,11 +23,10 @@ from serving.config import DEFAULT_CONFIG, base_urls, read_properties
 
 
 def seconds_left(keys: dict, api: str) -> float:
-    """Seconds until the key_file.json entry of `api` expires (inf: no entry or no parsable expiry).
-
-    The expiry is a Java Instant: "2026-01-01T10:00:00.123456789Z"."""
+    """Seconds until the key_file.json entry of `api` expires (a Java Instant, "2026-01-01T10:00:00.123456789Z");
+    inf without an entry or a parsable expiry."""
     text = keys.get(api, {}).get("expiration time") or ""
-    try:
+    try:  # strptime, not fromisoformat: Python 3.10's reads neither "Z" nor nanoseconds
         expiry = datetime.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
     except ValueError:
         return float("inf")
@@ -171,10 +170,12 @@ class ServingClient:
             return False
         return response.status_code == 200 and response.json().get("status") == "Healthy"
 
-    def describe(self, model_name: str | None = None, customized: bool = False) -> list[dict]:
-        """describe-model: one entry per version; `customized` adds the handler's model metadata."""
-        params = {"customized": "true"} if customized else None
-        response = self.request("management", "GET", f"/models/{model_name or self.model_name}", params=params)
+    def describe(self, model_name: str | None = None, customized: bool = False,
+                 version: str | None = None) -> list[dict]:
+        """describe-model (`GET /models/<model>[/<version>]`): one entry per version; `customized` adds the
+        handler's model metadata."""
+        path = f"/models/{model_name or self.model_name}" + (f"/{version}" if version else "")
+        response = self.request("management", "GET", path, params={"customized": "true"} if customized else None)
         response.raise_for_status()
         return response.json()
 

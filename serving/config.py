@@ -60,7 +60,7 @@ def base_urls(props: dict[str, str]) -> dict[str, str]:
 
 
 def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None = None,
-                  grpc_ports: tuple[int, int] | None = None, model_store: Path | None = None,
+                  grpc_ports: tuple[int | None, int | None] | None = None, model_store: Path | None = None,
                   models: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Write the run's config.properties to `out`; returns its parsed properties.
 
@@ -74,8 +74,9 @@ def derive_config(base: Path, out: Path, *, ports: dict[str, int | None] | None 
     if model_store is not None:
         overrides["model_store"] = str(Path(model_store).resolve())
     overrides.update({ADDRESS_KEYS[api]: address(props, api, port=port) for api, port in (ports or {}).items() if port})
-    if grpc_ports:
-        overrides["grpc_inference_port"], overrides["grpc_management_port"] = map(str, grpc_ports)
+    for key, port in zip(("grpc_inference_port", "grpc_management_port"), grpc_ports or ()):
+        if port:
+            overrides[key] = str(port)
     if models:
         overrides["load_models"] = models
     overrides.update(extra or {})

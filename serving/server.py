@@ -43,10 +43,8 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-# Environment TorchServe passes on to its Python workers. GOMP_SPINCOUNT: how long an OpenMP thread that ran out of
-# work spins before it sleeps (libgomp's default spins long). Idle-spinning threads of a worker take the cores from
-# the frontend and from a version loading beside it; chosen in A/B runs of benchmarks/serving.py's served() path.
-# A value already in the environment wins.
+# Environment TorchServe passes on to its Python workers (a value already in the environment wins). GOMP_SPINCOUNT:
+# OpenMP threads that ran out of work sleep sooner instead of spinning on cores the frontend needs (docs/serving.md).
 WORKER_ENV = {"GOMP_SPINCOUNT": "10000"}
 
 
@@ -88,23 +86,11 @@ def model_status(client: ServingClient, model_name: str) -> tuple[bool, str]:
     return True, f"model {model_name} version {versions[0].get('modelVersion')}: {len(ready)} READY worker(s)"
 
 
-# /proc/net/tcp{,6} connection states of a server socket that may carry a request: ESTABLISHED, SYN_RECV
-OPEN_TCP_STATES = {"01", "03"}
-
-
-def open_connections(proc_net_tcp: str, port: int) -> int:
-    """Connections to local `port` in a /proc/net/tcp (or tcp6) text that may still carry a request."""
-    count = 0
-    for line in proc_net_tcp.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in OPEN_TCP_STATES:
-            count += 1
-    return count
-
-
-def connections_to(port: int, net: Path = Path("/proc/net")) -> int:
-    """Open connections to local `port` in the network namespace this process runs in (IPv4 and IPv6)."""
-    return sum(open_connections((net / name).read_text(), port) for name in ("tcp", "tcp6") if (net / name).is_file())
+def connections_to(port: int) -> int:
+    """Connections to local `port` that may still carry a request (ESTABLISHED, SYN_RECV), IPv4 and IPv6, in the
+    network namespace this process runs in."""
+    return sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+               and c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_SYN_RECV))
 
 
 def drain(open_now, settle: float, quiet: float, timeout: float, clock=time.monotonic,
@@ -138,9 +124,9 @@ def tail(path: Path, lines: int = 30) -> str:
         return f"(no {path})"
 
 
-def default_models() -> str:
-    """load_models for the model of params.yaml serve.model_name: <name>=<name>.mar."""
-    name = contract.model_name()
+def default_models(name: str | None = None) -> str:
+    """load_models for one model (default params.yaml serve.model_name): <name>=<name>.mar."""
+    name = name or contract.model_name()
     return f"{name}={contract.archive_path(name).name}"
 
 
@@ -168,12 +154,13 @@ def serve_state(props: dict[str, str], run_dir: Path, log_dir: Path, pid: int | 
 
 def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | None = None,
           models: str | None = None, ports: dict[str, int | None] | None = None,
-          grpc_ports: tuple[int, int] | None = None, timeout: float = 180.0,
+          grpc_ports: tuple[int | None, int | None] | None = None, timeout: float = 180.0,
           extra: dict[str, str] | None = None) -> dict:
     """Start TorchServe in the background, wait for READY workers; returns the serve.json state."""
     run_dir, log_dir = Path(run_dir).resolve(), Path(log_dir).resolve()
-    if running_pid(run_dir):
-        raise ServeError(f"TorchServe from {run_dir} is already running (pid {running_pid(run_dir)}); "
+    pid = running_pid(run_dir)
+    if pid:
+        raise ServeError(f"TorchServe from {run_dir} is already running (pid {pid}); "
                          f"`python -m serving stop --run-dir {run_dir}` first")
     props = prepare_run(config, run_dir, log_dir, ports=ports, grpc_ports=grpc_ports, model_store=model_store,
                         models=models or default_models(), extra=extra)
@@ -195,13 +182,14 @@ def start(*, config: Path, run_dir: Path, log_dir: Path, model_store: Path | Non
 
 
 def wait_ready(run_dir: Path, model_names: list[str], timeout: float, console: Path) -> None:
+    """Until every model has a READY worker (`console`: the console log in TorchServe's log dir)."""
     client = ServingClient.from_run_dir(run_dir, timeout=5)
     deadline = time.monotonic() + timeout
     why = "not started"
     while time.monotonic() < deadline:
         if not running_pid(run_dir):
             raise ServeError(f"TorchServe exited during start-up; see {console} and "
-                             f"{Path(read_serve_state(run_dir)['log_dir']) / 'ts_log.log'}:\n{tail(console)}")
+                             f"{console.parent / 'ts_log.log'}:\n{tail(console)}")
         if client.key_file and client.key_file.is_file():
             statuses = [model_status(client, name) for name in model_names] or [(client.ping(), "ping")]
             if all(ok for ok, _ in statuses):
@@ -211,7 +199,7 @@ def wait_ready(run_dir: Path, model_names: list[str], timeout: float, console: P
             why = f"waiting for TorchServe to write {client.key_file}"
         time.sleep(0.5)
     raise ServeError(f"TorchServe not ready after {timeout:.0f} s: {why}. Logs: {console}, "
-                     f"{Path(read_serve_state(run_dir)['log_dir'])}/ts_log.log and model_log.log")
+                     f"{console.parent}/ts_log.log and model_log.log")
 
 
 def stop(run_dir: Path, timeout: float = 60.0) -> bool:
