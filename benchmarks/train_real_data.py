@@ -51,7 +51,7 @@ def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
     cfg = serving.committed_config()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-real-serve-") as tmp, \
-            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (_, url, token, _):
+            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (url, token):
         body = Path(tmp) / "payload.jpg"
         body.write_bytes(data)
         serving.run_wrk(url, token, body, 4, 10)  # warm-up: the frontend's JIT compiler, the worker's first batches
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
         metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
         timings["evaluate_s"] = round(time.time() - t0, 1)
         t0 = time.time()
-        meta = export(work / "prepared", work / "train", work / "eval", work / "model", params.get("export"))
+        meta = export(work / "prepared", work / "train", work / "eval", work / "model", params.get("export"),
+                      params.get("serve"))
         timings["export_s"] = round(time.time() - t0, 1)
     image = test_image(work)
     latency_row = latency(work / "model", image)
