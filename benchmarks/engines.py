@@ -64,12 +64,6 @@ class BuildError(RuntimeError):
 
 # ---- building the variants ---------------------------------------------------------------------------------
 
-def load_torchscript(model_file: Path):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
-        return torch.jit.load(str(model_file)).eval()
-
-
 def on_uint8(module, meta: dict):
     """`module` (float inputs) as a forward over uint8 batches, normalised first as model.preprocess does."""
     to_float = eval_normalize(meta)
@@ -446,6 +440,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
     reuse_freed_memory()  # as the handler does
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)  # TorchScript kept
     torch.set_num_threads(args.threads)
     meta = read_meta(args.model_dir / "model-meta.json")
     model_file, train_dir = args.model_dir / "model.pt", args.train_dir or args.model_dir.parent / "train"
@@ -464,7 +459,7 @@ def main(argv=None) -> int:
         jpegs = [Path(row["cache"]).read_bytes() for row in rows]
         calibration_rows = lambda: spread(split_rows(prepared, "train"), args.calibration)
         max_batch = max(64, EVAL_BATCH, *args.batches, *args.decode_batches)
-        module = lambda: load_torchscript(model_file)
+        module = lambda: torch.jit.load(str(model_file)).eval()
         builders = {
             "torchscript": lambda: compile_forward(module(), example, "torchscript", "f32", normalize=meta),
             "torchscript-plain": lambda: on_uint8(module(), meta),

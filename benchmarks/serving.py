@@ -152,9 +152,8 @@ def served(model_dir: Path, cfg: dict, props: dict, handler: dict, work: Path, e
 
 
 def measure(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, args, work: Path) -> tuple[list, list]:
-    """`args.rounds` rounds against one TorchServe per engine (all up at once), each round, engine by engine: the
-    in-process runs (the servers idle), then wrk at every concurrency. Interleaving puts every engine and both
-    sides under the same machine conditions, which drift on a shared host."""
+    """(in-process rows, served rows) of `args.rounds` rounds against one TorchServe per engine, all up at once;
+    each round takes every engine in turn: its in-process runs (the servers idle), then wrk at every concurrency."""
     body = work / "payload.jpg"
     body.write_bytes(data)
     cores = os.cpu_count() or 1
@@ -196,10 +195,8 @@ def second_version(model_dir: Path, work: Path) -> Path:
 
 def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, connections: int, steady: int,
              warmup: int, work: Path) -> dict:
-    """Steady load, then the same load across `python -m deploy deploy` of a second version and `rollback`.
-
-    The deploy and rollback are the real CLI (gates included) in subprocesses, against a throwaway MLflow URI
-    so no registry alias moves. wrk runs until the rollback has returned and 3 more seconds have passed."""
+    """Steady load, then the same load across the real `python -m deploy deploy` of a second version and `rollback`
+    (subprocesses, a throwaway MLflow URI: no registry alias moves) until 3 s after the rollback returned."""
     body = work / "payload.jpg"
     body.write_bytes(data)
     with served(model_dir, cfg, props, handler, work) as (url, token):
