@@ -240,18 +240,6 @@ def spread(rows: list, n: int) -> list:
     return rows[::max(1, len(rows) // n)][:n]
 
 
-def prepared_from_photos(photos: Path, out: Path, meta: dict, params_file: Path) -> Path:
-    """The prepare stage (training/prepare.py) on `photos` with params.yaml's split settings, into `out`."""
-    from training.params import load_params
-    from training.prepare import prepare
-
-    params = load_params(params_file)
-    prepare(photos, out, list(meta["classes"]), resize_size=int(meta["resize_size"]),
-            val_ratio=params["prepare"]["val_ratio"], test_ratio=params["prepare"]["test_ratio"],
-            seed=params["prepare"]["seed"], max_pixels=params["data"]["max_image_pixels"])
-    return out
-
-
 def with_decode(forward, meta: dict, torch_threads: int):
     """JPEG bytes -> decode + resize/crop on `torch_threads` torch threads -> `forward`. Beside OpenVINO one
     thread, as the handler runs it (model.engines.leave_cores_to_openvino)."""
@@ -410,12 +398,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
                         help="export stage output: model.pt + model-meta.json (default: %(default)s)")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--prepared", type=Path, help="prepare stage output with the test split (default: data/prepared)")
-    data.add_argument("--data", type=Path, help="a folder or archive of labelled photos: prepared into a temporary "
-                      "folder with params.yaml's split settings (use the model's own training data and seed, or its "
-                      "test split holds images it was trained on)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for --data (default: %(default)s)")
+    parser.add_argument("--prepared", type=Path, default=PREPARED_DIR,
+                        help="prepare stage output the model was trained from, with its test split (default: "
+                        "%(default)s)")
     parser.add_argument("--train-dir", type=Path,
                         help="training output with best.pt, for torch-int8 and aoti (default: <model-dir>/../train)")
     parser.add_argument("--engines", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="ENGINE",
@@ -451,8 +436,7 @@ def main(argv=None) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
         work = Path(tmp)
-        prepared = (prepared_from_photos(args.data, work / "prepared", meta, args.params) if args.data
-                    else args.prepared or PREPARED_DIR)
+        prepared = args.prepared
         rows = split_rows(prepared, "test", args.test_images)
         x_test, y_test = transformed(rows, meta)
         example = x_test[:2] if len(x_test) >= 2 else torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
@@ -506,7 +490,7 @@ def main(argv=None) -> int:
         calibration_images = len(calibration_rows()) if int8_built else 0
 
     report = {**measured(load_before, meta),
-              "model_dir": str(args.model_dir), "data": str(args.data or prepared), "threads": args.threads,
+              "model_dir": str(args.model_dir), "data": str(prepared), "threads": args.threads,
               "rounds": args.rounds, "seconds": args.seconds, "openvino": openvino_info(), "packages": packages(),
               "calibration_images": calibration_images,
               "variants": [{k: v for k, v in variant.items() if k != "forward"} for variant in variants],
