@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.report import machine, machine_load, write_block
+from benchmarks.report import load_average, machine, write_block
 from model.runtime import reuse_freed_memory
 from training import presets
 from training.params import check_params, load_params
@@ -111,23 +111,24 @@ def main(argv=None) -> int:
     from training.train import train
 
     timings = {}
-    with machine_load() as load:
-        t0 = time.time()
-        prepare(args.data, work / "prepared", list(params["data"]["classes"]),
-                resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
-                test_ratio=params["prepare"]["test_ratio"], seed=params["prepare"]["seed"],
-                max_pixels=params["data"]["max_image_pixels"])
-        timings["prepare_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        summary = train(params, work / "prepared", work / "train")
-        timings["train_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
-        timings["evaluate_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        meta = export(work / "prepared", work / "train", work / "eval", work / "model", params.get("export"),
-                      params.get("serve"))
-        timings["export_s"] = round(time.time() - t0, 1)
+    load = {"before": load_average()}
+    t0 = time.time()
+    prepare(args.data, work / "prepared", list(params["data"]["classes"]),
+            resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
+            test_ratio=params["prepare"]["test_ratio"], seed=params["prepare"]["seed"],
+            max_pixels=params["data"]["max_image_pixels"])
+    timings["prepare_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    summary = train(params, work / "prepared", work / "train")
+    timings["train_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
+    timings["evaluate_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    meta = export(work / "prepared", work / "train", work / "eval", work / "model", params.get("export"),
+                  params.get("serve"))
+    timings["export_s"] = round(time.time() - t0, 1)
+    load["after"] = load_average()
     image = test_image(work)
     latency_row = latency(work / "model", image)
     result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
@@ -155,10 +156,11 @@ def remeasure(args, serve: bool) -> int:
         raise SystemExit(f"{work / 'benchmark.json'} not found: run without --serve-only first")
     result = json.loads((work / "benchmark.json").read_text())
     image = test_image(work)
-    with machine_load() as load:
-        result["latency"] = latency(work / "model", image)
-        if serve:
-            result["served"] = served_throughput(work / "model", image, args.serve_seconds)
+    load = {"before": load_average()}
+    result["latency"] = latency(work / "model", image)
+    if serve:
+        result["served"] = served_throughput(work / "model", image, args.serve_seconds)
+    load["after"] = load_average()
     result["serving_measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["conditions"]["serving_machine_load"] = load
     return record(args, work, result)
