@@ -1,26 +1,16 @@
-"""Benchmark: the engines that can run the exported model's forward pass on this CPU, measured in one run.
+"""Benchmark: every engine and form that can run the exported model's forward pass on this CPU, in one run.
 
-Variants (each fed NCHW uint8 batches as the handler feeds its forward, model.preprocess.eval_geometry's
-output, and normalising them itself as model.engines does; every engine runs on torch's thread count, --threads):
-  torchscript    model.engines.compile_forward(..., "torchscript", "f32"): model/runtime.py's fastest TorchScript
-                 form, the reference of every ratio and probability difference
-  openvino-f32   OpenVINO's CPU plugin, the network converted from model.pt (model.engines, latency hint)
-  openvino-bf16  the same at bf16; only where OpenVINO reports native BF16 (AVX-512 BF16 or AMX), else a row says why
-  openvino-int8  NNCF post-training quantization (preset performance) of the converted network, calibrated on
-                 --calibration training-split images; the layers left in float run at f32
-  onnxruntime    model.pt exported by torch.onnx (TorchScript exporter, opset 17, batch dimension dynamic), run by
-                 ONNX Runtime's CPU execution provider
-  aoti           AOTInductor: the training checkpoint's eager network (--train-dir; torch.export cannot trace the
-                 TorchScript file) through torch.export and aoti_compile_and_package, built in a child process
-                 that --aoti-timeout bounds (a cold Inductor cache: the build time is a first build's)
-For each: build time; images/s at every --batches size (forward only) and the p50 time of a call; the same with
-JPEG decode + resize/crop (model/preprocess.py) of test-split images at --decode-batches (torch on one thread
-beside OpenVINO, as the handler runs it); test-split accuracy,
-log loss, top-1 agreement and largest probability difference against torchscript. A variant that cannot run
-here is a row with the reason, never a failure. Rounds interleave every variant and batch size, so that a slow
-spell of the machine hits all alike; the tables give medians, the JSON every round. The conditions (CPU model
-and flags, OpenVINO's capabilities, package versions, the machine's load) are detected and written next
-to the numbers: reports/engines.json and a block between markers in docs/engines.md. Nothing is asserted.
+Variants, each fed the handler's uint8 batches and normalising them itself:
+  torchscript        model.engines.compile_forward "torchscript" f32, as served: the reference
+  torchscript-plain  model.pt as loaded, without model.runtime.for_cpu_inference (channels_last + freeze)
+  openvino-f32/bf16  OpenVINO on the network converted from model.pt (bf16 only where native)
+  openvino-int8      NNCF post-training quantization (preset performance) of the converted network
+  torch-int8         model/quantize.py on the training checkpoint, as the export stage's `export.quantize: int8`
+  onnxruntime        model.pt exported by torch.onnx (opset 17), ONNX Runtime's CPU execution provider
+  aoti               AOTInductor on the training checkpoint, built in a child process (--aoti-timeout)
+For each: build time, speed (images/s, p50 per call) forward-only and with JPEG decode, test-split accuracy, log
+loss, agreement with torchscript; a variant that cannot run here is a row with the reason. Writes
+reports/engines.json and docs/engines.md's block (the method is described there). Nothing is asserted.
 
     python -m benchmarks.engines --model-dir artifacts/model --prepared data/prepared
     python -m benchmarks.engines --engines torchscript openvino-f32 --rounds 1 --seconds 0.5 --no-docs
@@ -42,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cpu_inference import interleaved
 from benchmarks.report import load_average, markers, measured, measured_line, model_line, write_block, write_json
 from catsdogs.contract import MODEL_DIR, PREPARED_DIR, REPO_ROOT, read_meta
 from model.engines import (
@@ -56,7 +45,8 @@ from model.engines import (
 from model.preprocess import decode_image, eval_geometry, eval_normalize
 from model.runtime import reuse_freed_memory
 
-VARIANTS = ("torchscript", "openvino-f32", "openvino-bf16", "openvino-int8", "onnxruntime", "aoti")
+VARIANTS = ("torchscript", "torchscript-plain", "openvino-f32", "openvino-bf16", "openvino-int8", "torch-int8",
+            "onnxruntime", "aoti")
 PACKAGES = ("torch", "torchvision", "openvino", "nncf", "onnxruntime", "onnx")
 BLOCK = "engines-benchmark"  # docs/engines.md's block between its markers
 START, END = markers(BLOCK)
@@ -74,26 +64,48 @@ class BuildError(RuntimeError):
 
 # ---- building the variants ---------------------------------------------------------------------------------
 
-def load_torchscript(model_file: Path):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
-        return torch.jit.load(str(model_file)).eval()
+def on_uint8(module, meta: dict):
+    """`module` (float inputs) as a forward over uint8 batches, normalised first as model.preprocess does."""
+    to_float = eval_normalize(meta)
+    return lambda x: module(to_float(x).contiguous())
+
+
+def checked(forward, reference, example: torch.Tensor, meta: dict, what: str):
+    """`forward` once its outputs on `example` are within 1e-3 relative L2 error per sample of the TorchScript
+    `reference`'s (model.engines.check_agreement)."""
+    with torch.no_grad():
+        expected = on_uint8(reference, meta)(example).float()
+    check_agreement(forward(example), expected, 1e-3, what)
+    return forward
+
+
+def needs_checkpoint(train_dir: Path) -> Path:
+    """The training checkpoint (--train-dir), or Skipped: torch.export and FX quantization trace the eager
+    network, not the TorchScript file."""
+    from training.train import CHECKPOINT
+
+    if not (train_dir / CHECKPOINT).is_file():
+        raise Skipped(f"needs the training checkpoint {train_dir / CHECKPOINT} (--train-dir): it traces the eager "
+                      "network, not the TorchScript file")
+    return train_dir
+
+
+def needs_openvino() -> None:
+    if not openvino_available():
+        raise Skipped("OpenVINO not installed (pip install openvino; requirements.txt pins it)")
 
 
 def openvino_forward(module, example: torch.Tensor, precision: str, meta: dict):
     """As the handler serves it: normalisation inside the compiled graph (model.engines.compile_forward)."""
-    if not openvino_available():
-        raise Skipped("OpenVINO not installed (pip install openvino; requirements.txt pins it)")
+    needs_openvino()
     if precision == "bf16" and "BF16" not in cpu_capabilities():
         raise Skipped(f"no native bf16 on this CPU (OpenVINO capabilities: {', '.join(sorted(cpu_capabilities()))})")
     return compile_forward(module, example, "openvino", precision, normalize=meta)
 
 
-def openvino_int8_forward(module, example: torch.Tensor, calibration: list, meta: dict) -> object:
-    """NNCF post-training quantization of the OpenVINO model, preset performance (NNCF's default: symmetric
-    weights and activations, the CPU plugin's fast int8 path), compiled with f32 for the layers left in float."""
-    if not openvino_available():
-        raise Skipped("OpenVINO not installed (pip install openvino; requirements.txt pins it)")
+def openvino_int8_forward(module, example: torch.Tensor, calibration: list, meta: dict):
+    """NNCF post-training quantization (preset performance) of the OpenVINO model, float layers at f32."""
+    needs_openvino()
     try:
         import nncf
     except ImportError:
@@ -103,57 +115,50 @@ def openvino_int8_forward(module, example: torch.Tensor, calibration: list, meta
     return compile_openvino(quantized, "f32")
 
 
+def torch_int8_forward(train_dir: Path, prepared: Path, calibration_images: int, meta: dict):
+    """The int8 TorchScript model the export stage saves with `export.quantize: int8` (training/export.py
+    calibration_batches + model.quantize.quantize_static), without the export's accuracy gate."""
+    from model.quantize import quantize_static
+    from training.export import calibration_batches
+    from training.train import load_trained
+
+    net, _ = load_trained(needs_checkpoint(train_dir))
+    size = int(meta["image_size"])
+    int8 = quantize_static(net, calibration_batches(prepared, meta, calibration_images), torch.rand(2, 3, size, size))
+    return on_uint8(int8, meta)
+
+
 def onnxruntime_forward(module, example: torch.Tensor, path: Path, meta: dict):
-    """model.pt through the TorchScript ONNX exporter (opset 17, batch dynamic), the file checked by onnx.checker,
-    an ONNX Runtime CPU session on torch's thread count; checked against the module on `example` (1e-3 relative
-    L2 error per sample). Normalisation in torch before the session."""
+    """model.pt through the TorchScript ONNX exporter (opset 17, batch dynamic), checked by onnx.checker, run by
+    an ONNX Runtime CPU session on torch's thread count. Normalisation in torch before the session."""
     try:
         import onnx
         import onnxruntime
     except ImportError as exc:
         raise Skipped(f"{exc.name} not installed ({BENCH_REQUIREMENTS})") from None
-    to_float = eval_normalize(meta)
-    example_float = to_float(example)
-    with torch.no_grad():
-        expected = module(example_float).float()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example_float,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(module, (eval_normalize(meta)(example),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     onnx.checker.check_model(str(path), full_check=True)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"input": to_float(x).contiguous().numpy()})[0])
-
-    check_agreement(forward(example), expected, 1e-3, "ONNX Runtime")
-    return forward
+    run = lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    return checked(on_uint8(run, meta), module, example, meta, "ONNX Runtime")
 
 
 def aoti_forward(train_dir: Path, reference, example: torch.Tensor, package: Path, max_batch: int,
                  timeout: float, meta: dict):
-    """The AOTInductor package built by a child process (build_aoti_package), loaded here; checked against the
-    TorchScript `reference` on `example` (1e-3 relative L2 error per sample: the checkpoint is model.pt's network)."""
-    from training.train import CHECKPOINT
-
-    if not (train_dir / CHECKPOINT).is_file():
-        raise Skipped(f"needs the training checkpoint {train_dir / CHECKPOINT} (--train-dir): torch.export traces "
-                      "the eager network, not the TorchScript file")
-    size = example.shape[-1]
+    """The AOTInductor package built by a child process (build_aoti_package), loaded here."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(package.parent / "inductor-cache")}
     command = [sys.executable, "-c", ("import sys; from benchmarks.engines import build_aoti_package; "
-               "build_aoti_package(*sys.argv[1:])"), str(train_dir.resolve()), str(size), str(max_batch),
-               str(torch.get_num_threads()), str(package.resolve())]
+               "build_aoti_package(*sys.argv[1:])"), str(needs_checkpoint(train_dir).resolve()),
+               str(example.shape[-1]), str(max_batch), str(torch.get_num_threads()), str(package.resolve())]
     run_bounded(command, timeout, env)
     loaded = torch._inductor.aoti_load_package(str(package))
-    to_float = eval_normalize(meta)
-    with torch.no_grad():
-        expected = reference(to_float(example)).float()
-    forward = lambda x: loaded(to_float(x).contiguous())
-    check_agreement(forward(example), expected, 1e-3, "AOTInductor")
-    return forward
+    return checked(on_uint8(loaded, meta), reference, example, meta, "AOTInductor")
 
 
 def build_aoti_package(train_dir: str, size: str, max_batch: str, threads: str, package: str) -> None:
@@ -231,20 +236,24 @@ def transformed(rows: list[dict], meta: dict) -> tuple[torch.Tensor, torch.Tenso
 
 
 def spread(rows: list, n: int) -> list:
-    """`n` rows spread evenly over `rows` (all when there are fewer)."""
+    """`n` rows spread evenly over `rows` (all when there are fewer), as the export stage picks calibration rows."""
     return rows[::max(1, len(rows) // n)][:n]
 
 
-def prepared_from_photos(photos: Path, out: Path, meta: dict, params_file: Path) -> Path:
-    """The prepare stage (training/prepare.py) on `photos` with params.yaml's split settings, into `out`."""
-    from training.params import load_params
-    from training.prepare import prepare
+def with_decode(forward, meta: dict, torch_threads: int):
+    """JPEG bytes -> decode + resize/crop on `torch_threads` torch threads -> `forward`. Beside OpenVINO one
+    thread, as the handler runs it (model.engines.leave_cores_to_openvino)."""
+    transform = eval_geometry(meta)
 
-    params = load_params(params_file)
-    prepare(photos, out, list(meta["classes"]), resize_size=int(meta["resize_size"]),
-            val_ratio=params["prepare"]["val_ratio"], test_ratio=params["prepare"]["test_ratio"],
-            seed=params["prepare"]["seed"], max_pixels=params["data"]["max_image_pixels"])
-    return out
+    def run(batch: list[bytes]):
+        before = torch.get_num_threads()
+        torch.set_num_threads(torch_threads)
+        try:
+            return forward(torch.stack([transform(decode_image(data, draft_size=meta["resize_size"]))
+                                        for data in batch]))
+        finally:
+            torch.set_num_threads(before)
+    return run
 
 
 # ---- measuring (pure functions below take numbers, not models) ---------------------------------------------
@@ -258,6 +267,18 @@ def call_times(fn, x, seconds: float) -> list[float]:
             fn(x)
             times.append(time.perf_counter() - t0)
     return times
+
+
+def interleaved(runs: dict, rounds: int, seconds: float) -> dict[object, list[list[float]]]:
+    """key -> call_times of each round, for runs {key: (fn, x)} taken in turn round by round (a slow spell of the
+    machine hits all alike), after a 0.3 s warm-up each (TorchScript profiling, allocator)."""
+    for fn, x in runs.values():
+        call_times(fn, x, 0.3)
+    samples = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, (fn, x) in runs.items():
+            samples[key].append(call_times(fn, x, seconds))
+    return samples
 
 
 def summarise(rounds: list[list[float]], batch: int) -> dict:
@@ -339,8 +360,8 @@ def render(r: dict) -> list[str]:
              f"- {ov_text}. Packages: {versions}.",
              (f"- {model_line(r['model'])} ({r['model_dir']}); {r['threads']} thread(s) for every engine; "
               f"{r['rounds']} round(s) of {r['seconds']} s per variant and batch; test split of {r['data']}."),
-             *([(f"- int8: NNCF preset {r['int8']['preset']}, calibrated on {r['int8']['calibration_images']} "
-                "training-split images.")] if r["int8"]["calibration_images"] else []), "",
+             *([f"- int8 variants calibrated on {r['calibration_images']} training-split images."]
+               if r["calibration_images"] else []), "",
              ("| variant | status | build s | test accuracy | log loss | top-1 agreement | max prob. difference "
               "| note |"),
              "|---|---|---|---|---|---|---|---|"]
@@ -377,14 +398,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
                         help="export stage output: model.pt + model-meta.json (default: %(default)s)")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--prepared", type=Path, help="prepare stage output with the test split (default: data/prepared)")
-    data.add_argument("--data", type=Path, help="a folder or archive of labelled photos: prepared into a temporary "
-                      "folder with params.yaml's split settings (use the model's own training data and seed, or its "
-                      "test split holds images it was trained on)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for --data (default: %(default)s)")
+    parser.add_argument("--prepared", type=Path, default=PREPARED_DIR,
+                        help="prepare stage output the model was trained from, with its test split (default: "
+                        "%(default)s)")
     parser.add_argument("--train-dir", type=Path,
-                        help="training output with best.pt, for aoti (default: <model-dir>/../train)")
+                        help="training output with best.pt, for torch-int8 and aoti (default: <model-dir>/../train)")
     parser.add_argument("--engines", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="ENGINE",
                         help=f"variants to run, of {', '.join(VARIANTS)}; torchscript always runs, it is the "
                         "reference (default: all)")
@@ -398,14 +416,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="threads of every engine (default: torch's, %(default)s here)")
     parser.add_argument("--test-images", type=int, help="the first N test-split images only (default: all)")
-    parser.add_argument("--calibration", type=int, default=300, help="training images for int8 (default: 300)")
+    parser.add_argument("--calibration", type=int, default=300,
+                        help="training images the int8 variants calibrate on (default: %(default)s)")
     parser.add_argument("--aoti-timeout", type=float, default=600,
                         help="seconds the aoti build may take (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("reports/engines.json"), help="default: %(default)s")
     parser.add_argument("--docs", type=Path, default=Path("docs/engines.md"), help="default: %(default)s")
     parser.add_argument("--no-docs", action="store_true", help="print and write the JSON only")
     args = parser.parse_args(argv)
-    reuse_freed_memory()  # as the handler and the other benchmarks do
+    reuse_freed_memory()  # as the handler does
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)  # TorchScript kept
     torch.set_num_threads(args.threads)
     meta = read_meta(args.model_dir / "model-meta.json")
     model_file, train_dir = args.model_dir / "model.pt", args.train_dir or args.model_dir.parent / "train"
@@ -416,30 +436,25 @@ def main(argv=None) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
         work = Path(tmp)
-        prepared = (prepared_from_photos(args.data, work / "prepared", meta, args.params) if args.data
-                    else args.prepared or PREPARED_DIR)
+        prepared = args.prepared
         rows = split_rows(prepared, "test", args.test_images)
         x_test, y_test = transformed(rows, meta)
         example = x_test[:2] if len(x_test) >= 2 else torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
         jpegs = [Path(row["cache"]).read_bytes() for row in rows]
-        int8 = {"preset": "performance", "calibration_images": 0}
-
-        def calibration() -> list:
-            x, _ = transformed(spread(split_rows(prepared, "train"), args.calibration), meta)
-            int8["calibration_images"] = len(x)
-            return [item[None].numpy() for item in x]
-
+        calibration_rows = lambda: spread(split_rows(prepared, "train"), args.calibration)
         max_batch = max(64, EVAL_BATCH, *args.batches, *args.decode_batches)
+        module = lambda: torch.jit.load(str(model_file)).eval()
         builders = {
-            "torchscript": lambda: compile_forward(load_torchscript(model_file), example, "torchscript", "f32",
-                                                   normalize=meta),
-            "openvino-f32": lambda: openvino_forward(load_torchscript(model_file), example, "f32", meta),
-            "openvino-bf16": lambda: openvino_forward(load_torchscript(model_file), example, "bf16", meta),
-            "openvino-int8": lambda: openvino_int8_forward(load_torchscript(model_file), example, calibration(), meta),
-            "onnxruntime": lambda: onnxruntime_forward(load_torchscript(model_file), example, work / "model.onnx",
-                                                       meta),
-            "aoti": lambda: aoti_forward(train_dir, load_torchscript(model_file), example, work / "model.pt2",
-                                         max_batch, args.aoti_timeout, meta)}
+            "torchscript": lambda: compile_forward(module(), example, "torchscript", "f32", normalize=meta),
+            "torchscript-plain": lambda: on_uint8(module(), meta),
+            "openvino-f32": lambda: openvino_forward(module(), example, "f32", meta),
+            "openvino-bf16": lambda: openvino_forward(module(), example, "bf16", meta),
+            "openvino-int8": lambda: openvino_int8_forward(
+                module(), example, [x[None].numpy() for x in transformed(calibration_rows(), meta)[0]], meta),
+            "torch-int8": lambda: torch_int8_forward(train_dir, prepared, args.calibration, meta),
+            "onnxruntime": lambda: onnxruntime_forward(module(), example, work / "model.onnx", meta),
+            "aoti": lambda: aoti_forward(train_dir, module(), example, work / "model.pt2", max_batch,
+                                         args.aoti_timeout, meta)}
         variants = []
         for name in selected(args.engines):
             print(f"{name}: building", flush=True)
@@ -448,47 +463,36 @@ def main(argv=None) -> int:
             took = f" in {v['build_s']} s" if "build_s" in v else ""
             print(f"{name}: {v['status']}{took} {v['reason']}", flush=True)
         ready = [v for v in variants if v["forward"] is not None]
+        int8_built = any(v["variant"].endswith("int8") for v in ready)
 
         probs = {v["variant"]: probabilities(v["forward"], x_test) for v in ready}
         for v in ready:
             v["test"] = quality(probs[v["variant"]], y_test, probs["torchscript"], classes)
             print(f"{v['variant']}: test {v['test']}", flush=True)
 
-        transform = eval_geometry(meta)
-
-        def decoded(forward, torch_threads: int):
-            """Decode + resize/crop on `torch_threads` torch threads, then the forward: beside OpenVINO one,
-            as the handler runs it (model.engines.leave_cores_to_openvino)."""
-            def run(batch):
-                before = torch.get_num_threads()
-                torch.set_num_threads(torch_threads)
-                try:
-                    return forward(torch.stack([transform(decode_image(data, draft_size=meta["resize_size"]))
-                                                for data in batch]))
-                finally:
-                    torch.set_num_threads(before)
-            return run
-
-        runs, shapes = {}, []
+        runs = {}
         for mode, batches in (("forward", args.batches), ("decode", args.decode_batches)):
             for b in batches:
                 pick = [i % len(rows) for i in range(b)]
                 for v in ready:
-                    threads = 1 if v["variant"].startswith("openvino") else args.threads
-                    fn = v["forward"] if mode == "forward" else decoded(v["forward"], threads)
-                    runs[v["variant"], mode, b] = (fn, x_test[pick] if mode == "forward" else [jpegs[i] for i in pick])
-                shapes.append((mode, b))
-        samples = interleaved(runs, args.rounds, args.seconds, measure=call_times)
+                    if mode == "forward":
+                        runs[v["variant"], mode, b] = (v["forward"], x_test[pick])
+                    else:
+                        threads = 1 if v["variant"].startswith("openvino") else args.threads
+                        runs[v["variant"], mode, b] = (with_decode(v["forward"], meta, threads),
+                                                       [jpegs[i] for i in pick])
+        samples = interleaved(runs, args.rounds, args.seconds)
         speed = with_ratios([{"variant": name, "mode": mode, "batch_size": b, **summarise(values, b)}
                              for (name, mode, b), values in samples.items()])
         for s in speed:
-            print(f"{s['variant']:<14} {s['mode']:<8} batch {s['batch_size']:>2} {s['images_per_s']:8.1f} images/s "
+            print(f"{s['variant']:<17} {s['mode']:<8} batch {s['batch_size']:>2} {s['images_per_s']:8.1f} images/s "
                   f"x{s['vs_torchscript']} p50 {s['p50_ms']} ms", flush=True)
+        calibration_images = len(calibration_rows()) if int8_built else 0
 
     report = {**measured(load_before, meta),
-              "model_dir": str(args.model_dir), "data": str(args.data or prepared), "threads": args.threads,
+              "model_dir": str(args.model_dir), "data": str(prepared), "threads": args.threads,
               "rounds": args.rounds, "seconds": args.seconds, "openvino": openvino_info(), "packages": packages(),
-              "int8": int8,
+              "calibration_images": calibration_images,
               "variants": [{k: v for k, v in variant.items() if k != "forward"} for variant in variants],
               "speed": speed}
     print(f"wrote {write_json(args.out, report)}")

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -38,16 +37,6 @@ def machine() -> dict:
 def load_average() -> float:
     """The machine's 1-minute load average (runnable processes, all of them, this run's included)."""
     return round(os.getloadavg()[0], 2)
-
-
-@contextmanager
-def machine_load():
-    """Yields {"before": load average}; "after" is added when the block ends (one line of the machine's load)."""
-    load = {"before": load_average()}
-    try:
-        yield load
-    finally:
-        load["after"] = load_average()
 
 
 def load_line(load: dict) -> str:

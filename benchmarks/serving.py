@@ -1,20 +1,10 @@
-"""Benchmark: the served model (real TorchServe, loaded by `wrk`) on each inference engine, against the same model
-in one Python process, and a version swap under load.
+"""Benchmark: the served model (real TorchServe loaded by `wrk`) on each inference engine against the same model in
+one Python process, and a version swap (`python -m deploy deploy` + `rollback`) under load.
 
-Engines (--engines): `torchscript` and `auto` (what the archive serves by default on this machine: OpenVINO, bf16
-where native; model/engines.py), each set for the workers with CATSDOGS_ENGINE / CATSDOGS_PRECISION.
-In-process: the repo's decode + resize/crop + the engine's forward (the handler's serving_forward) on one JPEG,
-in a loop for a fixed time, at batch 1 (latency per image) and batch 8 (throughput). Served: a .mar built from
-the export directory with handler/model-config.yaml (or the W:T:B:D variants given), one TorchServe per engine
-started with the repo's config.properties on free loopback ports (plus any --set overrides), and `wrk` (a C load
-generator, Debian package `wrk`; benchmarks/wrk_post_image.lua) posting the same JPEG at concurrency 1, 4 and 16.
-The servers are up together; every round runs each engine's in-process and served runs in turn (--rounds
-rounds), so a slow spell of the machine hits all engines alike; the tables give the medians.
-Swap: under steady wrk load, `python -m deploy deploy` of a second version (same weights, gates included) and
-`python -m deploy rollback`; failed requests, requests over 1 s and p99 against the steady p99.
-The conditions (CPU model and flags, GPU, the machine's load before and after) are detected and
-written next to the numbers. Nothing is asserted: it prints the numbers and writes the tables
-into docs/performance.md between markers (the rest of that file is kept) and reports/serving-benchmark.json.
+Engines (--engines): `torchscript` and `auto` (what the archive serves by default here), set for the workers with
+CATSDOGS_ENGINE. One TorchServe per engine, all up together, on free loopback ports; each of --rounds rounds runs
+every engine's in-process runs then its wrk runs at every --concurrency. Writes reports/serving-benchmark.json and
+docs/performance.md's block (the method: docs/performance.md). Nothing is asserted. Needs `wrk` (Debian package).
 
     python -m benchmarks.serving                                  # artifacts/model, committed configuration
     python -m benchmarks.serving --configs 2:1:8:10 1:0:8:1 --engines auto --no-docs --no-swap
@@ -36,16 +26,17 @@ import time
 import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest import mock
 
 import torch
 import yaml
 
+from benchmarks.engines import call_times, with_decode
 from benchmarks.report import describe_machine, load_average, load_line, machine, model_line, write_block, write_json
 from catsdogs.contract import MODEL_DIR, REPO_ROOT, SHARED_PHOTOS, read_meta
 from deploy.deployer import DeployOptions
 from handler.catsdogs_handler import serving_forward
 from model import engines
-from model.preprocess import decode_image, eval_geometry
 from model.runtime import reuse_freed_memory
 from serving.archive import MODEL_CONFIG, build_archive
 from serving.client import ServingClient
@@ -54,7 +45,6 @@ from serving.server import free_ports, start, stop
 
 BLOCK = "serving-benchmark"  # docs/performance.md's block between its markers
 LUA = Path(__file__).with_name("wrk_post_image.lua")
-SHARED_TAR = SHARED_PHOTOS
 
 
 def payload(source: Path | None) -> tuple[bytes, str]:
@@ -72,12 +62,7 @@ def payload(source: Path | None) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     img.save(buffer, "JPEG", quality=90)
     data = buffer.getvalue()
-    return data, f"a synthetic 200x200 JPEG ({len(data)} bytes; {SHARED_TAR.name} not found)"
-
-
-def conditions() -> dict:
-    """What the numbers depend on, read from this machine (benchmarks.report) plus the wrk binary."""
-    return {**machine(), "wrk": shutil.which("wrk")}
+    return data, f"a synthetic 200x200 JPEG ({len(data)} bytes; {SHARED_PHOTOS.name} not found)"
 
 
 def percentiles_ms(seconds: list[float]) -> dict:
@@ -86,39 +71,28 @@ def percentiles_ms(seconds: list[float]) -> dict:
             "p99_ms": round(qs[98] * 1000, 1)}
 
 
-def in_process(model_dir: Path, data: bytes, engine: str, batch_size: int, threads: int, seconds: float) -> dict:
-    """Decode + resize/crop + forward of `batch_size` copies of `data` in a loop for `seconds`, the forward on
-    `engine` (torchscript | auto) built as the handler builds it (serving_forward, optimize on; it takes uint8
-    images and normalises them itself)."""
+def in_process(model_dir: Path, data: bytes, engine: str | None, batch_size: int, threads: int,
+               seconds: float) -> dict:
+    """Decode + resize/crop + forward of `batch_size` copies of `data` in a loop for `seconds`, the forward built as
+    the handler builds it (serving_forward) on `engine` (torchscript | auto; None: as the archive and the
+    environment ask)."""
     torch.set_num_threads(threads)
     meta = read_meta(model_dir / "model-meta.json")
     net = torch.jit.load(str(model_dir / "model.pt")).eval()
-    forward, name, precision, _ = serving_forward(net, meta, torch.device("cpu"), True, asked=(engine, "auto"))
-    transform = eval_geometry(meta)
-
-    def run():
-        x = torch.stack([transform(decode_image(data, draft_size=meta["resize_size"])) for _ in range(batch_size)])
-        with torch.inference_mode():
-            forward(x)
-
-    for _ in range(10):  # warm-up (TorchScript profiling runs, allocator, OpenVINO's shapes)
-        run()
-    times, began = [], time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+    forward, name, precision, _ = serving_forward(net, meta, torch.device("cpu"), True,
+                                                  asked=(engine, "auto") if engine else None)
+    run, batch = with_decode(forward, meta, torch.get_num_threads()), [data] * batch_size
+    call_times(run, batch, 1.0)  # warm-up (TorchScript profiling runs, allocator, OpenVINO's shapes)
+    times = call_times(run, batch, seconds)
     images_per_s = batch_size * len(times) / sum(times)
     return {"engine": engine, "runs_on": f"{name} {precision}", "threads": threads, "batch_size": batch_size,
             "images_per_s": round(images_per_s, 1), **percentiles_ms(times)}
 
 
-def wrk_command(url: str, connections: int, seconds: int) -> list[str]:
-    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
-
-
-def wrk_env(token: str, body: Path) -> dict:
-    return {**os.environ, "WRK_BODY": str(body), "WRK_TOKEN": token}
+def wrk_command(url: str, token: str, body: Path, connections: int, seconds: int) -> tuple[list[str], dict]:
+    """(command, environment) of one wrk run: one client thread, benchmarks/wrk_post_image.lua posting `body`."""
+    return (["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
+            {**os.environ, "WRK_BODY": str(body), "WRK_TOKEN": token})
 
 
 def parse_wrk(out: str, connections: int) -> dict:
@@ -136,9 +110,8 @@ def parse_wrk(out: str, connections: int) -> dict:
 
 
 def run_wrk(url: str, token: str, body: Path, connections: int, seconds: int) -> dict:
-    """One wrk run (one client thread, benchmarks/wrk_post_image.lua)."""
-    out = subprocess.run(wrk_command(url, connections, seconds), check=True, capture_output=True, text=True,
-                         timeout=seconds + 60, env=wrk_env(token, body)).stdout
+    command, env = wrk_command(url, token, body, connections, seconds)
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 60, env=env).stdout
     return parse_wrk(out, connections)
 
 
@@ -153,44 +126,34 @@ def committed_config() -> dict:
             "batch_size": cfg["batchSize"], "max_batch_delay": cfg["maxBatchDelay"]}
 
 
-def handler_settings(overrides: dict) -> dict:
-    return {**(yaml.safe_load(MODEL_CONFIG.read_text()).get("handler") or {}), **overrides}
-
-
 @contextmanager
 def served(model_dir: Path, cfg: dict, props: dict, handler: dict, work: Path, engine: str = "auto"):
-    """TorchServe on free loopback ports serving a .mar of `model_dir` built with the W:T:B:D configuration `cfg`,
-    its workers on `engine` (CATSDOGS_ENGINE); yields (serve.json state, prediction URL, inference key, model
-    store)."""
+    """TorchServe on free loopback ports serving a .mar of `model_dir` built with the W:T:B:D configuration `cfg`
+    (its model-config.yaml left in `work`), its workers on `engine` (CATSDOGS_ENGINE); yields (prediction URL,
+    inference key)."""
     work.mkdir(parents=True, exist_ok=True)
     model_config = yaml.safe_load(MODEL_CONFIG.read_text())
     model_config.update(minWorkers=cfg["workers"], maxWorkers=cfg["workers"], batchSize=cfg["batch_size"],
                         maxBatchDelay=cfg["max_batch_delay"])
-    model_config["handler"] = {**handler_settings(handler), "torch_threads": cfg["threads"]}
+    model_config["handler"] = {**(model_config.get("handler") or {}), **handler, "torch_threads": cfg["threads"]}
     config_file = work / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(model_config))
     build_archive(model_dir, work / "store", config_file=config_file)
     ports = free_ports(5)
-    before = os.environ.get(engines.ENGINE_ENV)
-    os.environ[engines.ENGINE_ENV] = engine  # the TorchServe started here passes it on to its workers
-    try:
+    with mock.patch.dict(os.environ, {engines.ENGINE_ENV: engine}):  # TorchServe passes it on to its workers
         state = start(config=DEFAULT_CONFIG, run_dir=work / "run", log_dir=work / "logs", model_store=work / "store",
                       ports=dict(zip(("inference", "management", "metrics"), ports[:3])),
                       grpc_ports=(ports[3], ports[4]), timeout=240, extra=props or None)
-    finally:
-        os.environ.pop(engines.ENGINE_ENV) if before is None else os.environ.update({engines.ENGINE_ENV: before})
     try:
         client = ServingClient.from_run_dir(work / "run", timeout=60)
-        url = f"{state['inference_url']}/predictions/{client.model_name}"
-        yield state, url, client.key("inference"), work / "store"
+        yield f"{state['inference_url']}/predictions/{client.model_name}", client.key("inference")
     finally:
         stop(work / "run")
 
 
 def measure(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, args, work: Path) -> tuple[list, list]:
-    """`args.rounds` rounds against one TorchServe per engine (all up at once), each round, engine by engine: the
-    in-process runs (the servers idle), then wrk at every concurrency. Interleaving puts every engine and both
-    sides under the same machine conditions, which drift on a shared host."""
+    """(in-process rows, served rows) of `args.rounds` rounds against one TorchServe per engine, all up at once;
+    each round takes every engine in turn: its in-process runs (the servers idle), then wrk at every concurrency."""
     body = work / "payload.jpg"
     body.write_bytes(data)
     cores = os.cpu_count() or 1
@@ -198,10 +161,10 @@ def measure(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict,
     with ExitStack() as stack:
         servers = {engine: stack.enter_context(served(model_dir, cfg, props, handler, work / engine, engine))
                    for engine in args.engines}
-        for state, url, token, _ in servers.values():
+        for url, token in servers.values():
             run_wrk(url, token, body, 4, args.warmup)  # the frontend's JIT compiler, the worker's first batches
         for round_ in range(args.rounds):
-            for engine, (state, url, token, _) in servers.items():
+            for engine, (url, token) in servers.items():
                 runs = [in_process(model_dir, data, engine, b, cores, min(args.seconds, 6)) for b in (1, 8)]
                 inproc += [{**run, "round": round_} for run in runs]
                 for c in args.concurrency:
@@ -232,25 +195,23 @@ def second_version(model_dir: Path, work: Path) -> Path:
 
 def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict, connections: int, steady: int,
              warmup: int, work: Path) -> dict:
-    """Steady load, then the same load across `python -m deploy deploy` of a second version and `rollback`.
-
-    The deploy and rollback are the real CLI (gates included) in subprocesses, against a throwaway MLflow URI
-    so no registry alias moves. wrk runs until the rollback has returned and 3 more seconds have passed."""
+    """Steady load, then the same load across the real `python -m deploy deploy` of a second version and `rollback`
+    (subprocesses, a throwaway MLflow URI: no registry alias moves) until 3 s after the rollback returned."""
     body = work / "payload.jpg"
     body.write_bytes(data)
-    with served(model_dir, cfg, props, handler, work) as (_, url, token, store):
+    with served(model_dir, cfg, props, handler, work) as (url, token):
         candidate = second_version(model_dir, work)
         run_wrk(url, token, body, connections, warmup)
         steady_row = run_wrk(url, token, body, connections, steady)
-        where = ["--run-dir", str(work / "run"), "--model-store", str(store),
+        where = ["--run-dir", str(work / "run"), "--model-store", str(work / "store"),
                  "--tracking-uri", f"sqlite:///{work / 'no-registry.db'}"]
         # the golden set: the test split the model was trained with (beside the model in benchmark work folders,
         # else the repository's prepare output), else drawn cartoons
         prepared = next((p for p in (model_dir.parent / "prepared", REPO_ROOT / DeployOptions.prepared) if p.is_dir()),
                         None)
         golden = ["--prepared", str(prepared)] if prepared else ["--synthetic-golden"]
-        load = subprocess.Popen(wrk_command(url, connections, 900), stdout=subprocess.PIPE, text=True,
-                                env=wrk_env(token, body))
+        command, env = wrk_command(url, token, body, connections, 900)
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         steps = {}
         try:
             time.sleep(3)
@@ -260,22 +221,21 @@ def run_swap(model_dir: Path, data: bytes, cfg: dict, props: dict, handler: dict
                                       text=True, cwd=REPO_ROOT, timeout=600)
                 steps[name] = {"seconds": round(time.monotonic() - began, 1), "exit": done.returncode}
                 if done.returncode != 0:
-                    raise RuntimeError(f"python -m deploy {name} failed (exit "
-                                       f"{done.returncode}):\n{done.stdout}{done.stderr}")
+                    raise RuntimeError(f"python -m deploy {name} failed (exit {done.returncode}):\n"
+                                       f"{done.stdout}{done.stderr}")
                 time.sleep(3)
         finally:
             load.send_signal(signal.SIGINT)  # wrk stops and prints its summary
             out, _ = load.communicate(timeout=60)
         swap_row = parse_wrk(out, connections)
     return {"connections": connections, "steady_seconds": steady, "steady": steady_row, "swap": swap_row,
-            "steps": steps,
-            "p99_ratio": round(swap_row["p99_ms"] / steady_row["p99_ms"], 2)}
+            "steps": steps, "p99_ratio": round(swap_row["p99_ms"] / steady_row["p99_ms"], 2)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="export stage output")
-    parser.add_argument("--images", type=Path, default=SHARED_TAR,
+    parser.add_argument("--images", type=Path, default=SHARED_PHOTOS,
                         help="real-photo .tar whose first JPEG is the payload (default: %(default)s; "
                              "a synthetic JPEG when absent)")
     parser.add_argument("--seconds", type=int, default=15, help="wrk duration per concurrency level")
@@ -327,7 +287,8 @@ def main(argv=None) -> int:
             swap = run_swap(args.model_dir, data, configs[0], props, handler, args.swap_connections, args.swap_steady,
                             args.warmup, Path(tmp))
         print(json.dumps(swap))
-    report = {"conditions": conditions(), "load": {"before": load_before, "after": load_average()},
+    report = {"conditions": {**machine(), "wrk": shutil.which("wrk")},
+              "load": {"before": load_before, "after": load_average()},
               "payload": described, "set": props, "handler": handler,
               "capabilities": sorted(engines.cpu_capabilities()), "rounds": args.rounds, "in_process": baseline,
               "served": results,
@@ -376,24 +337,22 @@ def verdict(baseline: list[dict], results: list[dict], inproc_runs: list[dict], 
 
 def render(report: dict, meta: dict, args) -> list[str]:
     """docs/performance.md's serving-benchmark block (markers left to write_block)."""
-    c = report["conditions"]
-    default_model = args.model_dir == MODEL_DIR
-    command = "`make benchmark-serving`" if not (args.configs or args.set or args.handler) else (
-        "`python -m benchmarks.serving" + (f" --configs {' '.join(args.configs)}" if args.configs else "")
-        + (f" --set {' '.join(args.set)}" if args.set else "")
-        + (f" --handler {' '.join(args.handler)}" if args.handler else "") + "`")
-    if not default_model:
+    c, v = report["conditions"], report["verdict"]
+    flags = [f"--{name} {' '.join(getattr(args, name))}" for name in ("configs", "set", "handler")
+             if getattr(args, name)]
+    command = f"`python -m benchmarks.serving {' '.join(flags)}`" if flags else "`make benchmark-serving`"
+    if args.model_dir != MODEL_DIR:
         command += f" with `--model-dir {args.model_dir}`"
+    overrides = f" + {', '.join(args.set)}" if args.set else ""
     lines = ["## Serving benchmark (TorchServe + wrk vs in-process)", "",
              f"Written by {command} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); do not edit by hand.",
              "",
              f"- Machine: {describe_machine(c)}.",
-             (f"- {model_line(meta)}; payload "
-             f"{report['payload']}, the same bytes in every request."),
-             (f"- Served: TorchServe with config.properties{' + ' + ', '.join(args.set) if args.set else ''}, "
-             f"token auth on, one image per request (raw body); `wrk -t1 -c{{{','.join(map(str, args.concurrency))}}} "
-             f"-d{args.seconds}s` (benchmarks/wrk_post_image.lua) on the same machine after {args.warmup} s of load. "
-             "Failed = wrk's connect/read/write/timeout errors + non-2xx answers."),
+             f"- {model_line(meta)}; payload {report['payload']}, the same bytes in every request.",
+             (f"- Served: TorchServe with config.properties{overrides}, token auth on, one image per request (raw "
+              f"body); `wrk -t1 -c{{{','.join(map(str, args.concurrency))}}} -d{args.seconds}s` "
+              f"(benchmarks/wrk_post_image.lua) on the same machine after {args.warmup} s of load. "
+              "Failed = wrk's connect/read/write/timeout errors + non-2xx answers."),
              (f"- {args.rounds} rounds with one server per engine ({', '.join(args.engines)}), all up together; each "
               "round runs every engine's in-process runs (servers idle) then its served runs; the tables give the "
               "median over the rounds, the targets below also each round's own."),
@@ -401,20 +360,18 @@ def render(report: dict, meta: dict, args) -> list[str]:
              (f"- Engines (model/engines.py): `auto` = what the archive serves by default here; OpenVINO's CPU "
               f"capabilities: {', '.join(report['capabilities']) or 'OpenVINO not installed'}."),
              "", ("In-process (decode + resize/crop + the engine's forward as the handler builds it, one Python "
-             "process; latency per forward):"),
+                  "process; latency per forward):"),
              "", "| engine | runs on | torch threads | batch | images/s | p50 ms | p95 ms | p99 ms |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['engine']} | {r['runs_on']} | {r['threads']} | {r['batch_size']} | {r['images_per_s']} | "
               f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |" for r in report["in_process"]]
     lines += ["", "Served:", "",
               ("| engine | workers | threads/worker | batch | delay ms | concurrency | req/s | p50 ms | p95 ms | "
-               "p99 ms "
-               "| failed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+               "p99 ms | failed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     cores = c.get("cores") or os.cpu_count()
     lines += [f"| {r['engine']} | {r['workers']} | {r['threads'] or f'all ({cores})'} | {r['batch_size']} | "
               f"{r['max_batch_delay']} | {r['concurrency']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
               f"{r['p99_ms']} | {r['failed']} |" for r in report["served"]]
-    v = report["verdict"]
     bf16 = "BF16" in report["capabilities"]
     lines += ["", (f"Targets: the default engine (`auto`) against TorchScript on the same model, concurrency 16 "
                    f"(target >= {2.0 if bf16 else 1.4}x on a CPU {'with' if bf16 else 'without'} native bf16); its "
@@ -422,21 +379,19 @@ def render(report: dict, meta: dict, args) -> list[str]:
                    f"({v['in_process_single_p50_ms'].get('auto', 'n/a')} ms, decode included; target <= +3 ms).")]
     for entry in v["configs"]:
         per_round = [e for r in v["per_round"] for e in r["configs"] if e["config"] == entry["config"]]
+        rounds = {key: ", ".join(str(e.get(key, "n/a")) for e in per_round) for key in ("c16_ratio", "c1_gap_ms")}
         lines.append(f"- {entry['config']}: concurrency-16 throughput {entry.get('c16_ratio', 'n/a')}x TorchScript's "
-                     f"(rounds: {', '.join(str(e.get('c16_ratio', 'n/a')) for e in per_round)}); concurrency-1 p50 "
-                     f"gap {entry.get('c1_gap_ms', 'n/a')} ms (rounds: "
-                     f"{', '.join(str(e.get('c1_gap_ms', 'n/a')) for e in per_round)})")
+                     f"(rounds: {rounds['c16_ratio']}); concurrency-1 p50 gap {entry.get('c1_gap_ms', 'n/a')} ms "
+                     f"(rounds: {rounds['c1_gap_ms']})")
     swap = report["swap"]
     if swap:
         steps = ", ".join(f"{name} {step['seconds']} s" for name, step in swap["steps"].items())
-        lines += ["",
-                  (f"Version swap under load (`W{report['served'][0]['workers']}:T{report['served'][0]['threads']}` "
-                       f"as committed, default engine; wrk -c{swap['connections']} posting the payload throughout; "
-                       f"`python -m deploy deploy` of a second version of the same weights, gates included, "
-                       f"against an MLflow URI "
-                       f"without a store (no registry work), then "
-                       f"`python -m deploy rollback`; {steps}; "
-                       f"steady window {swap['steady_seconds']} s before it):"), "",
+        first = report["served"][0]
+        lines += ["", (f"Version swap under load (`W{first['workers']}:T{first['threads']}` as committed, default "
+                       f"engine; wrk -c{swap['connections']} posting the payload throughout; `python -m deploy "
+                       "deploy` of a second version of the same weights, gates included, against an MLflow URI "
+                       f"without a store (no registry work), then `python -m deploy rollback`; {steps}; steady "
+                       f"window {swap['steady_seconds']} s before it):"), "",
                   "| window | requests | failed | req/s | p50 ms | p95 ms | p99 ms | max ms | over 1 s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, r in (("steady (before)", swap["steady"]), ("deploy + rollback", swap["swap"])):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.cpu_inference import images_per_s
-from benchmarks.report import machine, machine_load, write_block
-from catsdogs.contract import read_meta
-from handler.catsdogs_handler import serving_forward
-from model.preprocess import decode_image, eval_geometry
+from benchmarks.report import load_average, machine, write_block
 from model.runtime import reuse_freed_memory
 from training import presets
 from training.params import check_params, load_params
@@ -36,36 +31,16 @@ RESULTS = Path("benchmarks/results/train_real_data.json")
 REPORT = Path("docs/training-benchmark.md")
 
 
-def single_image_latency(model_dir: Path, image_bytes: list[bytes], repeats: int = 200) -> dict:
-    """p50/p95 ms of forward only and of decode + preprocess + forward, batch of one, current thread count, on
-    the engine the handler serves this model with (serving_forward: engine and precision as model-meta.json's
-    export chose them, CATSDOGS_ENGINE/CATSDOGS_PRECISION override)."""
-    meta = read_meta(model_dir / "model-meta.json")
-    net = torch.jit.load(str(model_dir / "model.pt")).eval()
-    threads = torch.get_num_threads()  # the engine's; beside OpenVINO torch itself then drops to one
-    net, engine, precision, _ = serving_forward(net, meta, torch.device("cpu"), True)
-    transform = eval_geometry(meta)
-    forward, full = [], []
-    with torch.inference_mode():
-        for i in range(repeats + 10):
-            data = image_bytes[i % len(image_bytes)]
-            t0 = time.perf_counter()
-            x = transform(decode_image(data, draft_size=meta["resize_size"])).unsqueeze(0)
-            t1 = time.perf_counter()
-            net(x)
-            t2 = time.perf_counter()
-            if i >= 10:
-                forward.append((t2 - t1) * 1000)
-                full.append((t2 - t0) * 1000)
-        batch = torch.stack([transform(decode_image(image_bytes[i % len(image_bytes)])) for i in range(8)])
-        net(batch)
-        batch8 = images_per_s(net, batch, 5.0)
-    pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1]
-    return {"engine": f"{engine} {precision}",
-            "forward_p50_ms": round(statistics.median(forward), 2), "forward_p95_ms": round(pct(forward, 95), 2),
-            "end_to_end_p50_ms": round(statistics.median(full), 2), "end_to_end_p95_ms": round(pct(full, 95), 2),
-            "batch1_img_s": round(1000 / statistics.median(full), 1), "batch8_forward_img_s": round(batch8, 1),
-            "threads": threads}
+def latency(model_dir: Path, data: bytes, seconds: float = 5.0) -> dict:
+    """benchmarks.serving.in_process on the engine the handler serves this model with (model-meta.json's choice,
+    CATSDOGS_ENGINE/CATSDOGS_PRECISION override) at the current thread count: batch 1 (decode + preprocess +
+    forward of one photo) and batch 8."""
+    from benchmarks import serving
+
+    threads = torch.get_num_threads()
+    one, eight = (serving.in_process(model_dir, data, None, b, threads, seconds) for b in (1, 8))
+    return {"engine": one["runs_on"], "end_to_end_p50_ms": one["p50_ms"], "end_to_end_p95_ms": one["p95_ms"],
+            "batch8_img_s": eight["images_per_s"], "threads": threads}
 
 
 def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
@@ -76,7 +51,7 @@ def served_throughput(model_dir: Path, data: bytes, seconds: int) -> dict:
     cfg = serving.committed_config()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-real-serve-") as tmp, \
-            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (_, url, token, _):
+            serving.served(model_dir, cfg, {}, {}, Path(tmp) / "serve") as (url, token):
         body = Path(tmp) / "payload.jpg"
         body.write_bytes(data)
         serving.run_wrk(url, token, body, 4, 10)  # warm-up: the frontend's JIT compiler, the worker's first batches
@@ -136,39 +111,42 @@ def main(argv=None) -> int:
     from training.train import train
 
     timings = {}
-    with machine_load() as load:
-        t0 = time.time()
-        prepare(args.data, work / "prepared", list(params["data"]["classes"]),
-                resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
-                test_ratio=params["prepare"]["test_ratio"], seed=params["prepare"]["seed"],
-                max_pixels=params["data"]["max_image_pixels"])
-        timings["prepare_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        summary = train(params, work / "prepared", work / "train")
-        timings["train_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
-        timings["evaluate_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        meta = export(work / "prepared", work / "train", work / "eval", work / "model", params.get("export"))
-        timings["export_s"] = round(time.time() - t0, 1)
-    images = test_images(work)
-    latency = single_image_latency(work / "model", images)
+    load = {"before": load_average()}
+    t0 = time.time()
+    prepare(args.data, work / "prepared", list(params["data"]["classes"]),
+            resize_size=params["model"]["resize_size"], val_ratio=params["prepare"]["val_ratio"],
+            test_ratio=params["prepare"]["test_ratio"], seed=params["prepare"]["seed"],
+            max_pixels=params["data"]["max_image_pixels"])
+    timings["prepare_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    summary = train(params, work / "prepared", work / "train")
+    timings["train_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    metrics = evaluate(params, work / "prepared", work / "train", work / "eval")
+    timings["evaluate_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    meta = export(work / "prepared", work / "train", work / "eval", work / "model", params.get("export"),
+                  params.get("serve"))
+    timings["export_s"] = round(time.time() - t0, 1)
+    load["after"] = load_average()
+    image = test_image(work)
+    latency_row = latency(work / "model", image)
     result = {"label": args.label, "preset": args.preset or "params.yaml", "overrides": args.set,
               "data": str(args.data), "model": params["model"], "train": params["train"], "summary": summary,
-              **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency,
+              **timings, "total_s": round(sum(timings.values()), 1), "test": metrics, "latency": latency_row,
               "model_version": meta["version"],
               "conditions": {**conditions(), "machine_load": load},
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if serve:
-        result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
+        result["served"] = served_throughput(work / "model", image, args.serve_seconds)
     return record(args, work, result)
 
 
-def test_images(work: Path) -> list[bytes]:
+def test_image(work: Path) -> bytes:
+    """The payload of the latency and serving measurements: the run's first test-split photo."""
     from training.prepare import read_manifest
 
-    return [Path(r["cache"]).read_bytes() for r in read_manifest(work / "prepared", "test")[:50]]
+    return Path(read_manifest(work / "prepared", "test")[0]["cache"]).read_bytes()
 
 
 def remeasure(args, serve: bool) -> int:
@@ -177,11 +155,12 @@ def remeasure(args, serve: bool) -> int:
     if not (work / "benchmark.json").is_file():
         raise SystemExit(f"{work / 'benchmark.json'} not found: run without --serve-only first")
     result = json.loads((work / "benchmark.json").read_text())
-    images = test_images(work)
-    with machine_load() as load:
-        result["latency"] = single_image_latency(work / "model", images)
-        if serve:
-            result["served"] = served_throughput(work / "model", images[0], args.serve_seconds)
+    image = test_image(work)
+    load = {"before": load_average()}
+    result["latency"] = latency(work / "model", image)
+    if serve:
+        result["served"] = served_throughput(work / "model", image, args.serve_seconds)
+    load["after"] = load_average()
     result["serving_measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["conditions"]["serving_machine_load"] = load
     return record(args, work, result)
@@ -201,9 +180,9 @@ def record(args, work: Path, result: dict) -> int:
 
 def recipe(r: dict) -> str:
     m, t = r["model"], r["train"]
-    text = (f"{m['arch']} @ {m['image_size']} px, weights {m.get('pretrained')}, {t.get('recipe', 'scratch')}"
+    text = (f"{m['arch']} @ {m['image_size']} px, weights {m.get('pretrained')}, {t['recipe']}"
             + (", mirror TTA" if m.get("tta", "none") != "none" else ""))
-    if t.get("recipe") == "finetune":
+    if t["recipe"] == "finetune":
         text += (f": head {t['head_epochs']} ep, last {t['finetune_blocks']} stages {t['finetune_epochs']} ep"
                  f"{', mirror cached' if t.get('hflip', True) else ''}")
     else:
@@ -243,14 +222,14 @@ def render(runs: list[dict]) -> list[str]:
             f"| {r['label']} | {recipe(r)} | {r['train_s'] / 60:.1f} min | {r['total_s'] / 60:.1f} min | "
             f"{t['accuracy']:.4f} | {t['log_loss']:.4f} | {t['ece']:.4f} | {t['roc_auc']:.4f} | "
             f"{lat.get('engine', 'torchscript f32')} | {lat['end_to_end_p50_ms']} ms | "
-            f"{lat.get('batch8_forward_img_s', '-')} | {c1} | {c16} | "
+            f"{lat.get('batch8_img_s', lat.get('batch8_forward_img_s', '-'))} | {c1} | {c16} | "
             f"{cpu_load(r['conditions'])} | {r['measured_at']} |")
     lines += ["", ("Columns: *train* and *total* are wall time (total = prepare + train + evaluate + export); "
               "*engine* is what the handler serves the exported model with (runs measured before the engine choice "
               "existed ran TorchScript); *1-image p50* is decode + preprocess + forward of one photo on that engine; "
-              "*batch-8 img/s* is that forward alone on batches of 8 (in-process); *served* is the exported model in a "
-              "real "
-              "TorchServe (handler/model-config.yaml as committed) loaded by `wrk` posting one test photo, "
+              "*batch-8 img/s* is the same on batches of 8 (runs up to 2026-12-07: the forward alone); *served* is "
+              "the exported model in a real TorchServe (handler/model-config.yaml as committed) loaded by `wrk` "
+              "posting one test photo, "
               "concurrency 1 (median latency) and 16 (requests/s); *other CPU load* is the CPU time other "
               "processes used during the run, in cores (older runs), or the machine's 1-minute load average "
               "before -> after the run (newer runs)."), ""]
@@ -269,7 +248,7 @@ def render(runs: list[dict]) -> list[str]:
 def cpu_load(c: dict) -> str:
     if "machine_load" in c:
         return f"load {c['machine_load']['before']} -> {c['machine_load']['after']}"
-    return f"{c.get('other_processes_cores', '-')} cores"
+    return f"{c['other_processes_cores']} cores"
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ def report(**overrides) -> dict:
             "model": {"arch": "tiny", "image_size": 32, "pretrained": "none", "version": "t.1"},
             "model_dir": "m", "data": "p", "threads": 2,
             "rounds": 1, "seconds": 0.2, "openvino": {"device": "Test CPU 9000", "capabilities": ["BF16", "FP32"]},
-            "packages": {"torch": "2.14.1", "onnxruntime": None}, "int8": {"preset": "performance",
-                                                                          "calibration_images": 300},
+            "packages": {"torch": "2.14.1", "onnxruntime": None}, "calibration_images": 300,
             "variants": [
                 {"variant": "torchscript", "status": "built", "reason": "", "build_s": 0.5,
                  "test": {"n": 10, "accuracy": 0.9, "log_loss": 0.25, "agreement": 1.0, "max_prob_diff": 0.0}},
@@ -68,7 +67,8 @@ def test_quality_against_labels_and_the_reference():
 
 
 def test_torchscript_always_runs_first_as_the_reference():
-    assert engines.selected(["aoti", "openvino-f32"]) == ["torchscript", "openvino-f32", "aoti"]
+    assert engines.selected(["aoti", "torch-int8", "openvino-f32"]) == ["torchscript", "openvino-f32", "torch-int8",
+                                                                         "aoti"]
     assert engines.selected(list(engines.VARIANTS)) == list(engines.VARIANTS)
 
 
@@ -87,8 +87,7 @@ def test_render_states_conditions_and_every_variant_with_its_reason():
     assert "| torchscript | 8 | 40.0 | n/a | 200.0 | 40.0 |" in block
     assert "0.4 before the run, 1.5 after" in block
     assert "calibrated on 300" in block
-    assert "calibrated on" not in "\n".join(engines.render(report(int8={"preset": "performance",
-                                                                        "calibration_images": 0})))
+    assert "calibrated on" not in "\n".join(engines.render(report(calibration_images=0)))
 
 
 def test_the_docs_block_replaces_only_itself(tmp_path):
@@ -141,14 +140,17 @@ def test_end_to_end_on_a_tiny_model(tmp_path):
     out, doc = tmp_path / "engines.json", tmp_path / "engines.md"
     assert engines.main(["--model-dir", str(model_dir), "--prepared", str(prepared), "--seconds", "0.2",
                          "--rounds", "1", "--batches", "1", "--decode-batches", "1", "--engines", "torchscript",
-                         "openvino-f32", "onnxruntime", "--out", str(out), "--docs", str(doc)]) == 0
+                         "torchscript-plain", "openvino-f32", "torch-int8", "onnxruntime", "--out", str(out),
+                         "--docs", str(doc)]) == 0
     r = json.loads(out.read_text())
     variants = {v["variant"]: v for v in r["variants"]}
-    assert list(variants) == ["torchscript", "openvino-f32", "onnxruntime"]
+    assert list(variants) == ["torchscript", "torchscript-plain", "openvino-f32", "torch-int8", "onnxruntime"]
     has_ort = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-    expected = {"torchscript": "built", "openvino-f32": "built" if engines.openvino_available() else "skipped",
-                "onnxruntime": "built" if has_ort else "skipped"}
+    expected = {"torchscript": "built", "torchscript-plain": "built",
+                "openvino-f32": "built" if engines.openvino_available() else "skipped",
+                "torch-int8": "skipped", "onnxruntime": "built" if has_ort else "skipped"}
     assert {name: v["status"] for name, v in variants.items()} == expected
+    assert "needs the training checkpoint" in variants["torch-int8"]["reason"]     # no train dir beside the model
     for v in variants.values():
         if v["status"] == "built":     # the red-vs-blue model gets its whole test split right
             assert v["test"]["accuracy"] == 1.0 and v["test"]["agreement"] == 1.0 and v["test"]["n"] == 16
