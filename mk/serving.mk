@@ -23,7 +23,7 @@ benchmark-serving: $(STAMP) ## wrk: TorchServe vs in-process at concurrency 1/4/
 	@case '$(BENCH_ARGS)' in *--model-dir*) ;; *) test -f artifacts/model/model.pt || $(MAKE) pipeline;; esac
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
 
-benchmark-engines: $(STAMP) ## TorchScript, OpenVINO f32/bf16/int8, ONNX Runtime, AOTInductor: speed and test accuracy in one run; writes docs/engines.md block
+benchmark-engines: $(STAMP) ## TorchScript (plain, optimised, int8), OpenVINO f32/bf16/int8, ONNX Runtime, AOTInductor: speed and test accuracy in one run; writes docs/engines.md block
 	$(BIN)/pip install -q -r benchmarks/requirements.txt
 	@case '$(BENCH_ARGS)' in *--model-dir*) ;; *) test -f artifacts/model/model.pt || $(MAKE) pipeline;; esac
 	$(PY) -m benchmarks.engines $(BENCH_ARGS)

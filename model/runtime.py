@@ -1,6 +1,7 @@
 """How a model runs fast on the CPU here: the process's allocator settings and the model's memory layout.
 
-Both chosen by measurement (`python -m benchmarks.cpu_inference`, docs/cpu-inference.md) and used by every
+Both chosen by measurement (docs/cpu-inference.md; re-measured by the torchscript and
+torchscript-plain rows of `python -m benchmarks.engines`) and used by every
 process that runs the network: training (trunk pass), evaluation, the TorchServe handler (this file travels
 in the .mar) and the benchmarks.
 
@@ -48,7 +49,7 @@ def for_cpu_inference(model: nn.Module, example: torch.Tensor, rtol: float = 1e-
     memory format, traced when eager, torch.jit.freeze'd (constants folded), and when torch runs on one thread
     also torch.jit.optimize_for_inference'd (oneDNN prepacked convolutions). Feed it `channels_last(x)`.
 
-    Chosen by interleaved measurement on EfficientNet-Lite0 (`python -m benchmarks.cpu_inference`; with several
+    Chosen by interleaved measurement on EfficientNet-Lite0 (docs/cpu-inference.md; with several
     threads channels_last + freeze beat optimize_for_inference at every batch size tried). With one thread
     PyTorch sends the 1x1 convolutions to its slow reference kernel, which optimize_for_inference avoids: then
     channels_last + freeze + optimize_for_inference is the fastest form (docs/cpu-inference.md). Converts `model`
