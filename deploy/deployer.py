@@ -23,6 +23,7 @@ from deploy import archive, gates, management, registry, versions
 from deploy.archive import ArchiveInfo
 from deploy.management import Management, ManagementError
 from model.weights import sha256_of
+from training.ingest import LabelledImage
 
 Log = Callable[[str], None]
 LOCK_FILE = ".deploy.lock"
@@ -70,7 +71,7 @@ def store_lock(store: Path | None):
         yield
 
 
-def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[gates.GoldenItem], dict]:
+def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[LabelledImage], dict]:
     """The golden set and a record of it (source, size, content hash) for the deploy result."""
     if options.golden is None and not options.synthetic_golden:
         items, record = gates.manifest_golden(options.prepared, info.classes, options.golden_per_class,
@@ -83,7 +84,7 @@ def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[l
     items = gates.load_golden(folder, info.classes)
     digest = hashlib.sha256()
     for item in items:
-        digest.update(f"{hashlib.sha256(item.path.read_bytes()).hexdigest()} {item.label}\n".encode())
+        digest.update(f"{hashlib.sha256(item.data).hexdigest()} {item.label}\n".encode())
     record = {"source": "synthetic" if options.golden is None else "folder", "folder": str(folder),
               "images": len(items), "sha256": digest.hexdigest()}
     log(f"golden set: {len(items)} images from {folder}, sha256 {record['sha256'][:16]}")
@@ -145,7 +146,7 @@ def prune(api: Management, store: Path | None, options: DeployOptions, log: Log)
     return old
 
 
-def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[gates.GoldenItem],
+def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[LabelledImage],
               options: DeployOptions, log: Log) -> str:
     """Raise GateFailed unless the smoke test and the golden gate pass; returns the golden verdict."""
     body, problems = smoke_test(api, info.version, info.classes)
@@ -217,7 +218,7 @@ def read_result(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("status") in RESULT_STATUSES else None
 
 
-def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[gates.GoldenItem],
+def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[LabelledImage],
                    options: DeployOptions, log: Log, result: dict) -> dict:
     version = info.version
     default = api.default_version()

@@ -19,15 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from catsdogs import contract
+from training.ingest import LabelledImage, labelled
+from training.prepare import read_manifest, read_stats
+from training.synthetic import DRAWERS, MARKER_FILE, draw_image, generate
 
 GOLDEN_SEED = 2024_11  # not params.yaml synthetic.seed: golden images are never training images
 SMOKE_SEED = 99
-
-
-@dataclass(frozen=True)
-class GoldenItem:
-    path: Path
-    label: str
 
 
 @dataclass
@@ -83,18 +80,15 @@ def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accu
 
 # --- golden set --------------------------------------------------------------------------------------
 
-def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
+def load_golden(folder: Path, classes: list[str]) -> list[LabelledImage]:
     """Labelled images under `folder` (hidden files skipped); raises when a class has no image."""
-    # imported here: training.ingest pulls in torch, which `python -m deploy --help` should not wait for
-    from training.ingest import labelled
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"golden set {folder} is not a directory")
     items, unlabelled = [], []
-    for rel, label, _read in labelled(folder, classes):
+    for rel, label, read in labelled(folder, classes):
         if rel.lower().endswith(contract.IMAGE_SUFFIXES):
-            (items.append(GoldenItem(folder / rel, label)) if label else unlabelled.append(rel))
+            (items.append(LabelledImage(rel, label, read())) if label else unlabelled.append(rel))
     missing = [c for c in classes if not any(i.label == c for i in items)]
     if missing:
         raise ValueError(f"golden set {folder} has no images for {missing} (labels come from folder or file "
@@ -103,11 +97,9 @@ def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
 
 
 def manifest_golden(prepared: Path, classes: list[str], per_class: int,
-                    data_hash: str | None) -> tuple[list[GoldenItem], dict]:
+                    data_hash: str | None) -> tuple[list[LabelledImage], dict]:
     """(items, record): the first per_class test-split rows of each class by sha256 (the same manifest always
     gives the same set), for a candidate trained on that data; the record names the set by a content hash."""
-    from training.prepare import read_manifest, read_stats
-
     prepared = Path(prepared)
     if not (prepared / "stats.json").is_file():
         raise FileNotFoundError(f"no prepare output at {prepared} (stats.json, manifest.csv) to draw the golden "
@@ -129,14 +121,12 @@ def manifest_golden(prepared: Path, classes: list[str], per_class: int,
     digest = hashlib.sha256("".join(f"{r['sha256']} {r['label']}\n" for r in picked).encode()).hexdigest()
     record = {"source": "prepare manifest, test split", "prepared": str(prepared), "data_hash": trained_on,
               "images": len(picked), "sha256": digest}
-    return [GoldenItem(Path(r["cache"]), r["label"]) for r in picked], record
+    return [LabelledImage(r["path"], r["label"], Path(r["cache"]).read_bytes()) for r in picked], record
 
 
 def synthetic_golden(cache_root: Path, classes: list[str], per_class: int, size: int,
                      seed: int = GOLDEN_SEED) -> Path:
     """A deterministic synthetic golden set in cache_root/synthetic-<settings>/, drawn once then reused."""
-    from training.synthetic import MARKER_FILE, generate
-
     folder = Path(cache_root) / f"synthetic-s{seed}-n{per_class}-px{size}-{'-'.join(classes)}"
     marker = folder / MARKER_FILE
     wanted = {"classes": list(classes), "images_per_class": per_class, "size": size, "seed": seed}
@@ -148,8 +138,6 @@ def synthetic_golden(cache_root: Path, classes: list[str], per_class: int, size:
 
 def smoke_image(classes: list[str], size: int = 128) -> bytes:
     """One synthetic JPEG of the first class (in memory), for schema checks."""
-    from training.synthetic import DRAWERS, draw_image
-
     name = classes[0] if classes[0] in DRAWERS else "cat"
     image, quality = draw_image(name, size, np.random.default_rng(SMOKE_SEED))
     buffer = io.BytesIO()
@@ -162,19 +150,19 @@ def smoke_image(classes: list[str], size: int = 128) -> bytes:
 Predict = Callable[[bytes], tuple[int, object]]  # image bytes -> (HTTP status, parsed JSON body or text)
 
 
-def score(predict: Predict, items: list[GoldenItem], classes: list[str], version: str) -> GoldenScore:
+def score(predict: Predict, items: list[LabelledImage], classes: list[str], version: str) -> GoldenScore:
     """Send every golden image through `predict` and count right answers."""
     result = GoldenScore(version=version)
     for item in items:
-        status, body = predict(item.path.read_bytes())
+        status, body = predict(item.data)
         result.n += 1
         problems = check_prediction(status, body, classes, version)
         if problems:
             result.errors += 1
             if len(result.mistakes) < 5:
-                result.mistakes.append(f"{item.path.name}: {'; '.join(problems)}")
+                result.mistakes.append(f"{item.name}: {'; '.join(problems)}")
         elif body["label"] == item.label:
             result.correct += 1
         elif len(result.mistakes) < 5:
-            result.mistakes.append(f"{item.path.name}: expected {item.label}, got {body['label']}")
+            result.mistakes.append(f"{item.name}: expected {item.label}, got {body['label']}")
     return result
