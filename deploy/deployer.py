@@ -154,12 +154,12 @@ def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, 
         raise GateFailed(f"smoke test of version {info.version} failed: {problems}")
     log(f"smoke test passed: {body['label']} {body['confidence']:.3f} from version {body['model_version']}")
     candidate = gates.score(lambda data: api.predict(info.version, data), items, info.classes, info.version)
-    log(f"golden {candidate.summary()}")
+    log(f"golden set, version {info.version}: {candidate.summary()}")
     baseline = None
     if baseline_version and baseline_version != info.version:
         baseline = gates.score(lambda data: api.predict(baseline_version, data), items, info.classes,
                                baseline_version)
-        log(f"golden {baseline.summary()} (current default)")
+        log(f"golden set, version {baseline_version} (current default): {baseline.summary()}")
     passed, reason = gates.gate_decision(candidate, baseline, options.min_accuracy, options.margin)
     if not passed:
         examples = "".join(f"\n    {m}" for m in candidate.mistakes)

@@ -28,22 +28,55 @@ SMOKE_SEED = 99
 
 
 @dataclass
-class GoldenScore:
-    """Accuracy of one version on the golden set (errors count as wrong)."""
+class Tally:
+    """Answers scored against the labels of the images sent (golden gate, load tests); a failed request
+    counts as wrong, an image whose path names no class is not scored."""
 
-    version: str
-    n: int = 0
+    n: int = 0                   # scored: labelled answers and failed requests
     correct: int = 0
     errors: int = 0
-    mistakes: list[str] = field(default_factory=list)  # a few "file: expected x, got y" lines
+    unlabelled: int = 0
+    per_label: dict = field(default_factory=dict)   # true label -> [right, total]
+    versions: dict = field(default_factory=dict)    # model_version -> answers
+    mistakes: list[str] = field(default_factory=list)  # the first few "name: expected x, got y" lines
+
+    def add(self, truth: str | None, predicted: str, version: str, name: str = "") -> None:
+        self.versions[version] = self.versions.get(version, 0) + 1
+        if truth is None:
+            self.unlabelled += 1
+            return
+        self.n += 1
+        right = truth == predicted
+        self.correct += right
+        counts = self.per_label.setdefault(truth, [0, 0])
+        counts[0] += right
+        counts[1] += 1
+        if not right:
+            self._mistake(f"{name}: expected {truth}, got {predicted}")
+
+    def fail(self, name: str, problem: str) -> None:
+        self.n += 1
+        self.errors += 1
+        self._mistake(f"{name}: {problem}")
+
+    def _mistake(self, line: str) -> None:
+        if len(self.mistakes) < 5:
+            self.mistakes.append(line)
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.n if self.n else 0.0
+    def accuracy(self) -> float | None:
+        return self.correct / self.n if self.n else None
 
     def summary(self) -> str:
-        return (f"version {self.version}: {self.correct}/{self.n} right ({self.accuracy:.3f})"
-                + (f", {self.errors} failed requests" if self.errors else ""))
+        accuracy = "n/a" if self.accuracy is None else f"{self.accuracy:.3f}"
+        failed = f", {self.errors} failed requests" if self.errors else ""
+        return f"{self.correct}/{self.n} right ({accuracy}){failed}"
+
+    def to_dict(self) -> dict:
+        return {"accuracy": None if self.accuracy is None else round(self.accuracy, 4), "labelled": self.n,
+                "correct": self.correct, "unlabelled": self.unlabelled,
+                "per_label": {k: {"correct": v[0], "total": v[1]} for k, v in sorted(self.per_label.items())},
+                "versions": dict(self.versions)}
 
 
 # --- pure checks -----------------------------------------------------------------------------------
@@ -57,9 +90,8 @@ def check_prediction(status: int, body, classes: list[str], version: str | None)
     return [problem] if problem else []
 
 
-def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accuracy: float,
-                  margin: float) -> tuple[bool, str]:
-    """(passed, reason) for the golden-set gate."""
+def gate_decision(candidate: Tally, baseline: Tally | None, min_accuracy: float, margin: float) -> tuple[bool, str]:
+    """(passed, reason) for the golden-set gate: the candidate's tally against the serving default's."""
     if candidate.n == 0:
         return False, "the golden set is empty"
     if candidate.errors:
@@ -71,7 +103,7 @@ def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accu
         floor = baseline.accuracy - margin
         if candidate.accuracy < floor:
             return False, (f"golden accuracy {candidate.accuracy:.3f} is below the serving default's "
-                           f"{baseline.accuracy:.3f} minus margin {margin:.3f} ({candidate.summary()}; "
+                           f"{baseline.accuracy:.3f} minus margin {margin:.3f} (candidate {candidate.summary()}; "
                            f"default {baseline.summary()})")
         return True, (f"golden accuracy {candidate.accuracy:.3f} >= {min_accuracy:.3f} and >= default's "
                       f"{baseline.accuracy:.3f} - {margin:.3f}")
@@ -150,19 +182,14 @@ def smoke_image(classes: list[str], size: int = 128) -> bytes:
 Predict = Callable[[bytes], tuple[int, object]]  # image bytes -> (HTTP status, parsed JSON body or text)
 
 
-def score(predict: Predict, items: list[LabelledImage], classes: list[str], version: str) -> GoldenScore:
-    """Send every golden image through `predict` and count right answers."""
-    result = GoldenScore(version=version)
+def score(predict: Predict, items: list[LabelledImage], classes: list[str], version: str) -> Tally:
+    """Send every golden image through `predict` and tally the answers of `version`."""
+    tally = Tally()
     for item in items:
         status, body = predict(item.data)
-        result.n += 1
         problems = check_prediction(status, body, classes, version)
         if problems:
-            result.errors += 1
-            if len(result.mistakes) < 5:
-                result.mistakes.append(f"{item.name}: {'; '.join(problems)}")
-        elif body["label"] == item.label:
-            result.correct += 1
-        elif len(result.mistakes) < 5:
-            result.mistakes.append(f"{item.name}: expected {item.label}, got {body['label']}")
-    return result
+            tally.fail(item.name, "; ".join(problems))
+        else:
+            tally.add(item.label, body["label"], version, item.name)
+    return tally

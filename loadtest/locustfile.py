@@ -37,9 +37,9 @@ if str(REPO_ROOT) not in sys.path:  # `locust -f .../loadtest/locustfile.py` fro
 from benchmarks.report import load_average
 from catsdogs import contract
 from catsdogs.contract import RUN_DIR, check_prediction, read_serve_state
+from deploy.gates import Tally
 from loadtest import gate, workers
 from loadtest.images import load_samples
-from loadtest.tally import Tally
 from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")
@@ -279,7 +279,7 @@ def run_metrics(environment) -> dict:
     opts = options(environment)
     total = gate.entry_metrics(environment.stats.total)
     offline = (RUN.meta.get("test_metrics") or {}).get("accuracy")
-    live = RUN.tally.accuracy
+    live = RUN.tally.to_dict()["accuracy"]
     metrics = {**total, "accuracy": live, "offline_accuracy": offline,
                "accuracy_drop": round(offline - live, 4) if live is not None and offline is not None else None,
                "schema_errors": RUN.schema_errors, "token_refreshes": LoadClient.refreshes}
@@ -328,9 +328,7 @@ def on_quitting(environment, **_):
     path = output_path(environment, "summary.json")
     if path:
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    acc = RUN.tally.accuracy
-    log.info("accuracy on labelled images: %s (%d/%d)", f"{acc:.3f}" if acc is not None else "n/a",
-             RUN.tally.correct, RUN.tally.labelled)
+    log.info("accuracy on labelled images: %s", RUN.tally.summary())
     for check in checks:
         log.info("gate %-28s %s  %s", check.name, "PASS" if check.ok else "FAIL", check.text)
     log.info("quality gate (%s): %s", opts.mode, "PASSED" if ok else "FAILED")

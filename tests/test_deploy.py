@@ -21,7 +21,7 @@ import pytest
 
 from deploy.archive import ArchiveError, place_in_store, read_archive, store_file_name
 from deploy.gates import (
-    GoldenScore,
+    Tally,
     check_prediction,
     gate_decision,
     load_golden,
@@ -163,20 +163,20 @@ def test_history_file_round_trip(tmp_path):
 
 # --- gates ------------------------------------------------------------------------------------------------
 
-def golden(version, correct, n=20, errors=0):
-    return GoldenScore(version=version, n=n, correct=correct, errors=errors)
+def golden(correct, n=20, errors=0):
+    return Tally(n=n, correct=correct, errors=errors)
 
 
 def test_gate_passes_a_candidate_as_good_as_the_default():
-    ok, reason = gate_decision(golden("B", 18), golden("A", 18), min_accuracy=0.8, margin=0.02)
+    ok, reason = gate_decision(golden(18), golden(18), min_accuracy=0.8, margin=0.02)
     assert ok, reason
 
 
 @pytest.mark.parametrize("candidate, baseline, words", [
-    (golden("B", 15), golden("A", 15), "< required 0.800"),           # absolute floor
-    (golden("B", 17), golden("A", 19), "below the serving default"),  # 0.85 < 0.95 - 0.02
-    (golden("B", 20, errors=1), None, "requests failed"),
-    (golden("B", 0, n=0), None, "empty"),
+    (golden(15), golden(15), "< required 0.800"),           # absolute floor
+    (golden(17), golden(19), "below the serving default"),  # 0.85 < 0.95 - 0.02
+    (golden(20, errors=1), None, "requests failed"),
+    (golden(0, n=0), None, "empty"),
 ])
 def test_gate_rejects(candidate, baseline, words):
     ok, reason = gate_decision(candidate, baseline, min_accuracy=0.8, margin=0.02)
@@ -184,9 +184,9 @@ def test_gate_rejects(candidate, baseline, words):
 
 
 def test_gate_margin_allows_a_small_drop_and_ignores_a_broken_baseline():
-    assert gate_decision(golden("B", 89, n=100), golden("A", 90, n=100), 0.8, margin=0.02)[0]
-    assert not gate_decision(golden("B", 87, n=100), golden("A", 90, n=100), 0.8, margin=0.02)[0]
-    assert gate_decision(golden("B", 17), golden("A", 20, errors=3), 0.8, margin=0.0)[0]
+    assert gate_decision(golden(89, n=100), golden(90, n=100), 0.8, margin=0.02)[0]
+    assert not gate_decision(golden(87, n=100), golden(90, n=100), 0.8, margin=0.02)[0]
+    assert gate_decision(golden(17), golden(20, errors=3), 0.8, margin=0.0)[0]
 
 
 def good_body(version="1.a", label="cat"):
