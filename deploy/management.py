@@ -93,13 +93,10 @@ class Management:
         return response.json()[0] if response.status_code == 200 else None
 
     def metadata(self, version: str) -> dict:
-        """The handler's model metadata for a version (GET ...?customized=true); {} when unavailable."""
-        response = self._call("GET", self._path(version), ok=(200, 404), params={"customized": "true"})
-        if response.status_code != 200:
-            return {}
+        """The handler's model metadata for a version; {} when TorchServe does not give it (e.g. 404)."""
         try:
-            return contract.parse_description(response.json())
-        except contract.ContractError:
+            return contract.parse_description(self.client.describe(f"{self.model}/{version}", customized=True))
+        except (requests.RequestException, contract.ContractError):
             return {}
 
     def predict(self, version: str, data: bytes, timeout: float = 30.0) -> tuple[int, object]:

@@ -353,6 +353,19 @@ def test_wait_ready_fails_fast_when_the_loading_worker_keeps_dying(monkeypatch):
         api.wait_ready("2", timeout=30)
 
 
+def test_metadata_of_a_version_is_empty_when_torchserve_does_not_describe_it():
+    import requests
+
+    class Client:
+        def describe(self, target, customized=False):
+            if target != "m/1" or not customized:
+                raise requests.HTTPError("404 Client Error: Not Found")
+            return [{"modelVersion": "1", "customizedMetadata": json.dumps({"classes": CLASSES})}]
+
+    api = Management(Client(), "m")
+    assert api.metadata("1") == {"classes": CLASSES} and api.metadata("2") == {}
+
+
 @pytest.mark.slow
 def test_champion_alias_moves_and_missing_versions_warn_or_fail(tmp_path):
     from deploy import registry
