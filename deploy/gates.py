@@ -1,11 +1,8 @@
 """Release gates for a candidate version: a smoke test and a golden-set accuracy check.
 
-Smoke: one image to /predictions/<model>/<version> answers 200 with the contract's prediction schema, the
-archive's classes and the candidate's version. Golden set: by default the first N test-split images per class
-(by content hash) of the prepare output the candidate was trained on (data_hash must match); or a labelled
-folder (training.ingest labels: cat/x.jpg, cat.12.jpg); or a cached synthetic set with its own seed. The
-candidate must reach `min_accuracy`, must not score below the current default minus `margin`, and no golden
-request may fail.
+The golden set (docs/deploy-versions.md) is the test split the candidate was trained on (manifest_golden), a
+labelled folder (load_golden) or a cached synthetic set (synthetic_golden). gate_decision: the candidate must
+reach `min_accuracy`, must not score below the current default minus `margin`, and no golden request may fail.
 """
 from __future__ import annotations
 
@@ -120,7 +117,10 @@ def load_golden(folder: Path, classes: list[str]) -> list[LabelledImage]:
     items, unlabelled = [], []
     for rel, label, read in labelled(folder, classes):
         if rel.lower().endswith(contract.IMAGE_SUFFIXES):
-            (items.append(LabelledImage(rel, label, read())) if label else unlabelled.append(rel))
+            if label:
+                items.append(LabelledImage(rel, label, read()))
+            else:
+                unlabelled.append(rel)
     missing = [c for c in classes if not any(i.label == c for i in items)]
     if missing:
         raise ValueError(f"golden set {folder} has no images for {missing} (labels come from folder or file "
