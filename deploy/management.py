@@ -92,13 +92,11 @@ class Management:
             return {}
 
     def predict(self, version: str, data: bytes, timeout: float = 30.0) -> tuple[int, object]:
-        """POST an image to /predictions/<model>/<version>: (status, JSON body or text). Sent as background work
-        (contract.BACKGROUND_HEADER): the handler answers it at low CPU priority, beside the serving traffic."""
-        name, value = contract.BACKGROUND_HEADER
+        """POST an image to /predictions/<model>/<version>: (status, JSON body or text)."""
         try:
             response = self.client.request("inference", "POST", self._path(version, api="predictions"),
                                            data=data, timeout=timeout,
-                                           headers={"Content-Type": "application/octet-stream", name: value})
+                                           headers={"Content-Type": "application/octet-stream"})
         except requests.RequestException as exc:
             return 0, f"request failed: {exc}"
         try:
