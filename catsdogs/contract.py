@@ -61,9 +61,6 @@ MAX_REQUEST_IMAGE_BYTES = 8 * 1024 * 1024    # sum of one request's image bytes
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CANDIDATE_ALIAS = "candidate"                # set by the export stage on the new registry version
 CHAMPION_ALIAS = "champion"                  # moved by deploy/rollback to the version served by default
-# A request header that asks the handler to answer at background CPU priority (deploy's gate requests: a version
-# being checked must not take the CPU from the version that serves); handler setting background_nice.
-BACKGROUND_HEADER = ("X-Catsdogs-Priority", "background")
 
 
 class ContractError(ValueError):

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from catsdogs.contract import add_server_args, read_serve_state
+from catsdogs.contract import add_server_args, read_serve_state, tracking_uri
 from deploy import deployer, registry
 from deploy.archive import ArchiveError
 from deploy.management import Management, ManagementError
@@ -25,6 +25,7 @@ from serving.config import REPO_ROOT
 
 FAILURES = (deployer.DeployError, ManagementError, ArchiveError, registry.RegistryError, FileNotFoundError, ValueError)
 DEFAULTS = deployer.DeployOptions()
+say = functools.partial(print, flush=True)
 
 
 def model_store(args) -> Path | None:
@@ -42,7 +43,7 @@ def cmd_deploy(args) -> int:
     deployer.write_result(args.result, {"status": "failed", "version": None, "previous": None,
                                         "error": "did not start"})
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(deployer.DeployOptions) if hasattr(args, f.name)}
-    options = deployer.DeployOptions(**{**given, "tracking_uri": args.tracking_uri, "result_file": args.result})
+    options = deployer.DeployOptions(**given, result_file=args.result)
     if options.keep < 1:
         raise ValueError(f"--keep must be >= 1, got {options.keep}")
     result = deployer.deploy(api_from(args), model_store(args), args.mar, options, log=say)
@@ -82,9 +83,6 @@ def cmd_scale(args) -> int:
     return 0
 
 
-say = functools.partial(print, flush=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("server")
@@ -100,11 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", parents=[common],
                        help="register an archive as a new version, gate it, make it default",
-                       description="Place the .mar in the model store as <model>-<version>.mar, register it next "
-                                   "to the serving version, wait for READY workers, run the smoke test and the "
-                                   "golden-set gate on /predictions/<model>/<version>, then set it as default "
-                                   "(zero downtime), move MLflow alias `champion`, and prune versions beyond "
-                                   "--keep. A failed gate unregisters the candidate and exits 1.")
+                       description="Register the .mar next to the serving version, gate it on "
+                                   "/predictions/<model>/<version> (smoke test, golden set), make it the default, "
+                                   "move MLflow alias `champion`, prune versions beyond --keep. A failed gate "
+                                   "unregisters the candidate and exits 1 (docs/deploy-versions.md).")
     p.add_argument("mar", type=Path, help="the archive, model-store/<serve.model_name>.mar (make archive)")
     p.add_argument("--workers", type=int, help="workers for the new version (default: as many as the current default)")
     p.add_argument("--golden", type=Path, help="labelled golden image folder (cat/x.jpg, dogs/y.png, cat.1.jpg) "
@@ -159,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("scale", parents=[common], help="set min/max workers of a version",
-                       description="PUT /models/<model>/<version>?min_worker=..&max_worker=..&synchronous=true")
+                       description="Set min/max workers of a version and wait until the wanted workers are READY.")
     p.add_argument("--version", help="version to scale (default: the default version)")
     p.add_argument("--min", type=int, required=True, help="minimum workers")
     p.add_argument("--max", type=int, help="maximum workers (default: --min)")
@@ -170,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.tracking_uri = registry.tracking_uri(args.tracking_uri)  # --tracking-uri, $MLFLOW_TRACKING_URI, default
+    args.tracking_uri = tracking_uri(args.tracking_uri)  # --tracking-uri, $MLFLOW_TRACKING_URI, default
     try:
         return args.func(args)
     except FAILURES as exc:

@@ -34,7 +34,12 @@ class ArchiveInfo:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta.get("classes") or ["cat", "dog"])
+        return classes(self.meta)
+
+
+def classes(meta: dict) -> list[str]:
+    """The classes a model-meta.json names (cat, dog when it names none)."""
+    return list(meta.get("classes") or ["cat", "dog"])
 
 
 def read_archive(path: Path | str) -> ArchiveInfo:

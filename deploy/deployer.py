@@ -23,6 +23,7 @@ from deploy import archive, gates, management, registry, versions
 from deploy.archive import ArchiveInfo
 from deploy.management import Management, ManagementError
 from model.weights import sha256_of
+from training.ingest import LabelledImage
 
 Log = Callable[[str], None]
 LOCK_FILE = ".deploy.lock"
@@ -70,7 +71,7 @@ def store_lock(store: Path | None):
         yield
 
 
-def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[gates.GoldenItem], dict]:
+def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[list[LabelledImage], dict]:
     """The golden set and a record of it (source, size, content hash) for the deploy result."""
     if options.golden is None and not options.synthetic_golden:
         items, record = gates.manifest_golden(options.prepared, info.classes, options.golden_per_class,
@@ -83,7 +84,7 @@ def golden_items(options: DeployOptions, info: ArchiveInfo, log: Log) -> tuple[l
     items = gates.load_golden(folder, info.classes)
     digest = hashlib.sha256()
     for item in items:
-        digest.update(f"{hashlib.sha256(item.path.read_bytes()).hexdigest()} {item.label}\n".encode())
+        digest.update(f"{hashlib.sha256(item.data).hexdigest()} {item.label}\n".encode())
     record = {"source": "synthetic" if options.golden is None else "folder", "folder": str(folder),
               "images": len(items), "sha256": digest.hexdigest()}
     log(f"golden set: {len(items)} images from {folder}, sha256 {record['sha256'][:16]}")
@@ -145,26 +146,26 @@ def prune(api: Management, store: Path | None, options: DeployOptions, log: Log)
     return old
 
 
-def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[gates.GoldenItem],
-              options: DeployOptions, log: Log) -> str:
-    """Raise GateFailed unless the smoke test and the golden gate pass; returns the golden verdict."""
+def run_gates(api: Management, info: ArchiveInfo, baseline_version: str | None, items: list[LabelledImage],
+              options: DeployOptions, log: Log) -> None:
+    """Raise GateFailed unless the smoke test and the golden gate pass."""
     body, problems = smoke_test(api, info.version, info.classes)
     if problems:
         raise GateFailed(f"smoke test of version {info.version} failed: {problems}")
     log(f"smoke test passed: {body['label']} {body['confidence']:.3f} from version {body['model_version']}")
-    candidate = gates.score(lambda data: api.predict(info.version, data), items, info.classes, info.version)
-    log(f"golden {candidate.summary()}")
-    baseline = None
-    if baseline_version and baseline_version != info.version:
-        baseline = gates.score(lambda data: api.predict(baseline_version, data), items, info.classes,
-                               baseline_version)
-        log(f"golden {baseline.summary()} (current default)")
+
+    def golden(version: str, role: str) -> gates.Tally:
+        tally = gates.score(lambda data: api.predict(version, data), items, info.classes, version)
+        log(f"golden set, {role} {version}: {tally.summary()}")
+        return tally
+
+    candidate = golden(info.version, "candidate")
+    baseline = golden(baseline_version, "default") if baseline_version not in (None, info.version) else None
     passed, reason = gates.gate_decision(candidate, baseline, options.min_accuracy, options.margin)
     if not passed:
         examples = "".join(f"\n    {m}" for m in candidate.mistakes)
         raise GateFailed(f"golden gate failed for version {info.version}: {reason}{examples}")
     log(f"golden gate passed: {reason}")
-    return reason
 
 
 def deploy(api: Management, store: Path | None, mar: Path, options: DeployOptions, log: Log = print) -> dict:
@@ -217,7 +218,7 @@ def read_result(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("status") in RESULT_STATUSES else None
 
 
-def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[gates.GoldenItem],
+def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items: list[LabelledImage],
                    options: DeployOptions, log: Log, result: dict) -> dict:
     version = info.version
     default = api.default_version()
@@ -242,7 +243,7 @@ def _deploy_locked(api: Management, store: Path | None, info: ArchiveInfo, items
             run_gates(api, info, default, items, options, log)
         except BaseException:  # a failed gate, a lost connection or Ctrl-C: never leave a half-deployed candidate
             if not pre_existing:
-                _remove(api, store, version, placed, log)
+                _remove(api, version, placed, log)
             raise
         log(api.set_default(version))
         result["status"] = "switched"
@@ -275,7 +276,7 @@ def _register(api: Management, store: Path | None, info: ArchiveInfo, default: s
             log(api.scale(info.version, workers, maximum, timeout=options.ready_timeout))
             description = api.wait_ready(info.version, options.ready_timeout)
     except BaseException as exc:
-        _remove(api, store, info.version, dest, log)
+        _remove(api, info.version, dest, log)
         if isinstance(exc, ManagementError):
             raise DeployError(f"version {info.version} did not start: {exc}") from exc
         raise
@@ -284,7 +285,7 @@ def _register(api: Management, store: Path | None, info: ArchiveInfo, default: s
     return dest
 
 
-def _remove(api: Management, store: Path | None, version: str, placed: Path | None, log: Log) -> None:
+def _remove(api: Management, version: str, placed: Path | None, log: Log) -> None:
     """Undo a failed candidate: unregister it (if TorchServe still lists it) and delete the archive we placed."""
     try:
         if version in registered_versions(api):
@@ -320,9 +321,8 @@ def rollback(api: Management, store: Path | None, to: str | None, tracking_uri: 
         if management.ready_workers(description)[0] < 1:
             raise DeployError(f"version {target} has no READY worker; scale it first: "
                               f"python -m deploy scale --version {target} --min 1")
-        stored = stored_archive(store, description)  # its model-meta.json; else the handler's
-        meta = stored.meta if stored and stored.version == target and stored.meta else api.metadata(target)
-        _, problems = smoke_test(api, target, list(meta.get("classes") or ["cat", "dog"]))
+        meta = api.metadata(target)
+        _, problems = smoke_test(api, target, archive.classes(meta))
         if problems:
             raise DeployError(f"smoke test of rollback target {target} failed: {problems}")
         log(api.set_default(target))
@@ -371,7 +371,7 @@ def status(api: Management, smoke: bool = True) -> dict:
                  "registry": registry.registry_ref(meta)}
         if smoke:
             began = time.perf_counter()
-            _, problems = smoke_test(api, version, list(meta.get("classes") or ["cat", "dog"]), timeout=15)
+            _, problems = smoke_test(api, version, archive.classes(meta), timeout=15)
             entry["health"] = problems or "ok"
             entry["smoke_ms"] = round((time.perf_counter() - began) * 1000, 1)
         entries.append(entry)

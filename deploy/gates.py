@@ -1,11 +1,8 @@
 """Release gates for a candidate version: a smoke test and a golden-set accuracy check.
 
-Smoke: one image to /predictions/<model>/<version> answers 200 with the contract's prediction schema, the
-archive's classes and the candidate's version. Golden set: by default the first N test-split images per class
-(by content hash) of the prepare output the candidate was trained on (data_hash must match); or a labelled
-folder (training.ingest labels: cat/x.jpg, cat.12.jpg); or a cached synthetic set with its own seed. The
-candidate must reach `min_accuracy`, must not score below the current default minus `margin`, and no golden
-request may fail.
+The golden set (docs/deploy-versions.md) is the test split the candidate was trained on (manifest_golden), a
+labelled folder (load_golden) or a cached synthetic set (synthetic_golden). gate_decision: the candidate must
+reach `min_accuracy`, must not score below the current default minus `margin`, and no golden request may fail.
 """
 from __future__ import annotations
 
@@ -19,34 +16,64 @@ from pathlib import Path
 import numpy as np
 
 from catsdogs import contract
+from training.ingest import LabelledImage, labelled
+from training.prepare import read_manifest, read_stats
+from training.synthetic import DRAWERS, MARKER_FILE, draw_image, generate
 
 GOLDEN_SEED = 2024_11  # not params.yaml synthetic.seed: golden images are never training images
 SMOKE_SEED = 99
 
 
-@dataclass(frozen=True)
-class GoldenItem:
-    path: Path
-    label: str
-
-
 @dataclass
-class GoldenScore:
-    """Accuracy of one version on the golden set (errors count as wrong)."""
+class Tally:
+    """Answers scored against the labels of the images sent (golden gate, load tests); a failed request
+    counts as wrong, an image whose path names no class is not scored."""
 
-    version: str
-    n: int = 0
+    n: int = 0                   # scored: labelled answers and failed requests
     correct: int = 0
     errors: int = 0
-    mistakes: list[str] = field(default_factory=list)  # a few "file: expected x, got y" lines
+    unlabelled: int = 0
+    per_label: dict = field(default_factory=dict)   # true label -> [right, total]
+    versions: dict = field(default_factory=dict)    # model_version -> answers
+    mistakes: list[str] = field(default_factory=list)  # the first few "name: expected x, got y" lines
+
+    def add(self, truth: str | None, predicted: str, version: str, name: str = "") -> None:
+        self.versions[version] = self.versions.get(version, 0) + 1
+        if truth is None:
+            self.unlabelled += 1
+            return
+        self.n += 1
+        right = truth == predicted
+        self.correct += right
+        counts = self.per_label.setdefault(truth, [0, 0])
+        counts[0] += right
+        counts[1] += 1
+        if not right:
+            self._mistake(f"{name}: expected {truth}, got {predicted}")
+
+    def fail(self, name: str, problem: str) -> None:
+        self.n += 1
+        self.errors += 1
+        self._mistake(f"{name}: {problem}")
+
+    def _mistake(self, line: str) -> None:
+        if len(self.mistakes) < 5:
+            self.mistakes.append(line)
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.n if self.n else 0.0
+    def accuracy(self) -> float | None:
+        return self.correct / self.n if self.n else None
 
     def summary(self) -> str:
-        return (f"version {self.version}: {self.correct}/{self.n} right ({self.accuracy:.3f})"
-                + (f", {self.errors} failed requests" if self.errors else ""))
+        accuracy = "n/a" if self.accuracy is None else f"{self.accuracy:.3f}"
+        failed = f", {self.errors} failed requests" if self.errors else ""
+        return f"{self.correct}/{self.n} right ({accuracy}){failed}"
+
+    def to_dict(self) -> dict:
+        return {"accuracy": None if self.accuracy is None else round(self.accuracy, 4), "labelled": self.n,
+                "correct": self.correct, "unlabelled": self.unlabelled,
+                "per_label": {k: {"correct": v[0], "total": v[1]} for k, v in sorted(self.per_label.items())},
+                "versions": dict(self.versions)}
 
 
 # --- pure checks -----------------------------------------------------------------------------------
@@ -60,9 +87,8 @@ def check_prediction(status: int, body, classes: list[str], version: str | None)
     return [problem] if problem else []
 
 
-def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accuracy: float,
-                  margin: float) -> tuple[bool, str]:
-    """(passed, reason) for the golden-set gate."""
+def gate_decision(candidate: Tally, baseline: Tally | None, min_accuracy: float, margin: float) -> tuple[bool, str]:
+    """(passed, reason) for the golden-set gate: the candidate's tally against the serving default's."""
     if candidate.n == 0:
         return False, "the golden set is empty"
     if candidate.errors:
@@ -74,7 +100,7 @@ def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accu
         floor = baseline.accuracy - margin
         if candidate.accuracy < floor:
             return False, (f"golden accuracy {candidate.accuracy:.3f} is below the serving default's "
-                           f"{baseline.accuracy:.3f} minus margin {margin:.3f} ({candidate.summary()}; "
+                           f"{baseline.accuracy:.3f} minus margin {margin:.3f} (candidate {candidate.summary()}; "
                            f"default {baseline.summary()})")
         return True, (f"golden accuracy {candidate.accuracy:.3f} >= {min_accuracy:.3f} and >= default's "
                       f"{baseline.accuracy:.3f} - {margin:.3f}")
@@ -83,18 +109,18 @@ def gate_decision(candidate: GoldenScore, baseline: GoldenScore | None, min_accu
 
 # --- golden set --------------------------------------------------------------------------------------
 
-def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
+def load_golden(folder: Path, classes: list[str]) -> list[LabelledImage]:
     """Labelled images under `folder` (hidden files skipped); raises when a class has no image."""
-    # imported here: training.ingest pulls in torch, which `python -m deploy --help` should not wait for
-    from training.ingest import labelled
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"golden set {folder} is not a directory")
     items, unlabelled = [], []
-    for rel, label, _read in labelled(folder, classes):
+    for rel, label, read in labelled(folder, classes):
         if rel.lower().endswith(contract.IMAGE_SUFFIXES):
-            (items.append(GoldenItem(folder / rel, label)) if label else unlabelled.append(rel))
+            if label:
+                items.append(LabelledImage(rel, label, read()))
+            else:
+                unlabelled.append(rel)
     missing = [c for c in classes if not any(i.label == c for i in items)]
     if missing:
         raise ValueError(f"golden set {folder} has no images for {missing} (labels come from folder or file "
@@ -103,11 +129,9 @@ def load_golden(folder: Path, classes: list[str]) -> list[GoldenItem]:
 
 
 def manifest_golden(prepared: Path, classes: list[str], per_class: int,
-                    data_hash: str | None) -> tuple[list[GoldenItem], dict]:
+                    data_hash: str | None) -> tuple[list[LabelledImage], dict]:
     """(items, record): the first per_class test-split rows of each class by sha256 (the same manifest always
     gives the same set), for a candidate trained on that data; the record names the set by a content hash."""
-    from training.prepare import read_manifest, read_stats
-
     prepared = Path(prepared)
     if not (prepared / "stats.json").is_file():
         raise FileNotFoundError(f"no prepare output at {prepared} (stats.json, manifest.csv) to draw the golden "
@@ -129,14 +153,12 @@ def manifest_golden(prepared: Path, classes: list[str], per_class: int,
     digest = hashlib.sha256("".join(f"{r['sha256']} {r['label']}\n" for r in picked).encode()).hexdigest()
     record = {"source": "prepare manifest, test split", "prepared": str(prepared), "data_hash": trained_on,
               "images": len(picked), "sha256": digest}
-    return [GoldenItem(Path(r["cache"]), r["label"]) for r in picked], record
+    return [LabelledImage(r["path"], r["label"], Path(r["cache"]).read_bytes()) for r in picked], record
 
 
 def synthetic_golden(cache_root: Path, classes: list[str], per_class: int, size: int,
                      seed: int = GOLDEN_SEED) -> Path:
     """A deterministic synthetic golden set in cache_root/synthetic-<settings>/, drawn once then reused."""
-    from training.synthetic import MARKER_FILE, generate
-
     folder = Path(cache_root) / f"synthetic-s{seed}-n{per_class}-px{size}-{'-'.join(classes)}"
     marker = folder / MARKER_FILE
     wanted = {"classes": list(classes), "images_per_class": per_class, "size": size, "seed": seed}
@@ -148,8 +170,6 @@ def synthetic_golden(cache_root: Path, classes: list[str], per_class: int, size:
 
 def smoke_image(classes: list[str], size: int = 128) -> bytes:
     """One synthetic JPEG of the first class (in memory), for schema checks."""
-    from training.synthetic import DRAWERS, draw_image
-
     name = classes[0] if classes[0] in DRAWERS else "cat"
     image, quality = draw_image(name, size, np.random.default_rng(SMOKE_SEED))
     buffer = io.BytesIO()
@@ -162,19 +182,14 @@ def smoke_image(classes: list[str], size: int = 128) -> bytes:
 Predict = Callable[[bytes], tuple[int, object]]  # image bytes -> (HTTP status, parsed JSON body or text)
 
 
-def score(predict: Predict, items: list[GoldenItem], classes: list[str], version: str) -> GoldenScore:
-    """Send every golden image through `predict` and count right answers."""
-    result = GoldenScore(version=version)
+def score(predict: Predict, items: list[LabelledImage], classes: list[str], version: str) -> Tally:
+    """Send every golden image through `predict` and tally the answers of `version`."""
+    tally = Tally()
     for item in items:
-        status, body = predict(item.path.read_bytes())
-        result.n += 1
+        status, body = predict(item.data)
         problems = check_prediction(status, body, classes, version)
         if problems:
-            result.errors += 1
-            if len(result.mistakes) < 5:
-                result.mistakes.append(f"{item.path.name}: {'; '.join(problems)}")
-        elif body["label"] == item.label:
-            result.correct += 1
-        elif len(result.mistakes) < 5:
-            result.mistakes.append(f"{item.path.name}: expected {item.label}, got {body['label']}")
-    return result
+            tally.fail(item.name, "; ".join(problems))
+        else:
+            tally.add(item.label, body["label"], version, item.name)
+    return tally

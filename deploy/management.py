@@ -1,16 +1,8 @@
-"""TorchServe management-API calls for one model's versions, over serving.client.ServingClient.
+"""TorchServe management-API calls for one model's versions, over serving.client.ServingClient (which renews an
+expired key, so a long deploy never fails on key expiry).
 
-ServingClient adds the management/inference key and re-reads or rotates it when TorchServe refuses an
-expired one, so a long deploy never fails on key expiry.
-  GET    /models/<m>               the default version        GET /models/<m>/all   every version
-  POST   /models?url=<file>.mar&model_name=<m>&initial_workers=N&synchronous=false  register
-  PUT    /models/<m>/<v>/set-default                           switch the default atomically
-  PUT    /models/<m>/<v>?min_worker=N&max_worker=M&synchronous=false                scale
-  DELETE /models/<m>/<v>                                       unregister (stops its workers)
-Register and scale are asynchronous, followed by polling describe-model (wait_ready): TorchServe 0.12 answers a
-synchronous call on one of the frontend's netty event-loop threads, which inference connections share, and that
-thread waits there until the workers have loaded, so every client connection on it stalled for the whole load
-(measured: requests of a load test stuck for over 10 s during a deploy, benchmarks/serving.py).
+Register and scale are asynchronous (synchronous=false), followed by polling describe-model (wait_ready):
+a synchronous call holds a frontend thread that inference connections share (docs/deploy-versions.md).
 """
 from __future__ import annotations
 
@@ -93,23 +85,18 @@ class Management:
         return response.json()[0] if response.status_code == 200 else None
 
     def metadata(self, version: str) -> dict:
-        """The handler's model metadata for a version (GET ...?customized=true); {} when unavailable."""
-        response = self._call("GET", self._path(version), ok=(200, 404), params={"customized": "true"})
-        if response.status_code != 200:
-            return {}
+        """The handler's model metadata for a version; {} when TorchServe does not give it (e.g. 404)."""
         try:
-            return contract.parse_description(response.json())
-        except contract.ContractError:
+            return contract.parse_description(self.client.describe(f"{self.model}/{version}", customized=True))
+        except (requests.RequestException, contract.ContractError):
             return {}
 
     def predict(self, version: str, data: bytes, timeout: float = 30.0) -> tuple[int, object]:
-        """POST an image to /predictions/<model>/<version>: (status, JSON body or text). Sent as background work
-        (contract.BACKGROUND_HEADER): the handler answers it at low CPU priority, beside the serving traffic."""
-        name, value = contract.BACKGROUND_HEADER
+        """POST an image to /predictions/<model>/<version>: (status, JSON body or text)."""
         try:
             response = self.client.request("inference", "POST", self._path(version, api="predictions"),
                                            data=data, timeout=timeout,
-                                           headers={"Content-Type": "application/octet-stream", name: value})
+                                           headers={"Content-Type": "application/octet-stream"})
         except requests.RequestException as exc:
             return 0, f"request failed: {exc}"
         try:
@@ -132,7 +119,8 @@ class Management:
         return _answer(response)
 
     def wait_ready(self, version: str, timeout: float) -> dict:
-        """Poll until every wanted worker of `version` is READY; returns its description."""
+        """Poll until every wanted worker of `version` is READY; returns its description. Fails at once when
+        a worker's process dies while loading (TorchServe restarts it under a new pid)."""
         deadline = time.monotonic() + timeout
         last = "not described yet"
         first_pid: dict[str, int] = {}  # worker id -> the first process seen loading it
@@ -142,15 +130,15 @@ class Management:
                 ready, wanted = ready_workers(description)
                 if ready >= max(wanted, 1):
                     return description
-                for worker in description.get("workers") or []:
-                    pid = int(worker.get("pid") or -1)
-                    if pid > 0 and first_pid.setdefault(str(worker.get("id")), pid) != pid:
-                        raise ManagementError(f"version {version}: the process loading worker {worker.get('id')} "
-                                              f"died and TorchServe restarted it "
-                                              f"(pid {first_pid[str(worker.get('id'))]}"
-                                              f" -> {pid}): the model fails to load; see TorchServe's model_log.log")
-                states = [w.get("status") for w in description.get("workers") or []]
-                last = f"{ready}/{max(wanted, 1)} workers READY ({', '.join(states) or 'no workers'})"
+                workers = description.get("workers") or []
+                for worker in workers:
+                    wid, pid = str(worker.get("id")), int(worker.get("pid") or -1)
+                    if pid > 0 and first_pid.setdefault(wid, pid) != pid:
+                        raise ManagementError(f"version {version}: the process loading worker {wid} died and "
+                                              f"TorchServe restarted it (pid {first_pid[wid]} -> {pid}): the model "
+                                              f"fails to load; see TorchServe's model_log.log")
+                states = ", ".join(w.get("status") for w in workers) or "no workers"
+                last = f"{ready}/{max(wanted, 1)} workers READY ({states})"
             time.sleep(0.5)
         raise ManagementError(f"version {version} not ready after {timeout:.0f} s: {last}; see TorchServe's "
                               f"model_log.log")

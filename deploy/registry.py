@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from catsdogs.contract import CHAMPION_ALIAS as CHAMPION
-from catsdogs.contract import tracking_uri  # noqa: F401 (the CLI's --tracking-uri default)
 
 
 class RegistryError(RuntimeError):

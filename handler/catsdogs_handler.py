@@ -228,8 +228,7 @@ class CatsDogsHandler(BaseHandler):
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         # Load, optimize and warm up at low CPU priority, so that a version being registered next to a serving
         # one (deploy) takes only the CPU the serving workers leave; back to normal priority before serving.
-        self.background_nice = int(settings.get("background_nice", 0))
-        with lowered_priority(self.background_nice) as lowered:
+        with lowered_priority(int(settings.get("background_nice", 0))) as lowered:
             self._load(context, settings)
         logger.info("catsdogs handler ready: model %s version %s, classes %s, input %s px, engine %s %s (%s), "
                     "threads %d, loaded at low priority %s, preprocessing from %s", self.model_name, self.version,
@@ -264,15 +263,6 @@ class CatsDogsHandler(BaseHandler):
         warm_up(self.forward, int(self.meta["image_size"]), range(1, batch_size + 1))
 
     # --- BaseHandler hooks -------------------------------------------------------------------------
-
-    def handle(self, data, context):
-        """BaseHandler.handle; at background priority (background_nice) when every request of the batch carries
-        contract.BACKGROUND_HEADER, as deploy's gate requests do."""
-        self.context = context
-        name, value = contract.BACKGROUND_HEADER
-        background = all(self._header(idx, name) == value for idx in range(len(data)))
-        with lowered_priority(self.background_nice if background else 0):
-            return super().handle(data, context)
 
     def preprocess(self, data):
         """Decode and transform every image of every request on its own; bad ones are recorded, never raised."""

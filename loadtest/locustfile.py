@@ -37,9 +37,9 @@ if str(REPO_ROOT) not in sys.path:  # `locust -f .../loadtest/locustfile.py` fro
 from benchmarks.report import load_average
 from catsdogs import contract
 from catsdogs.contract import RUN_DIR, check_prediction, read_serve_state
+from deploy.gates import Tally
 from loadtest import gate, workers
 from loadtest.images import load_samples
-from loadtest.tally import Tally
 from serving.client import ServingClient
 
 log = logging.getLogger("catsdogs.loadtest")
@@ -87,52 +87,48 @@ RUN = Run()
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
-    group = parser  # LocustArgumentParser.add_argument takes include_in_web_ui; argument groups don't
-    group.add_argument("--images", default=str(REPO_ROOT / "data" / "synthetic"), include_in_web_ui=False,
-                       help="folder (or .zip/.tar) of images to send; labels from cat.1.jpg / cats/x.jpg paths")
-    group.add_argument("--max-images", type=int, default=400, include_in_web_ui=False,
-                       help="images loaded into memory, spread evenly over the sorted file list")
-    group.add_argument("--run-dir", default=str(RUN_DIR), include_in_web_ui=False,
-                       help="TorchServe run directory: serve.json (URLs), key_file.json (tokens); "
-                            "env CATSDOGS_SERVE_DIR, default .serve")
-    group.add_argument("--model-name", default=None, include_in_web_ui=False,
-                       help="served model name (default params.yaml serve.model_name)")
-    group.add_argument("--think-time", type=float, default=0.0, include_in_web_ui=False,
-                       help="each user waits uniform(0, this) seconds between requests (0: closed loop)")
-    group.add_argument("--mode", default="run", include_in_web_ui=False,
-                       help="name of the run in its summary (the config file's: run, ramp, soak, fault)")
-    gate.add_threshold_options(group)
-    group.add_argument("--monitor-every", type=float, default=0.0, include_in_web_ui=False,
-                       help="sample backend worker PIDs and RSS every S seconds (0: off)")
-    group.add_argument("--rss-warmup", type=float, default=0.0, include_in_web_ui=False,
-                       help="RSS growth is measured from the first samples after this many seconds")
-    group.add_argument("--kill-after", type=float, default=0.0, include_in_web_ui=False,
-                       help="SIGKILL one backend worker this many seconds into the run (0: never)")
-    group.add_argument("--recovery-timeout", type=float, default=120.0, include_in_web_ui=False,
-                       help="seconds to wait for the killed worker's replacement")
-    group.add_argument("--step-users", type=int, default=2, include_in_web_ui=False,
-                       help="StepRampShape (loadtest/shapes.py): users added per step")
-    group.add_argument("--step-seconds", type=float, default=15.0, include_in_web_ui=False,
-                       help="StepRampShape: seconds each step is held")
-
-
-def options(environment):
-    return environment.parsed_options
+    """The locustfile's own options (LocustArgumentParser.add_argument takes include_in_web_ui)."""
+    parser.add_argument("--images", default=str(REPO_ROOT / "data" / "synthetic"), include_in_web_ui=False,
+                        help="folder (or .zip/.tar) of images to send; labels from cat.1.jpg / cats/x.jpg paths")
+    parser.add_argument("--max-images", type=int, default=400, include_in_web_ui=False,
+                        help="images loaded into memory, spread evenly over the sorted file list")
+    parser.add_argument("--run-dir", default=str(RUN_DIR), include_in_web_ui=False,
+                        help="TorchServe run directory: serve.json (URLs), key_file.json (tokens); "
+                             "env CATSDOGS_SERVE_DIR, default .serve")
+    parser.add_argument("--model-name", default=None, include_in_web_ui=False,
+                        help="served model name (default params.yaml serve.model_name)")
+    parser.add_argument("--think-time", type=float, default=0.0, include_in_web_ui=False,
+                        help="each user waits uniform(0, this) seconds between requests (0: closed loop)")
+    parser.add_argument("--mode", default="run", include_in_web_ui=False,
+                        help="name of the run in its summary (the config file's: run, ramp, soak, fault)")
+    gate.add_threshold_options(parser)
+    parser.add_argument("--monitor-every", type=float, default=0.0, include_in_web_ui=False,
+                        help="sample backend worker PIDs and RSS every S seconds (0: off)")
+    parser.add_argument("--rss-warmup", type=float, default=0.0, include_in_web_ui=False,
+                        help="RSS growth is measured from the first samples after this many seconds")
+    parser.add_argument("--kill-after", type=float, default=0.0, include_in_web_ui=False,
+                        help="SIGKILL one backend worker this many seconds into the run (0: never)")
+    parser.add_argument("--recovery-timeout", type=float, default=120.0, include_in_web_ui=False,
+                        help="seconds to wait for the killed worker's replacement")
+    parser.add_argument("--step-users", type=int, default=2, include_in_web_ui=False,
+                        help="StepRampShape (loadtest/shapes.py): users added per step")
+    parser.add_argument("--step-seconds", type=float, default=15.0, include_in_web_ui=False,
+                        help="StepRampShape: seconds each step is held")
 
 
 def management_client(environment) -> LoadClient:
-    return LoadClient.from_run_dir(options(environment).run_dir, model_name=options(environment).model_name,
-                                   timeout=30)
+    opts = environment.parsed_options
+    return LoadClient.from_run_dir(opts.run_dir, model_name=opts.model_name, timeout=30)
 
 
 def output_path(environment, suffix: str) -> Path | None:
-    prefix = getattr(options(environment), "csv_prefix", None)
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
     return Path(f"{prefix}_{suffix}") if prefix else None
 
 
 @events.init.add_listener
 def on_init(environment, **_):
-    opts = options(environment)
+    opts = environment.parsed_options
     if opts is None:  # Environment made by a library user without command-line parsing
         return
     RUN.model_name = opts.model_name = opts.model_name or contract.model_name()
@@ -161,7 +157,7 @@ def on_test_start(environment, **_):
         return
     RUN.started = time.time()
     RUN.load = {"before": load_average()}
-    opts = options(environment)
+    opts = environment.parsed_options
     if opts.monitor_every > 0:
         gevent.spawn(monitor, environment, opts.monitor_every)
     if opts.kill_after > 0:
@@ -182,7 +178,7 @@ def on_request(exception=None, start_time=None, response_time=None, **_):
 
 def monitor(environment, every: float) -> None:
     client = management_client(environment)
-    frontend = (read_serve_state(options(environment).run_dir) or {}).get("pid")
+    frontend = (read_serve_state(environment.parsed_options.run_dir) or {}).get("pid")
     path = output_path(environment, "workers.csv")
     if path:
         path.unlink(missing_ok=True)
@@ -223,11 +219,11 @@ class CatsDogsUser(HttpUser):
     """POSTs images (mostly to the default version), sometimes to the explicit version, sometimes /ping."""
 
     def wait_time(self):
-        think = options(self.environment).think_time
+        think = self.environment.parsed_options.think_time
         return random.uniform(0, think) if think > 0 else 0
 
     def on_start(self):
-        opts = options(self.environment)
+        opts = self.environment.parsed_options
         self.serving = LoadClient.from_run_dir(opts.run_dir, session=self.client, model_name=opts.model_name,
                                                timeout=30)
         self.serving.urls["inference"] = self.host.rstrip("/")
@@ -276,10 +272,10 @@ class CatsDogsUser(HttpUser):
 
 def run_metrics(environment) -> dict:
     """Everything the gate and the reports need, from Locust's stats and this process's tallies."""
-    opts = options(environment)
+    opts = environment.parsed_options
     total = gate.entry_metrics(environment.stats.total)
     offline = (RUN.meta.get("test_metrics") or {}).get("accuracy")
-    live = RUN.tally.accuracy
+    live = RUN.tally.to_dict()["accuracy"]
     metrics = {**total, "accuracy": live, "offline_accuracy": offline,
                "accuracy_drop": round(offline - live, 4) if live is not None and offline is not None else None,
                "schema_errors": RUN.schema_errors, "token_refreshes": LoadClient.refreshes}
@@ -307,9 +303,9 @@ def run_metrics(environment) -> dict:
 @events.quitting.add_listener
 def on_quitting(environment, **_):
     """The gate: thresholds checked against this run; Locust's exit code is the verdict."""
-    if isinstance(environment.runner, WorkerRunner) or options(environment) is None:
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return
-    opts = options(environment)
+    opts = environment.parsed_options
     limits = gate.limits_from(opts)
     metrics = run_metrics(environment)
     checks = gate.evaluate(metrics, limits)
@@ -328,9 +324,7 @@ def on_quitting(environment, **_):
     path = output_path(environment, "summary.json")
     if path:
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    acc = RUN.tally.accuracy
-    log.info("accuracy on labelled images: %s (%d/%d)", f"{acc:.3f}" if acc is not None else "n/a",
-             RUN.tally.correct, RUN.tally.labelled)
+    log.info("accuracy on labelled images: %s", RUN.tally.summary())
     for check in checks:
         log.info("gate %-28s %s  %s", check.name, "PASS" if check.ok else "FAIL", check.text)
     log.info("quality gate (%s): %s", opts.mode, "PASSED" if ok else "FAILED")

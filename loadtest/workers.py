@@ -35,13 +35,18 @@ def worker_states(described: list[dict]) -> list[dict]:
             for version in described for w in version.get("workers", [])]
 
 
+def current_states(client) -> list[dict]:
+    """worker_states of the model now; [] while the management API does not answer (a worker restarting)."""
+    try:
+        return worker_states(client.describe())
+    except Exception:  # noqa: BLE001 - the gap is the data
+        return []
+
+
 def sample(client, started: float, frontend_pid: int | None = None) -> list[dict]:
     """One row per worker (and the Java frontend) with its RSS; no worker rows when the management API is silent."""
     now = time.time()
-    try:
-        states = worker_states(client.describe())
-    except Exception:  # noqa: BLE001 - a worker restart can make describe fail briefly; the gap is the data
-        states = []
+    states = current_states(client)
     if frontend_pid:
         states.append({"worker": FRONTEND, "pid": frontend_pid, "status": "UP" if rss_mb(frontend_pid) else "GONE"})
     return [{"time": round(now, 2), "elapsed_s": round(now - started, 2), **s, "rss_mb": rss_mb(s["pid"])}
@@ -104,10 +109,7 @@ def wait_recovered(client, before_pids: list[int], probe: Callable[[], bool], ti
     start = clock()
     pids: list[int] = []
     while clock() - start < timeout:
-        try:
-            states = worker_states(client.describe())
-        except Exception:  # noqa: BLE001 - the management API may hiccup while the worker restarts
-            states = []
+        states = current_states(client)
         pids = [s["pid"] for s in states if s["pid"]]
         ready = [s["pid"] for s in states if s["status"] == "READY" and s["pid"]]
         if len(ready) >= len(before_pids) and set(ready) - set(before_pids):

@@ -346,7 +346,7 @@ def labelled_images(mar: Path) -> tuple[list[tuple[bytes, str]], str]:
     if info.meta.get("arch") == "red-vs-blue":  # tests.serving_helpers.RedVsBlue: red is cat, blue is dog
         return [(image_bytes(RED), "cat"), (image_bytes(BLUE), "dog")], "red/blue images (throwaway model)"
     items, record = manifest_golden(ROOT / "data" / "prepared", info.classes, 5, info.meta.get("data_hash"))
-    return [(item.path.read_bytes(), item.label) for item in items], f"test split, {record['sha256'][:12]}"
+    return [(item.data, item.label) for item in items], f"test split, {record['sha256'][:12]}"
 
 
 def test_a_prediction_through_the_container_is_right(container, mar):

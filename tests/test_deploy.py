@@ -21,8 +21,7 @@ import pytest
 
 from deploy.archive import ArchiveError, place_in_store, read_archive, store_file_name
 from deploy.gates import (
-    GoldenItem,
-    GoldenScore,
+    Tally,
     check_prediction,
     gate_decision,
     load_golden,
@@ -44,6 +43,7 @@ from deploy.versions import (
 )
 from tests.conftest import ROOT
 from tests.serving_helpers import variant
+from training.ingest import LabelledImage
 
 CLASSES = ["cat", "dog"]
 
@@ -163,20 +163,20 @@ def test_history_file_round_trip(tmp_path):
 
 # --- gates ------------------------------------------------------------------------------------------------
 
-def golden(version, correct, n=20, errors=0):
-    return GoldenScore(version=version, n=n, correct=correct, errors=errors)
+def golden(correct, n=20, errors=0):
+    return Tally(n=n, correct=correct, errors=errors)
 
 
 def test_gate_passes_a_candidate_as_good_as_the_default():
-    ok, reason = gate_decision(golden("B", 18), golden("A", 18), min_accuracy=0.8, margin=0.02)
+    ok, reason = gate_decision(golden(18), golden(18), min_accuracy=0.8, margin=0.02)
     assert ok, reason
 
 
 @pytest.mark.parametrize("candidate, baseline, words", [
-    (golden("B", 15), golden("A", 15), "< required 0.800"),           # absolute floor
-    (golden("B", 17), golden("A", 19), "below the serving default"),  # 0.85 < 0.95 - 0.02
-    (golden("B", 20, errors=1), None, "requests failed"),
-    (golden("B", 0, n=0), None, "empty"),
+    (golden(15), golden(15), "< required 0.800"),           # absolute floor
+    (golden(17), golden(19), "below the serving default"),  # 0.85 < 0.95 - 0.02
+    (golden(20, errors=1), None, "requests failed"),
+    (golden(0, n=0), None, "empty"),
 ])
 def test_gate_rejects(candidate, baseline, words):
     ok, reason = gate_decision(candidate, baseline, min_accuracy=0.8, margin=0.02)
@@ -184,9 +184,9 @@ def test_gate_rejects(candidate, baseline, words):
 
 
 def test_gate_margin_allows_a_small_drop_and_ignores_a_broken_baseline():
-    assert gate_decision(golden("B", 89, n=100), golden("A", 90, n=100), 0.8, margin=0.02)[0]
-    assert not gate_decision(golden("B", 87, n=100), golden("A", 90, n=100), 0.8, margin=0.02)[0]
-    assert gate_decision(golden("B", 17), golden("A", 20, errors=3), 0.8, margin=0.0)[0]
+    assert gate_decision(golden(89, n=100), golden(90, n=100), 0.8, margin=0.02)[0]
+    assert not gate_decision(golden(87, n=100), golden(90, n=100), 0.8, margin=0.02)[0]
+    assert gate_decision(golden(17), golden(20, errors=3), 0.8, margin=0.0)[0]
 
 
 def good_body(version="1.a", label="cat"):
@@ -206,11 +206,9 @@ def test_check_prediction_accepts_the_handler_schema_and_names_each_problem():
     assert "not a JSON object" in check_prediction(200, "<html>", CLASSES, "1.a")[0]
 
 
-def test_score_counts_right_wrong_and_failed_answers(tmp_path):
-    items = []
-    for name, label in (("cat.1.jpg", "cat"), ("cat.2.jpg", "cat"), ("dog.1.jpg", "dog"), ("dog.2.jpg", "dog")):
-        (tmp_path / name).write_bytes(name.encode())
-        items.append(GoldenItem(tmp_path / name, label))
+def test_score_counts_right_wrong_and_failed_answers():
+    names = ("cat.1.jpg", "cat.2.jpg", "dog.1.jpg", "dog.2.jpg")
+    items = [LabelledImage(name, name[:3], name.encode()) for name in names]
     answers = {b"cat.1.jpg": (200, good_body("v", "cat")), b"cat.2.jpg": (200, good_body("v", "dog")),
                b"dog.1.jpg": (200, good_body("v", "dog")), b"dog.2.jpg": (500, {"message": "boom"})}
     result = score(answers.__getitem__, items, CLASSES, "v")
@@ -224,7 +222,7 @@ def test_load_golden_reads_labels_from_folders_and_file_names(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     items = load_golden(tmp_path, CLASSES)
-    assert sorted((i.path.relative_to(tmp_path).as_posix(), i.label) for i in items) == [
+    assert sorted((i.name, i.label) for i in items) == [
         ("Dog/b.png", "dog"), ("cats/a.jpg", "cat"), ("mixed/cat.3.jpeg", "cat"), ("mixed/dog_4.jpg", "dog")]
     shutil.rmtree(tmp_path / "Dog")
     (tmp_path / "mixed" / "dog_4.jpg").unlink()
@@ -270,10 +268,10 @@ def test_default_golden_set_is_the_test_split_of_the_candidates_data(tmp_path):
     prepared = prepared_data(tmp_path)
     data_hash = read_stats(prepared)["data_hash"]
     items, record = manifest_golden(prepared, CLASSES, per_class=3, data_hash=data_hash)
-    test_rows = {row["cache"]: row for row in read_manifest(prepared, "test")}
+    test_rows = {row["path"]: row for row in read_manifest(prepared, "test")}
     assert [i.label for i in items] == ["cat"] * 3 + ["dog"] * 3
-    assert all(str(i.path) in test_rows and test_rows[str(i.path)]["label"] == i.label for i in items)
-    assert all(i.path.is_file() for i in items)
+    assert all(i.name in test_rows and test_rows[i.name]["label"] == i.label for i in items)
+    assert all(Path(test_rows[i.name]["cache"]).read_bytes() == i.data for i in items)
     assert (record["images"], record["data_hash"]) == (6, data_hash)
     again, record_again = manifest_golden(prepared, CLASSES, per_class=3, data_hash=data_hash)
     assert again == items and record_again["sha256"] == record["sha256"]  # deterministic, same content hash
@@ -353,6 +351,19 @@ def test_wait_ready_fails_fast_when_the_loading_worker_keeps_dying(monkeypatch):
                                described((57, "UNLOADING"))])
     with pytest.raises(ManagementError, match="died and TorchServe restarted it.*41 -> 57"):
         api.wait_ready("2", timeout=30)
+
+
+def test_metadata_of_a_version_is_empty_when_torchserve_does_not_describe_it():
+    import requests
+
+    class Client:
+        def describe(self, target, customized=False):
+            if target != "m/1" or not customized:
+                raise requests.HTTPError("404 Client Error: Not Found")
+            return [{"modelVersion": "1", "customizedMetadata": json.dumps({"classes": CLASSES})}]
+
+    api = Management(Client(), "m")
+    assert api.metadata("1") == {"classes": CLASSES} and api.metadata("2") == {}
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import logging
-import os
 import re
 
 import pytest
@@ -23,10 +22,8 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 from ts.torch_handler.unit_tests.test_utils.mock_context import MockContext
 
-from catsdogs import contract
 from handler.catsdogs_handler import CatsDogsHandler
 from model import engines
-from model.runtime import can_restore_priority
 from tests.conftest import image_bytes
 from tests.serving_helpers import BLUE, RED, ROOT, write_model_dir
 
@@ -457,23 +454,3 @@ def test_a_precision_the_gate_did_not_pass_is_served_as_f32(model_dir, monkeypat
     handler.initialize(make_context(model_dir, {**HANDLER_CONFIG, "optimize": True}))
     assert (handler.engine, handler.precision) == ("openvino", "f32")
     assert "f32" in handler.engine_reason
-
-
-@pytest.mark.skipif(not can_restore_priority(os.getpriority(os.PRIO_PROCESS, 0)) or os.getpriority(os.PRIO_PROCESS,
-                                                                                                   0) >= 19,
-                    reason="needs root or RLIMIT_NICE to raise the priority again, and a priority above nice 19")
-def test_background_requests_run_at_background_priority(model_dir):
-    """A batch whose requests all carry contract.BACKGROUND_HEADER (deploy's gates) runs at background_nice;
-    a batch with one ordinary request, and the worker afterwards, at normal priority."""
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    handler = CatsDogsHandler()
-    handler.initialize(make_context(model_dir, {**HANDLER_CONFIG, "background_nice": 19}))
-    seen = []
-    forward = handler.inference
-    handler.inference = lambda data, *a, **k: (seen.append(os.getpriority(os.PRIO_PROCESS, 0)), forward(data))[1]
-    name, value = contract.BACKGROUND_HEADER
-    background = wire(image_bytes(RED), extra_headers={name.lower(): value})  # header names in any case
-    for batch in ([background, background], [background, wire(image_bytes(BLUE))]):
-        results = run_batch(handler, make_context(model_dir), batch)
-        assert [r[0] for r in results] == [200, 200]
-    assert seen == [19, base] and os.getpriority(os.PRIO_PROCESS, 0) == base
