@@ -186,6 +186,8 @@ def read_serve_state(run_dir: Path | str) -> dict | None:
 
 # --- the prediction response (made by the handler, checked by every client) ----------------------------
 PREDICTION_KEYS = frozenset({"label", "confidence", "probabilities", "model_version"})
+# the "event" of the handler's one JSON line per request in model_log.log (what monitoring/logs.py reads)
+PREDICTION_EVENT = "prediction"
 
 
 def prediction(classes, probabilities, version: str) -> dict:

@@ -420,6 +420,6 @@ class CatsDogsHandler(BaseHandler):
             metric.add_or_update(value, [self.model_name, self.version, *dims], self._request_id(idx) or "")
 
     def _log(self, idx: int, **fields) -> None:
-        record = {"event": "prediction", "request_id": self._request_id(idx), "model": self.model_name,
+        record = {"event": contract.PREDICTION_EVENT, "request_id": self._request_id(idx), "model": self.model_name,
                   "model_version": self.version, **fields}
         prediction_log.info(json.dumps(record, sort_keys=True))

@@ -99,8 +99,8 @@ def lowered_priority(nice: int):
     """Every thread of this process at CPU priority `nice` (0..19, higher = lower priority) inside the block, and
     back to what it was afterwards, threads started inside (OpenMP's) included. At 19 the threads also run under
     Linux's SCHED_IDLE policy: they get a core only when no other thread wants it, and a waking serving thread
-    takes it back at once (nice 19 alone still let the load and the gate requests cause latency spikes in the
-    serving benchmark's swap runs).
+    takes it back at once (nice 19 alone still let a loading version cause latency spikes in the serving
+    benchmark's swap runs).
 
     For work that must not slow down the processes already serving on the same cores: a TorchServe worker loads,
     freezes and warms up its model this way while another version's workers answer requests (a version swap).

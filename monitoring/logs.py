@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-EVENT = "prediction"
+from catsdogs.contract import PREDICTION_EVENT
+
 # "2026-11-25T13:12:04,211", "2026-11-25 13:12:04.211", optional "Z" / "+01:00" / "+0100" (datetime.fromisoformat)
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
 
@@ -34,7 +35,7 @@ def parse_line(line: str) -> dict | None:
         record = json.loads(line[start:])
     except ValueError:
         return None
-    if not isinstance(record, dict) or record.get("event") != EVENT:
+    if not isinstance(record, dict) or record.get("event") != PREDICTION_EVENT:
         return None
     stamp = _TIMESTAMP.match(line[:start].strip())
     if stamp:
