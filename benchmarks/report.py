@@ -74,14 +74,11 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def write_block(doc: Path | str, lines: list[str], name: str | None = None) -> Path:
-    """Write `lines` into `doc`: the whole file when `name` is None, else the block between `name`'s markers
-    (markers kept; the rest of the file untouched; the block appended when the markers are missing)."""
+def write_block(doc: Path | str, lines: list[str], name: str) -> Path:
+    """Write `lines` into `doc` between `name`'s markers (markers kept; the rest of the file untouched; the block
+    appended when the markers are missing)."""
     doc = Path(doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    if name is None:
-        doc.write_text("\n".join(lines).rstrip() + "\n")
-        return doc
     start, end = markers(name)
     block = "\n".join([start, *lines, end])
     text = doc.read_text() if doc.exists() else ""
@@ -90,7 +87,7 @@ def write_block(doc: Path | str, lines: list[str], name: str | None = None) -> P
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
     doc.write_text(text)
-    print(f"wrote {doc}" + (f" ({name} block)" if name else ""))
+    print(f"wrote {doc} ({name} block)")
     return doc
 
 

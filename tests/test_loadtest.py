@@ -242,9 +242,6 @@ def test_docs_block_is_replaced_and_other_sections_kept(tmp_path):
     assert "bench" in text and "run v2" in text and "run v1" not in text and "soak v1" in text
     assert text.index("bench") < text.index("soak v1") < text.index("run v2")
     assert text.count("<!-- loadtest:run:start -->") == 1 and text.count("<!-- loadtest:run:end -->") == 1
-    whole = tmp_path / "whole.md"
-    write_block(whole, ["# Title", "", "body"])
-    assert whole.read_text() == "# Title\n\nbody\n"
 
 
 # ----------------------------------------------------------------------------------------- workers ---
