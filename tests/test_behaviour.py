@@ -26,8 +26,10 @@ MAX_FLIPS = 0.01           # at most this fraction of unseen photos may change l
 
 @pytest.fixture(scope="module")
 def photo_model(shared_tar, tmp_path_factory):
-    """(classify, photos): `classify(list of PIL images) -> probabilities [N, 2]` of the trained model (torch f32,
-    the exported model's preprocessing) and the unseen test photos as (PIL image, label index)."""
+    """(classify, photos, answers): `classify(list of PIL images) -> probabilities [N, 2]` of the trained model
+    (OpenVINO f32, checked against torch on a real batch; the exported model's preprocessing), the unseen test
+    photos as (PIL image, label index) and the model's probabilities for them."""
+    from model.engines import compile_forward
     from model.preprocess import eval_transform
     from training.prepare import prepare, read_manifest
     from training.train import load_trained, train
@@ -52,21 +54,22 @@ def photo_model(shared_tar, tmp_path_factory):
         train(params, tmp / "prepared", tmp / "train")
     net, meta = load_trained(tmp / "train")
     transform = eval_transform(meta)
+    rows = read_manifest(tmp / "prepared", "test")
+    photos = [(Image.open(tmp / "images" / row["path"]).convert("RGB"), meta["classes"].index(row["label"]))
+              for row in rows]
+    forward = compile_forward(net, torch.stack([transform(image) for image, _ in photos[:8]]), "openvino", "f32")
 
     @torch.no_grad()
     def classify(images):
         batch = torch.stack([transform(image.convert("RGB")) for image in images])
-        return torch.cat([torch.softmax(net(chunk), 1) for chunk in batch.split(50)])
+        return torch.cat([torch.softmax(forward(chunk), 1) for chunk in batch.split(50)])
 
-    rows = read_manifest(tmp / "prepared", "test")
-    photos = [(Image.open(tmp / "images" / row["path"]).convert("RGB"), meta["classes"].index(row["label"]))
-              for row in rows]
-    return classify, photos
+    return classify, photos, classify([image for image, _ in photos])
 
 
-def labels_kept(classify, photos, change) -> tuple[int, int, list[float]]:
-    """(photos whose label changed, of those how many were answered with high confidence, their confidences)."""
-    before = classify([image for image, _ in photos])
+def labels_kept(classify, photos, before, change) -> tuple[int, int, list[float]]:
+    """(photos whose label changed, of those how many were answered with high confidence, their confidences);
+    `before`: the probabilities of the unchanged photos."""
     after = classify([change(image) for image, _ in photos])
     flipped = before.argmax(1) != after.argmax(1)
     confident = before.max(1).values >= HIGH_CONFIDENCE
@@ -81,8 +84,7 @@ def zoom(image: Image.Image, fraction: float) -> Image.Image:
 
 
 def test_the_model_really_learned_the_photos(photo_model):
-    classify, photos = photo_model
-    proba = classify([image for image, _ in photos])
+    _, photos, proba = photo_model
     accuracy = float((proba.argmax(1) == torch.tensor([label for _, label in photos])).float().mean())
     print(f"accuracy {accuracy:.4f} on {len(photos)} unseen photos")
     assert len(photos) >= 250 and accuracy >= 0.95, (len(photos), accuracy)
@@ -96,8 +98,8 @@ def test_the_model_really_learned_the_photos(photo_model):
     ("re-encoded as JPEG quality 60", lambda image: Image.open(io.BytesIO(jpeg(image, 60)))),
 ])
 def test_a_harmless_change_keeps_the_label(photo_model, name, change):
-    classify, photos = photo_model
-    flipped, confident_flips, confidences = labels_kept(classify, photos, change)
+    classify, photos, before = photo_model
+    flipped, confident_flips, confidences = labels_kept(classify, photos, before, change)
     print(f"{name}: {flipped} of {len(photos)} unseen photos changed label, confidences before {confidences}")
     assert confident_flips == 0, f"{name}: {confident_flips} photos answered with >= {HIGH_CONFIDENCE} changed label"
     assert flipped <= MAX_FLIPS * len(photos), f"{name}: {flipped} of {len(photos)} changed label ({confidences})"
@@ -118,7 +120,7 @@ def blank_and_noise_images() -> dict[str, Image.Image]:
 
 
 def test_a_blank_or_noise_image_is_not_answered_with_high_confidence(photo_model):
-    classify, _ = photo_model
+    classify, _, _ = photo_model
     images = blank_and_noise_images()
     confidence = dict(zip(images, classify(list(images.values())).max(1).values.tolist()))
     print("confidence: " + ", ".join(f"{name} {c:.3f}" for name, c in confidence.items()))
